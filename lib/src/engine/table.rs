@@ -1,0 +1,187 @@
+//! The published per-CPU table and the lock-free reader that looks channels up in it.
+//!
+//! A [`TableSnapshot`] is immutable: a rebalance builds a new one and publishes it through
+//! [`Published`], and the old one is retired until a grace period has passed (see
+//! [`super::grace`]). The snapshot owns one `Arc<Channel>` per non-empty slot, so a channel
+//! object outlives every snapshot that names it; the *resources* behind the channel are
+//! governed separately by the engine's reference counts, in which every slot of a retired
+//! snapshot still counts until the snapshot is reclaimed.
+
+use std::cell::Cell;
+use std::marker::PhantomData;
+
+use super::grace::ReaderSlot;
+use super::{Channel, EngineShared};
+use std::sync::Arc;
+
+use crate::sync::Arc as SlotArc;
+use crate::{Capability, ChannelId};
+
+/// One immutable distribution of channels to (capability, CPU) slots.
+pub(crate) struct TableSnapshot {
+    generation: u64,
+    possible_cpus: usize,
+    /// Row of each capability in `slots`, `None` for capabilities without a table.
+    rows: [Option<u8>; Capability::COUNT],
+    slots: Box<[Option<Arc<Channel>>]>,
+}
+
+impl TableSnapshot {
+    /// A table with every slot empty.
+    pub(crate) fn empty(table_caps: &[Capability], possible_cpus: usize) -> Self {
+        Self::build(0, table_caps, possible_cpus, |_, _| None)
+    }
+
+    /// A table whose slot (`cap`, `cpu`) is `slot(row, cpu)`, rows numbered in walk order.
+    pub(crate) fn build(
+        generation: u64,
+        table_caps: &[Capability],
+        possible_cpus: usize,
+        mut slot: impl FnMut(usize, usize) -> Option<Arc<Channel>>,
+    ) -> Self {
+        let mut rows = [None; Capability::COUNT];
+        for (row, cap) in table_caps.iter().enumerate() {
+            rows[cap.index()] = Some(row as u8);
+        }
+        let slots = (0..table_caps.len())
+            .flat_map(|row| (0..possible_cpus).map(move |cpu| (row, cpu)))
+            .map(|(row, cpu)| slot(row, cpu))
+            .collect();
+        TableSnapshot {
+            generation,
+            possible_cpus,
+            rows,
+            slots,
+        }
+    }
+
+    /// The channel of (`cap`, `cpu`); `cpu` must be below the possible count.
+    #[inline]
+    pub(crate) fn get(&self, cap: Capability, cpu: usize) -> Option<&Arc<Channel>> {
+        debug_assert!(cpu < self.possible_cpus);
+        let row = usize::from(self.rows[cap.index()]?);
+        self.slots[row * self.possible_cpus + cpu].as_ref()
+    }
+
+    /// The channels the snapshot holds a table reference on, one per non-empty slot.
+    pub(crate) fn referenced_channels(&self) -> impl Iterator<Item = ChannelId> + '_ {
+        self.slots.iter().flatten().map(|c| c.id())
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+/// A CPU's lock-free view of the per-CPU table.
+///
+/// Lookups take no lock and do no atomic read-modify-write: one acquire load and an index. A
+/// borrowed [`Channel`] stays valid until the reader next calls [`TableReader::quiescent`] or
+/// [`TableReader::offline`], which take `&mut self` so the borrow checker enforces it. A
+/// polling loop reports a quiescent state once per iteration; a reader that stops doing so
+/// never blocks a rebalance, it only delays the freeing of the channels it might still see
+/// (and is named as the laggard in [`crate::EngineError::GracePeriodTimeout`]).
+///
+/// The reader is `Send` but not `Sync`: it belongs to one thread at a time.
+///
+/// ```
+/// use dmaplane::{Capability, CapMask, DeviceSpec, Engine, EngineConfig, NullChannel};
+///
+/// let engine = Engine::new(EngineConfig::with_cpus(2)).unwrap();
+/// engine.register_device(DeviceSpec::new("dev", CapMask::MEMCPY, NullChannel::many(2))).unwrap();
+/// engine.get_client();
+/// let mut reader = engine.table_reader(1).unwrap();
+/// let chan = reader.lookup(Capability::Memcpy).expect("cpu 1 has a memcpy channel");
+/// assert_eq!(chan.id().index, 1);
+/// reader.quiescent(); // `chan` may not be used past this point
+/// ```
+pub struct TableReader {
+    shared: Arc<EngineShared>,
+    slot: SlotArc<ReaderSlot>,
+    cpu: usize,
+    online: bool,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl TableReader {
+    pub(crate) fn new(shared: Arc<EngineShared>, cpu: usize, label: String) -> Self {
+        let slot = shared.grace.register(label);
+        TableReader {
+            shared,
+            slot,
+            cpu,
+            online: true,
+            _not_sync: PhantomData,
+        }
+    }
+
+    /// The CPU whose slots this reader looks up.
+    pub fn cpu(&self) -> usize {
+        self.cpu
+    }
+
+    /// The channel the table gives this CPU for `cap`; `None` when no channel offers it, no
+    /// client is registered, or the reader is offline.
+    #[inline]
+    pub fn lookup(&self, cap: Capability) -> Option<&Channel> {
+        self.snapshot()
+            .and_then(|t| t.get(cap, self.cpu))
+            .map(|c| &**c)
+    }
+
+    /// Generation of the table this reader currently sees; it changes with every rebalance,
+    /// which is how a client notices that it must migrate.
+    #[inline]
+    pub fn generation(&self) -> Option<u64> {
+        self.snapshot().map(TableSnapshot::generation)
+    }
+
+    #[inline]
+    fn snapshot(&self) -> Option<&TableSnapshot> {
+        if !self.online {
+            return None;
+        }
+        // SAFETY: the reader is online (checked above), and the borrow returned lives no
+        // longer than `&self`, while reporting a quiescent state or going offline needs
+        // `&mut self`.
+        Some(unsafe { self.shared.table.read() })
+    }
+
+    /// Reports that no channel borrowed from this reader is in use any more.
+    #[inline]
+    pub fn quiescent(&mut self) {
+        if self.online {
+            self.slot.quiescent(&self.shared.grace);
+        }
+    }
+
+    /// Stops reading for a while (a thread about to sleep); grace periods stop waiting for it.
+    pub fn offline(&mut self) {
+        self.slot.offline();
+        self.online = false;
+    }
+
+    /// Resumes reading after [`TableReader::offline`].
+    pub fn online(&mut self) {
+        if !self.online {
+            self.slot.online(&self.shared.grace);
+            self.online = true;
+        }
+    }
+}
+
+impl Drop for TableReader {
+    fn drop(&mut self) {
+        self.shared.grace.unregister(&self.slot);
+    }
+}
+
+impl std::fmt::Debug for TableReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableReader")
+            .field("cpu", &self.cpu)
+            .field("label", &self.slot.label())
+            .field("online", &self.online)
+            .finish()
+    }
+}

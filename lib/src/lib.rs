@@ -1,0 +1,47 @@
+//! dmaplane offloads memory copies and fills to DMA engines from polled-mode, CPU-pinned
+//! applications, in the style of SPDK's ioat library and DPDK's dmadev, and lets DMA devices
+//! be hot-removed and hot-added while clients keep working.
+//!
+//! This version holds the engine core ([`Engine`]): devices and their channels, channel
+//! reference counts, clients, private channels, and the per-CPU channel table with the
+//! rebalance of the Linux dmaengine hot-removal patch it descends from, read lock-free by
+//! pinned threads through [`TableReader`]. Devices are plugged in through [`ChannelBackend`];
+//! [`NullChannel`] is a bookkeeping-only backend for tests and examples.
+//!
+//! ```
+//! use dmaplane::{Capability, CapMask, DeviceSpec, Engine, EngineConfig, NullChannel};
+//!
+//! let engine = Engine::new(EngineConfig::with_cpus(4)).unwrap();
+//! let dev = engine
+//!     .register_device(DeviceSpec::new("dev0", CapMask::MEMCPY, NullChannel::many(2)))
+//!     .unwrap();
+//! engine.get_client(); // the first client populates the table
+//! println!("{}", engine.dump());
+//! // Four CPUs share two channels: CPUs 2 and 3 fall back to the least-used channels.
+//! let chan = |cpu| engine.table_entry(Capability::Memcpy, cpu).unwrap().unwrap().index;
+//! assert_eq!([chan(0), chan(1), chan(2), chan(3)], [0, 1, 0, 1]);
+//! engine.unregister_device(dev).unwrap(); // legal while the client exists
+//! engine.put_client().unwrap();
+//! ```
+
+mod capability;
+pub mod cpu;
+mod engine;
+mod error;
+pub mod log;
+mod sync;
+
+pub use capability::{CapMask, Capability};
+pub use engine::{
+    BackendError, Channel, ChannelBackend, ChannelCounts, ChannelDump, ChannelId, DeviceDump,
+    DeviceId, DeviceSpec, Engine, EngineConfig, EngineDump, NullChannel, TableReader,
+    UnregisterReport, MAX_CPUS,
+};
+pub use error::EngineError;
+
+/// The grace-period protocol, exposed for the loom model tests only.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod loom_exports {
+    pub use crate::engine::grace::{GraceDomain, Published, ReaderSlot};
+}
