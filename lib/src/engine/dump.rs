@@ -144,7 +144,7 @@ impl fmt::Display for EngineDump {
             for c in &d.channels {
                 writeln!(
                     f,
-                    "  channel {:<7} {:<20} client_count {:<3} table_count {:<3}{}",
+                    "  channel {:<7} {:<20} client_count {:<3} table_count {}{}",
                     c.id.to_string(),
                     c.name,
                     c.client_count,

@@ -241,13 +241,14 @@ impl EngineState {
         }
     }
 
-    /// `dma_chan_get`: the first reference allocates the channel's resources.
-    fn chan_get(&mut self, id: ChannelId) -> Result<(), EngineError> {
-        let entry = self.channel_mut(id);
+    /// `dma_chan_get` on the channel at `pos` (device position, channel index): the first
+    /// reference allocates the channel's resources.
+    fn get_at(&mut self, (dev, index): (usize, usize)) -> Result<(), EngineError> {
+        let entry = &mut self.devices[dev].channels[index];
         if entry.client_count == 0 {
             if let Err(err) = entry.backend.allocate_resources() {
                 return Err(EngineError::ChannelAllocation {
-                    channel: id,
+                    channel: entry.channel.id(),
                     reason: err.to_string(),
                 });
             }
@@ -256,12 +257,15 @@ impl EngineState {
         Ok(())
     }
 
-    /// `dma_chan_put`: the last reference frees the channel's resources.
-    fn chan_put(&mut self, id: ChannelId) {
-        let entry = self.channel_mut(id);
-        debug_assert!(entry.client_count > 0, "put of unreferenced channel {id}");
+    /// `dma_chan_put` on the channel at `pos`: the last reference frees its resources.
+    fn put_at(&mut self, (dev, index): (usize, usize)) {
+        let entry = &mut self.devices[dev].channels[index];
+        debug_assert!(entry.client_count > 0, "put of unreferenced channel");
         if entry.client_count == 0 {
-            let message = format!("reference count of channel {id} would go negative");
+            let message = format!(
+                "reference count of channel {} would go negative",
+                entry.channel.id()
+            );
             self.warn(&message);
             return;
         }
@@ -271,55 +275,65 @@ impl EngineState {
         }
     }
 
+    fn chan_put(&mut self, id: ChannelId) {
+        match self.channel_position(id) {
+            Ok(pos) => self.put_at(pos),
+            Err(err) => self.warn(&format!("put of channel {id}: {err}")),
+        }
+    }
+
+    fn table_count_at(&self, (dev, index): (usize, usize)) -> u32 {
+        self.devices[dev].channels[index].table_count
+    }
+
     /// `nth_chan(cap, n)`: the `n`-th channel offering `cap` that accepts a reference, or,
     /// when there is none (or `n` is `None`), the least-used one visited, earliest on ties.
     /// Returns it with a reference taken and its `table_count` raised.
     fn nth_chan(&mut self, cap: Capability, n: Option<usize>) -> Option<ChannelId> {
         let mut remaining = n;
-        let mut least: Option<ChannelId> = None;
+        let mut least: Option<(usize, usize)> = None;
         let mut hit = None;
-        let candidates: Vec<ChannelId> = self
-            .devices
-            .iter()
-            .filter(|d| d.is_public_for(cap))
-            .flat_map(|d| d.channels.iter().map(|c| c.channel.id()))
-            .collect();
-        for id in candidates {
-            if let Err(err) = self.chan_get(id) {
-                self.warn(&format!("table rebalance skips channel {id}: {err}"));
+        'devices: for dev in 0..self.devices.len() {
+            if !self.devices[dev].is_public_for(cap) {
                 continue;
             }
-            match remaining {
-                Some(0) => {
-                    hit = Some(id);
-                    break;
+            for index in 0..self.devices[dev].channels.len() {
+                let pos = (dev, index);
+                if let Err(err) = self.get_at(pos) {
+                    self.warn(&format!("table rebalance skips a channel: {err}"));
+                    continue;
                 }
-                Some(ref mut left) => *left -= 1,
-                None => {}
-            }
-            match least {
-                Some(min)
-                    if self.channel_mut(id).table_count < self.channel_mut(min).table_count =>
-                {
-                    self.chan_put(min);
-                    least = Some(id);
+                match remaining {
+                    Some(0) => {
+                        hit = Some(pos);
+                        break 'devices;
+                    }
+                    Some(ref mut left) => *left -= 1,
+                    None => {}
                 }
-                Some(_) => self.chan_put(id),
-                None => least = Some(id),
+                match least {
+                    Some(min) if self.table_count_at(pos) < self.table_count_at(min) => {
+                        self.put_at(min);
+                        least = Some(pos);
+                    }
+                    Some(_) => self.put_at(pos),
+                    None => least = Some(pos),
+                }
             }
         }
         let chosen = match (hit, least) {
             (Some(hit), Some(min)) => {
-                self.chan_put(min);
+                self.put_at(min);
                 Some(hit)
             }
             (Some(hit), None) => Some(hit),
             (None, min) => min,
         };
-        if let Some(id) = chosen {
-            self.channel_mut(id).table_count += 1;
-        }
-        chosen
+        chosen.map(|(dev, index)| {
+            let entry = &mut self.devices[dev].channels[index];
+            entry.table_count += 1;
+            entry.channel.id()
+        })
     }
 
     /// `dma_channel_rebalance`, up to building the new distribution. The previous
@@ -440,7 +454,7 @@ impl EngineState {
             };
             let id = device.channels[index].channel.id();
             self.devices[dev].private_count += 1;
-            match self.chan_get(id) {
+            match self.get_at((dev, index)) {
                 Ok(()) => {
                     let entry = &mut self.devices[dev].channels[index];
                     entry.held_privately = true;
@@ -465,7 +479,7 @@ impl EngineState {
         }
         entry.held_privately = false;
         self.devices[dev].private_count -= 1;
-        self.chan_put(id);
+        self.put_at((dev, index));
         self.forget_released_devices();
         Ok(())
     }
