@@ -14,8 +14,8 @@ pub(crate) use std::sync::atomic::{fence, AtomicPtr, AtomicU64, Ordering};
 #[cfg(not(loom))]
 pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Locks `mutex`, recovering the data if a panicking thread poisoned it: every critical
-/// section in this crate leaves its data consistent before anything that can panic.
+/// Locks `mutex`, ignoring poisoning: a panic on one thread (in a backend hook, say) must not
+/// turn every later control call on the other threads into a panic as well.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     #[cfg(loom)]
     {

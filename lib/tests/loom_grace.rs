@@ -4,7 +4,7 @@
 //! `RUSTFLAGS="--cfg loom" cargo test -p dmaplane --test loom_grace --release`.
 #![cfg(loom)]
 
-use dmaplane::loom_exports::{GraceDomain, Published};
+use dmaplane::loom_exports::{GraceDomain, Published, ReaderSlot};
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
@@ -42,43 +42,46 @@ fn replace_and_free(domain: &GraceDomain, published: &Published<Table>, wait: bo
     old.value.with_mut(|v| unsafe { *v = FREED });
 }
 
-#[test]
-fn online_reader_never_sees_a_freed_table() {
-    loom::model(|| {
+/// One reader thread running `reader` against one writer replacing the table; the writer
+/// waits for the grace period only when `wait` is set.
+fn model(
+    reader_starts_offline: bool,
+    wait: bool,
+    reader: fn(&GraceDomain, &Published<Table>, &ReaderSlot),
+) {
+    loom::model(move || {
         let domain = Arc::new(GraceDomain::new());
         let published = Arc::new(Published::new(table()));
         let slot = domain.register("reader".into());
-        let reader = {
+        if reader_starts_offline {
+            slot.offline();
+        }
+        let thread = {
             let (domain, published) = (domain.clone(), published.clone());
             thread::spawn(move || {
-                use_current(&published);
-                slot.quiescent(&domain);
-                use_current(&published);
+                reader(&domain, &published, &slot);
                 domain.unregister(&slot);
             })
         };
-        replace_and_free(&domain, &published, true);
-        reader.join().unwrap();
+        replace_and_free(&domain, &published, wait);
+        thread.join().unwrap();
+    });
+}
+
+#[test]
+fn online_reader_never_sees_a_freed_table() {
+    model(false, true, |domain, published, slot| {
+        use_current(published);
+        slot.quiescent(domain);
+        use_current(published);
     });
 }
 
 #[test]
 fn reader_coming_online_never_sees_a_freed_table() {
-    loom::model(|| {
-        let domain = Arc::new(GraceDomain::new());
-        let published = Arc::new(Published::new(table()));
-        let slot = domain.register("reader".into());
-        slot.offline();
-        let reader = {
-            let (domain, published) = (domain.clone(), published.clone());
-            thread::spawn(move || {
-                slot.online(&domain);
-                use_current(&published);
-                slot.offline();
-            })
-        };
-        replace_and_free(&domain, &published, true);
-        reader.join().unwrap();
+    model(true, true, |domain, published, slot| {
+        slot.online(domain);
+        use_current(published);
     });
 }
 
@@ -86,18 +89,5 @@ fn reader_coming_online_never_sees_a_freed_table() {
 #[test]
 #[should_panic]
 fn freeing_without_a_grace_period_is_caught() {
-    loom::model(|| {
-        let domain = Arc::new(GraceDomain::new());
-        let published = Arc::new(Published::new(table()));
-        let slot = domain.register("reader".into());
-        let reader = {
-            let (domain, published) = (domain.clone(), published.clone());
-            thread::spawn(move || {
-                use_current(&published);
-                domain.unregister(&slot);
-            })
-        };
-        replace_and_free(&domain, &published, false);
-        reader.join().unwrap();
-    });
+    model(false, false, |_, published, _| use_current(published));
 }

@@ -84,6 +84,11 @@ impl TableSnapshot {
 ///
 /// The reader is `Send` but not `Sync`: it belongs to one thread at a time.
 ///
+/// ```compile_fail
+/// fn shared_between_threads<T: Sync>() {}
+/// shared_between_threads::<dmaplane::TableReader>();
+/// ```
+///
 /// ```
 /// use dmaplane::{Capability, CapMask, DeviceSpec, Engine, EngineConfig, NullChannel};
 ///
@@ -183,5 +188,14 @@ impl std::fmt::Debug for TableReader {
             .field("label", &self.slot.label())
             .field("online", &self.online)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reader_can_move_to_its_pinned_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<super::TableReader>();
     }
 }
