@@ -34,8 +34,8 @@ mod sync;
 pub use capability::{CapMask, Capability};
 pub use engine::{
     BackendError, Channel, ChannelBackend, ChannelCounts, ChannelDump, ChannelId, DeviceDump,
-    DeviceId, DeviceSpec, Engine, EngineConfig, EngineDump, NullChannel, TableReader,
-    UnregisterReport, MAX_CPUS,
+    DeviceId, DeviceSpec, Engine, EngineConfig, EngineDump, NullChannel, PrivateChannel,
+    TableReader, UnregisterReport, MAX_CPUS,
 };
 pub use error::EngineError;
 

@@ -29,7 +29,8 @@ impl fmt::Display for LogLevel {
     }
 }
 
-/// Receives every message the engine emits.
+/// Receives every message the engine emits. It runs under the engine's control lock, so it
+/// must return promptly and must not call back into the engine.
 pub type LogHook = Arc<dyn Fn(LogLevel, &str) + Send + Sync>;
 
 /// The default hook: warnings to standard error, nothing else.

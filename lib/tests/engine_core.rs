@@ -262,12 +262,21 @@ fn private_devices_never_enter_the_table() {
     );
     let held = engine.channel_counts(a.id()).unwrap();
     assert!(held.held_privately && held.client_count == 1 && held.table_count == 0);
-    engine.release_channel(a.id()).unwrap();
+    let a_id = a.id();
+    a.release().unwrap();
+    let released = engine.channel_counts(a_id).unwrap();
+    assert!(!released.held_privately && released.client_count == 0);
+    drop(b); // dropping the guard releases too
     assert_eq!(
-        engine.release_channel(a.id()),
-        Err(EngineError::ChannelNotHeld(a.id()))
+        engine
+            .channel_counts(ChannelId {
+                device: private,
+                index: 1
+            })
+            .unwrap()
+            .client_count,
+        0
     );
-    engine.release_channel(b.id()).unwrap();
     // Still always-private after the releases.
     engine.set_cpu_online(0, false).unwrap();
     engine.set_cpu_online(0, true).unwrap();
@@ -300,7 +309,7 @@ fn a_private_request_on_a_public_device_takes_it_out_of_later_tables() {
         [None, None],
         "device is private now"
     );
-    engine.release_channel(chan.id()).unwrap();
+    chan.release().unwrap();
     // Public again, but the table only moves at the next rebalance.
     assert_eq!(row(&engine, Capability::Memcpy, 2), [None, None]);
     engine.set_cpu_online(1, false).unwrap();
@@ -337,11 +346,12 @@ fn unregister_of_a_privately_held_channel_warns_and_defers_the_release() {
     );
     assert!(chans[0].is_allocated());
 
-    engine.release_channel(chan.id()).unwrap();
+    let id = chan.id();
+    chan.release().unwrap();
     assert!(!chans[0].is_allocated());
     assert!(engine.dump().devices.is_empty());
     assert_eq!(
-        engine.channel_counts(chan.id()),
+        engine.channel_counts(id),
         Err(EngineError::DeviceUnregistered(dev))
     );
 }
@@ -396,10 +406,6 @@ fn bad_input_gets_typed_errors() {
     };
     assert_eq!(
         engine.channel_counts(missing),
-        Err(EngineError::UnknownChannel(missing))
-    );
-    assert_eq!(
-        engine.release_channel(missing),
         Err(EngineError::UnknownChannel(missing))
     );
     let unknown_cpu = EngineError::UnknownCpu {
@@ -529,4 +535,20 @@ fn the_dump_shows_devices_counts_and_the_table() {
         memcpy_line.split_whitespace().collect::<Vec<_>>(),
         ["memcpy", "0.0", "0.1", "off"]
     );
+}
+
+#[test]
+fn a_private_holder_keeps_its_channel_past_the_engine_handle() {
+    let engine = engine(1);
+    let (_, chans) = device(&engine, "dev", CapMask::MEMCPY, 1);
+    let held = engine.request_channel(CapMask::MEMCPY, |_| true).unwrap();
+    drop(engine);
+    assert!(
+        chans[0].is_allocated(),
+        "the guard keeps the engine and the channel alive"
+    );
+    assert_eq!(held.name(), "dev/chan0");
+    drop(held);
+    assert!(!chans[0].is_allocated());
+    assert_eq!(chans[0].allocations(), chans[0].frees());
 }

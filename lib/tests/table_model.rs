@@ -23,12 +23,13 @@
 //! online CPUs while any client exists, and only then puts the old entries. The plain tests at
 //! the bottom pin the model against the worked examples of the reference notes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use dmaplane::log::LogHook;
 use dmaplane::{
     CapMask, Capability, Channel, ChannelBackend, ChannelId, DeviceId, DeviceSpec, Engine,
-    EngineConfig, EngineError, NullChannel,
+    EngineConfig, EngineError, NullChannel, PrivateChannel,
 };
 use proptest::prelude::*;
 
@@ -418,6 +419,8 @@ struct Harness {
     model: Model,
     /// Backends per model device, parallel to `model.devs`.
     backends: Vec<Vec<Arc<NullChannel>>>,
+    /// The guards of privately held channels: only their holder can release them.
+    held: HashMap<ChannelId, PrivateChannel>,
 }
 
 fn quiet() -> LogHook {
@@ -434,6 +437,7 @@ impl Harness {
             engine,
             model: Model::new(possible, table_mask),
             backends: Vec::new(),
+            held: HashMap::new(),
         }
     }
 
@@ -499,24 +503,25 @@ impl Harness {
             ) => assert_eq!(channel, id, "failed allocation"),
             _ => panic!("request_channel({mask}, {filter:?}): engine {got:?}, model {expected:?}"),
         }
+        if let Ok(guard) = got {
+            self.held.insert(guard.id(), guard);
+        }
     }
 
     fn release(&mut self, r: MRef) {
         let id = self.model.chan_id(r);
-        let registered = self.model.devs[r.0].registered;
         let expected_ok = self.model.release(r);
-        let got = self.engine.release_channel(id);
-        match got {
-            Ok(()) => assert!(
-                expected_ok,
-                "release of {id} succeeded but model says not held"
-            ),
-            Err(EngineError::ChannelNotHeld(e)) if !expected_ok => assert_eq!(e, id),
-            // A fully released, unregistered device may be forgotten by the engine.
-            Err(EngineError::DeviceUnregistered(e)) if !expected_ok && !registered => {
-                assert_eq!(e, id.device)
+        // Only the holder of the guard can release; a channel with no guard here cannot even
+        // be named for release, which the model must agree is "not held".
+        match self.held.remove(&id) {
+            Some(guard) => {
+                assert!(expected_ok, "engine held {id} but the model says not held");
+                guard.release().expect("release of a held channel");
             }
-            Err(e) => panic!("release of {id}: engine error {e:?}, model ok={expected_ok}"),
+            None => assert!(
+                !expected_ok,
+                "model held {id} but the engine handed out no guard"
+            ),
         }
     }
 

@@ -139,8 +139,11 @@ impl ReaderSlot {
 
     /// Ends an offline period; the reader may read the table once this returns.
     pub fn online(&self, domain: &GraceDomain) {
+        // Release, not relaxed: a writer that reads this value must also see the reads this
+        // reader made before it last went offline (a relaxed store would end the release
+        // sequence of the offline store, and the writer could free what those reads saw).
         self.observed
-            .store(domain.epoch.load(Ordering::Acquire), Ordering::Relaxed);
+            .store(domain.epoch.load(Ordering::Acquire), Ordering::Release);
         // Store-buffering pair with the fence in `GraceDomain::begin` (see there).
         fence(Ordering::SeqCst);
     }
@@ -164,10 +167,14 @@ impl<T> Published<T> {
         }
     }
 
-    /// Publishes `next` and hands back the previous value, which readers may still be using:
-    /// the caller must keep it until a grace period begun after this call has elapsed.
-    /// Callers serialise.
-    pub fn replace(&self, next: Box<T>) -> Box<T> {
+    /// Publishes `next` and hands back the previous value, which readers may still be using.
+    ///
+    /// # Safety
+    ///
+    /// Callers serialise, and the caller must not drop the returned value before a grace
+    /// period begun after this call has elapsed: readers' borrows from [`Published::read`]
+    /// rely on it.
+    pub unsafe fn replace(&self, next: Box<T>) -> Box<T> {
         // Release pairs with the acquire in `read`: readers see `next` fully built.
         let previous = self.current.swap(Box::into_raw(next), Ordering::AcqRel);
         // SAFETY: every pointer stored in `current` came from `Box::into_raw`, and the swap

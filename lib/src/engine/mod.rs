@@ -63,7 +63,7 @@ mod table;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_utils::Backoff;
+use crossbeam_utils::{Backoff, CachePadded};
 
 pub use device::{
     BackendError, Channel, ChannelBackend, ChannelId, DeviceId, DeviceSpec, NullChannel,
@@ -163,7 +163,9 @@ pub struct ChannelCounts {
 pub(crate) struct EngineShared {
     state: Mutex<EngineState>,
     pub(crate) grace: GraceDomain,
-    pub(crate) table: Published<TableSnapshot>,
+    /// On its own cache line: every lookup loads it, and the control path writes the state
+    /// beside it far more often than it publishes a table.
+    pub(crate) table: CachePadded<Published<TableSnapshot>>,
 }
 
 impl Drop for EngineShared {
@@ -182,6 +184,60 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+/// A channel held for exclusive use, from [`Engine::request_channel`]. Dereferences to the
+/// [`Channel`]; releasing it (or dropping it) hands the channel back.
+pub struct PrivateChannel {
+    shared: Arc<EngineShared>,
+    channel: Arc<Channel>,
+    released: bool,
+}
+
+impl PrivateChannel {
+    /// Hands the channel back; its resources are freed if nothing else holds it, and its
+    /// device turns public again once no channel of it is held privately.
+    pub fn release(mut self) -> Result<(), EngineError> {
+        self.released = true;
+        self.release_now()
+    }
+
+    fn release_now(&self) -> Result<(), EngineError> {
+        let mut state = lock(&self.shared.state);
+        state.release_private(self.channel.id())?;
+        state.reclaim(&self.shared.grace);
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for PrivateChannel {
+    type Target = Channel;
+
+    fn deref(&self) -> &Channel {
+        &self.channel
+    }
+}
+
+impl Drop for PrivateChannel {
+    fn drop(&mut self) {
+        if !self.released {
+            if let Err(err) = self.release_now() {
+                let state = lock(&self.shared.state);
+                state.warn(&format!(
+                    "releasing private channel {}: {err}",
+                    self.channel.id()
+                ));
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for PrivateChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PrivateChannel")
+            .field(&*self.channel)
+            .finish()
     }
 }
 
@@ -220,7 +276,7 @@ impl Engine {
             shared: Arc::new(EngineShared {
                 state: Mutex::new(state),
                 grace: GraceDomain::new(),
-                table: Published::new(Box::new(empty)),
+                table: CachePadded::new(Published::new(Box::new(empty))),
             }),
         })
     }
@@ -232,7 +288,9 @@ impl Engine {
     /// Rebuilds the table, publishes it, and retires the previous one.
     fn rebalance(&self, state: &mut EngineState) {
         state.rebalance();
-        let previous = self.shared.table.replace(Box::new(state.build_snapshot()));
+        // SAFETY: the state lock serialises writers, and the previous snapshot is retired
+        // under a grace period begun after the replacement; only `reclaim` drops it.
+        let previous = unsafe { self.shared.table.replace(Box::new(state.build_snapshot())) };
         let grace_period = self.shared.grace.begin();
         state.retire(grace_period, previous);
         state.reclaim(&self.shared.grace);
@@ -303,22 +361,23 @@ impl Engine {
     /// order, of a device offering every capability in `mask`, that nobody holds and that
     /// `filter` accepts. Its device turns private and leaves the table at the next rebalance;
     /// a public device with several channels is only taken when none of them is in use.
+    ///
+    /// The channel is held until the returned [`PrivateChannel`] is released or dropped; only
+    /// its holder can release it, and the engine outlives it. `filter` runs under the engine's
+    /// control lock and must not call back into the engine.
     pub fn request_channel(
         &self,
         mask: CapMask,
         mut filter: impl FnMut(&Channel) -> bool,
-    ) -> Result<Arc<Channel>, EngineError> {
+    ) -> Result<PrivateChannel, EngineError> {
         let mut state = self.state();
         state.reclaim(&self.shared.grace);
-        state.request_private(mask, &mut filter)
-    }
-
-    /// Releases a channel taken by [`Engine::request_channel`].
-    pub fn release_channel(&self, id: ChannelId) -> Result<(), EngineError> {
-        let mut state = self.state();
-        state.release_private(id)?;
-        state.reclaim(&self.shared.grace);
-        Ok(())
+        let channel = state.request_private(mask, &mut filter)?;
+        Ok(PrivateChannel {
+            shared: Arc::clone(&self.shared),
+            channel,
+            released: false,
+        })
     }
 
     /// Marks a CPU online or offline and rebalances if that changed anything.
@@ -404,14 +463,14 @@ impl Engine {
     /// Waits, up to `timeout`, until every retired table has been reclaimed. On timeout the
     /// error names the readers that have not reported a quiescent state.
     pub fn synchronize(&self, timeout: Duration) -> Result<(), EngineError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let backoff = Backoff::new();
         loop {
             let mut state = self.state();
             if state.reclaim(&self.shared.grace) == 0 {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 let oldest = state.oldest_pending().expect("a retired table is pending");
                 return Err(EngineError::GracePeriodTimeout {
                     laggards: self.shared.grace.laggards(oldest),

@@ -171,7 +171,9 @@ impl EngineState {
             )));
         }
         let id = DeviceId(self.next_device_id);
-        self.next_device_id += 1;
+        self.next_device_id = self.next_device_id.checked_add(1).ok_or_else(|| {
+            EngineError::InvalidConfig("device ids are exhausted (2^32 registrations)".into())
+        })?;
         let channels = spec
             .channels
             .into_iter()
