@@ -26,9 +26,14 @@
 
 mod capability;
 pub mod cpu;
+pub mod emu;
 mod engine;
 mod error;
+pub mod ioat;
 pub mod log;
+pub mod mem;
+pub mod mmio;
+pub mod pci;
 mod sync;
 
 pub use capability::{CapMask, Capability};

@@ -1,0 +1,979 @@
+//! The IOAT v3 channel driver: one hardware channel, driven through its registers and its
+//! descriptor ring, the same code on silicon and on the emulated device.
+//!
+//! Life of a channel: [`IoatChannel::start`] resets it (suspend, clear errors, reset, wait for
+//! the self-clearing bit), programs CHANCTRL, the completion address and the chain address, and
+//! pushes a null descriptor through to prove it works. Operations are then *built* into ring
+//! slots without touching registers, split wherever a descriptor would exceed XFERCAP or the
+//! memory stops being IOVA-contiguous; [`IoatChannel::submit`] marks the batch's last descriptor
+//! to write the completion word and rings the 16-bit DMACOUNT doorbell once. [`IoatChannel::poll`]
+//! reads the completion word from memory (no register access) and retires every operation up to
+//! the descriptor it names, one completion per operation.
+//!
+//! Errors: the channel is programmed to halt on any error and to write the completion word
+//! when it does, so a halted status names the last good descriptor; the next one failed. Poll
+//! then completes the operations before it, fails the operation holding it with the cause
+//! named from CHANERR, clears the error, resets the channel, restarts the chain after the failed
+//! operation and carries on. A channel that does not come back is failed as a whole: every
+//! outstanding operation completes with an error and later submits are refused. Registers that
+//! read all-ones mean the device is gone: the same, with "device removed". Every wait has a
+//! timeout.
+
+use std::fmt;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::ring::DescriptorRing;
+use super::spec::{
+    self, cbver, chan, chancmd, chanctrl, chanerr, chansts, ctl, device, op, Descriptor,
+    NULL_DESCRIPTOR_SIZE,
+};
+use crate::mem::{DmaBlock, DmaPool, MemError, Translator};
+use crate::mmio::{read64_split, write64_split, RegisterWindow};
+use crate::pci::ConfigSpace;
+
+/// How an operation is submitted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpFlags(u32);
+
+impl OpFlags {
+    /// No flag: queue the operation, ring the doorbell later with `submit`.
+    pub const NONE: OpFlags = OpFlags(0);
+    /// The operation starts only after every operation queued before it has finished.
+    pub const FENCE: OpFlags = OpFlags(1);
+    /// Ring the doorbell right after queueing the operation.
+    pub const SUBMIT: OpFlags = OpFlags(2);
+
+    /// Whether every flag of `other` is set.
+    pub const fn contains(self, other: OpFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for OpFlags {
+    type Output = OpFlags;
+    fn bitor(self, rhs: OpFlags) -> OpFlags {
+        OpFlags(self.0 | rhs.0)
+    }
+}
+
+/// Why an operation that was accepted did not succeed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpError {
+    /// The device halted on this operation; `chanerr` holds the CHANERR bits.
+    Device {
+        /// The CHANERR register at the halt.
+        chanerr: u32,
+    },
+    /// The channel could not be recovered; the operation was abandoned.
+    ChannelFailed,
+    /// The device disappeared (its registers read all-ones).
+    DeviceRemoved,
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpError::Device { chanerr } => write!(
+                f,
+                "device error: {} (CHANERR {chanerr:#x})",
+                chanerr::describe(*chanerr)
+            ),
+            OpError::ChannelFailed => f.write_str("channel failed and was abandoned"),
+            OpError::DeviceRemoved => f.write_str("device removed"),
+        }
+    }
+}
+
+impl std::error::Error for OpError {}
+
+/// The end of one operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// What the submitter passed in.
+    pub user_data: u64,
+    /// Success, or why not.
+    pub result: Result<(), OpError>,
+}
+
+/// Why an operation was refused at submission. A refused operation built nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The ring has `free` slots; the operation needs `needed`.
+    RingFull {
+        /// Slots the operation needs.
+        needed: u32,
+        /// Slots free now.
+        free: u32,
+    },
+    /// A zero-length operation.
+    ZeroLength,
+    /// The device does not offer block fill.
+    FillUnsupported,
+    /// Part of a buffer is not DMA memory (neither pool nor registered memory).
+    Unmapped(MemError),
+    /// The channel failed earlier and accepts nothing.
+    ChannelFailed,
+    /// The device is gone.
+    DeviceRemoved,
+}
+
+impl fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubmitError::RingFull { needed, free } => {
+                write!(
+                    f,
+                    "descriptor ring full: {needed} slot(s) needed, {free} free"
+                )
+            }
+            SubmitError::ZeroLength => f.write_str("zero-length operation"),
+            SubmitError::FillUnsupported => f.write_str("the device does not support fill"),
+            SubmitError::Unmapped(err) => write!(f, "buffer is not DMA memory: {err}"),
+            SubmitError::ChannelFailed => f.write_str("channel failed and accepts no work"),
+            SubmitError::DeviceRemoved => f.write_str("device removed"),
+        }
+    }
+}
+
+impl std::error::Error for SubmitError {}
+
+/// Why a channel could not be started or reset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChannelError {
+    /// The version register names a part older than v3.
+    UnsupportedVersion(u8),
+    /// The channel index is not below CHANCNT.
+    NoSuchChannel {
+        /// The index asked for.
+        index: usize,
+        /// CHANCNT.
+        count: usize,
+    },
+    /// A wait ran out of time.
+    Timeout {
+        /// What was being waited for.
+        waiting_for: &'static str,
+        /// CHANSTS when it gave up.
+        chansts: u64,
+        /// CHANERR when it gave up.
+        chanerr: u32,
+    },
+    /// The ring or completion word could not be allocated.
+    Memory(MemError),
+    /// Configuration space could not be accessed.
+    Config(String),
+    /// Every register reads all-ones: the device is gone.
+    DeviceRemoved,
+    /// A ring order outside 4..=16.
+    BadRingOrder(u32),
+}
+
+impl fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChannelError::UnsupportedVersion(v) => write!(f, "CBVER {v:#x} is not IOAT v3"),
+            ChannelError::NoSuchChannel { index, count } => {
+                write!(f, "channel {index} does not exist (the device has {count})")
+            }
+            ChannelError::Timeout {
+                waiting_for,
+                chansts,
+                chanerr,
+            } => write!(
+                f,
+                "timed out waiting for {waiting_for} (CHANSTS {chansts:#x}, CHANERR {chanerr:#x}: {})",
+                chanerr::describe(*chanerr)
+            ),
+            ChannelError::Memory(err) => write!(f, "DMA memory: {err}"),
+            ChannelError::Config(err) => write!(f, "configuration space: {err}"),
+            ChannelError::DeviceRemoved => f.write_str("device removed (registers read all-ones)"),
+            ChannelError::BadRingOrder(order) => {
+                write!(f, "ring order {order} is outside 4..=16")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ChannelError {}
+
+impl From<MemError> for ChannelError {
+    fn from(err: MemError) -> Self {
+        ChannelError::Memory(err)
+    }
+}
+
+/// How long the driver waits for the device.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// For a SUSPEND to take effect.
+    pub suspend: Duration,
+    /// For the RESET bit to clear.
+    pub reset: Duration,
+    /// For the start-up null descriptor, and for ARMED after a restart.
+    pub start: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            suspend: Duration::from_millis(20),
+            reset: Duration::from_millis(200),
+            start: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Settings of one channel.
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelConfig {
+    /// log2 of the ring size, 4..=16.
+    pub ring_order: u32,
+    /// Waits.
+    pub timeouts: Timeouts,
+    /// Polls without progress, with work outstanding, before the driver reads CHANSTS to
+    /// catch a halt or removal whose completion write never arrived.
+    pub stall_check_polls: u32,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            ring_order: 12,
+            timeouts: Timeouts::default(),
+            stall_check_polls: 4096,
+        }
+    }
+}
+
+/// Per-slot bookkeeping kept beside the hardware ring.
+#[derive(Clone, Copy, Default)]
+struct SlotMeta {
+    /// The slot holds the last descriptor of an operation, whose `user_data` this is.
+    ends_op: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Health {
+    Running,
+    Failed,
+    Removed,
+}
+
+/// Counters of one channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Operations completed successfully.
+    pub ops_ok: u64,
+    /// Operations completed with an error.
+    pub ops_failed: u64,
+    /// Descriptors handed to the device (data and null).
+    pub descriptors: u64,
+    /// Doorbell writes.
+    pub doorbells: u64,
+    /// Error recoveries (halt, reset, restart).
+    pub recoveries: u64,
+}
+
+/// One IOAT channel, owned by one thread.
+pub struct IoatChannel {
+    regs: Arc<dyn RegisterWindow>,
+    config_space: Option<Arc<dyn ConfigSpace>>,
+    base: usize,
+    version: u8,
+    split64: bool,
+    max_transfer: u64,
+    fill_supported: bool,
+    /// Lock-free view of the pool's translations, for the per-operation path.
+    translator: Translator,
+    ring: DescriptorRing,
+    meta: Box<[SlotMeta]>,
+    completion: DmaBlock,
+    /// Next slot to build into (free-running).
+    head: u32,
+    /// Slots up to here have been announced with the doorbell.
+    submitted: u32,
+    /// Oldest slot not retired.
+    tail: u32,
+    /// Slot index the device's 16-bit count started from at the last (re)start.
+    count_base: u32,
+    /// The completion address last acted on.
+    last_completed: u64,
+    stalled_polls: u32,
+    health: Health,
+    config: ChannelConfig,
+    stats: ChannelStats,
+    /// Reused plan of the operation being built, so building allocates nothing.
+    pieces: Vec<Piece>,
+}
+
+/// One descriptor's worth of a transfer: destination, source (none for a fill), length.
+type Piece = (u64, Option<u64>, u32);
+
+/// Reads all-ones: what a removed PCI device returns.
+fn all_ones_u64(value: u64) -> bool {
+    value == u64::MAX
+}
+
+impl IoatChannel {
+    /// Starts channel `index` of the device behind `regs`: reset, program, prove with a null
+    /// descriptor. `config_space` is needed on parts before v3.3 to clear CHANERR_INT.
+    pub fn start(
+        regs: Arc<dyn RegisterWindow>,
+        config_space: Option<Arc<dyn ConfigSpace>>,
+        index: usize,
+        pool: &DmaPool,
+        config: ChannelConfig,
+    ) -> Result<IoatChannel, ChannelError> {
+        if !(4..=16).contains(&config.ring_order) {
+            return Err(ChannelError::BadRingOrder(config.ring_order));
+        }
+        let version = regs.read8(device::CBVER);
+        if version == u8::MAX {
+            return Err(ChannelError::DeviceRemoved);
+        }
+        if version < cbver::V3_0 {
+            return Err(ChannelError::UnsupportedVersion(version));
+        }
+        let count = usize::from(regs.read8(device::CHANCNT) & device::CHANCNT_MASK);
+        if index >= count.min(spec::MAX_CHANNELS) {
+            return Err(ChannelError::NoSuchChannel { index, count });
+        }
+        let fill_supported = regs.read32(device::DMACAPABILITY) & spec::dmacap::FILL != 0;
+        let max_transfer = spec::max_transfer(regs.read8(device::XFERCAP));
+        if let Some(cs) = &config_space {
+            let command = cs
+                .read16(spec::config::COMMAND)
+                .map_err(|e| ChannelError::Config(e.to_string()))?;
+            cs.write16(
+                spec::config::COMMAND,
+                command | spec::config::COMMAND_BUS_MASTER,
+            )
+            .map_err(|e| ChannelError::Config(e.to_string()))?;
+        }
+        let ring = DescriptorRing::new(pool, config.ring_order)?;
+        let completion = pool.alloc(8, 8)?;
+        let slots = ring.size() as usize;
+        let mut channel = IoatChannel {
+            regs,
+            config_space,
+            base: spec::channel_base(index),
+            version,
+            split64: cbver::needs_split_64(version),
+            max_transfer,
+            fill_supported,
+            translator: pool.translator(),
+            ring,
+            meta: vec![SlotMeta::default(); slots].into_boxed_slice(),
+            completion,
+            head: 0,
+            submitted: 0,
+            tail: 0,
+            count_base: 0,
+            last_completed: 0,
+            stalled_polls: 0,
+            health: Health::Running,
+            config,
+            stats: ChannelStats::default(),
+            pieces: Vec::with_capacity(16),
+        };
+        channel.reset()?;
+        channel.program_and_arm()?;
+        channel.prove_with_null()?;
+        Ok(channel)
+    }
+
+    fn reg8(&self, offset: usize) -> u8 {
+        self.regs.read8(self.base + offset)
+    }
+
+    fn chansts(&self) -> u64 {
+        read64_split(&*self.regs, self.base + chan::CHANSTS, self.split64)
+    }
+
+    fn chanerr(&self) -> u32 {
+        self.regs.read32(self.base + chan::CHANERR)
+    }
+
+    /// Waits until `done(chansts)` or the timeout, yielding in between.
+    fn wait_for(
+        &self,
+        waiting_for: &'static str,
+        timeout: Duration,
+        mut done: impl FnMut(&Self) -> bool,
+    ) -> Result<(), ChannelError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(self) {
+                return Ok(());
+            }
+            let status = self.chansts();
+            if all_ones_u64(status) {
+                return Err(ChannelError::DeviceRemoved);
+            }
+            if Instant::now() >= deadline {
+                return Err(ChannelError::Timeout {
+                    waiting_for,
+                    chansts: status,
+                    chanerr: self.chanerr(),
+                });
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// The reset sequence: suspend a running channel, clear its errors, reset it, and wait for
+    /// the reset to finish. Leaves the channel HALTED with its count at zero.
+    pub fn reset(&mut self) -> Result<(), ChannelError> {
+        let status = self.chansts();
+        if all_ones_u64(status) {
+            return Err(ChannelError::DeviceRemoved);
+        }
+        let state = chansts::state(status);
+        if state == chansts::ACTIVE || state == chansts::IDLE {
+            self.regs
+                .write8(self.base + chan::CHANCMD, chancmd::SUSPEND);
+            self.wait_for("suspend", self.config.timeouts.suspend, |c| {
+                let s = chansts::state(c.chansts());
+                s != chansts::ACTIVE && s != chansts::IDLE
+            })?;
+        }
+        self.clear_errors()?;
+        self.regs.write8(self.base + chan::CHANCMD, chancmd::RESET);
+        self.wait_for("reset", self.config.timeouts.reset, |c| {
+            c.reg8(chan::CHANCMD) & chancmd::RESET == 0
+        })?;
+        Ok(())
+    }
+
+    /// Writes CHANERR back (write-1-to-clear) and, before v3.3, CHANERR_INT too: those parts
+    /// stay HALTED until both are clear.
+    fn clear_errors(&self) -> Result<(), ChannelError> {
+        let errors = self.chanerr();
+        self.regs.write32(self.base + chan::CHANERR, errors);
+        if self.version < cbver::V3_3 {
+            if let Some(cs) = &self.config_space {
+                let mirrored = cs
+                    .read32(spec::config::CHANERR_INT)
+                    .map_err(|e| ChannelError::Config(e.to_string()))?;
+                cs.write32(spec::config::CHANERR_INT, mirrored)
+                    .map_err(|e| ChannelError::Config(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Programs control, completion address and chain start (the slot at `tail`), after a
+    /// reset, and waits for ARMED.
+    fn program_and_arm(&mut self) -> Result<(), ChannelError> {
+        self.regs.write16(
+            self.base + chan::CHANCTRL,
+            chanctrl::ANY_ERR_ABORT_EN | chanctrl::ERR_COMPLETION_EN,
+        );
+        let completion_iova = self.completion.iova();
+        write64_split(
+            &*self.regs,
+            self.base + chan::CHANCMP,
+            completion_iova,
+            self.split64,
+        );
+        let chain = self.ring.bus_address(self.tail);
+        write64_split(
+            &*self.regs,
+            self.base + chan::CHAINADDR,
+            chain,
+            self.split64,
+        );
+        self.count_base = self.tail;
+        self.wait_for(
+            "ARMED after programming the chain",
+            self.config.timeouts.start,
+            |c| chansts::state(c.chansts()) == chansts::ARMED,
+        )
+    }
+
+    /// Pushes a null descriptor through and waits for its completion, proving the channel.
+    fn prove_with_null(&mut self) -> Result<(), ChannelError> {
+        let null = Descriptor {
+            size: NULL_DESCRIPTOR_SIZE,
+            control: ctl::with_op(op::COPY, ctl::NULL),
+            ..Descriptor::default()
+        };
+        self.ring.fill(self.head, &null);
+        self.meta[self.slot(self.head)] = SlotMeta { ends_op: None };
+        self.head = self.head.wrapping_add(1);
+        self.submit();
+        let target = self.ring.bus_address(self.head.wrapping_sub(1));
+        self.wait_for(
+            "the start-up null descriptor",
+            self.config.timeouts.start,
+            |c| chansts::completed_address(c.completion_word()) == target,
+        )?;
+        let mut none = [];
+        self.poll(&mut none);
+        Ok(())
+    }
+
+    #[inline]
+    fn slot(&self, index: u32) -> usize {
+        (index & (self.ring.size() - 1)) as usize
+    }
+
+    /// Slots free for building now (one slot always stays empty).
+    #[inline]
+    pub fn capacity(&self) -> u32 {
+        self.ring.size() - 1 - self.head.wrapping_sub(self.tail)
+    }
+
+    /// Operations built or submitted and not yet completed... in descriptors.
+    #[inline]
+    pub fn outstanding_descriptors(&self) -> u32 {
+        self.head.wrapping_sub(self.tail)
+    }
+
+    /// The channel's counters.
+    pub fn stats(&self) -> ChannelStats {
+        self.stats
+    }
+
+    /// Largest transfer one descriptor may carry.
+    pub fn max_transfer(&self) -> u64 {
+        self.max_transfer
+    }
+
+    /// Whether the device offers block fill.
+    pub fn fill_supported(&self) -> bool {
+        self.fill_supported
+    }
+
+    fn accepting(&self) -> Result<(), SubmitError> {
+        match self.health {
+            Health::Running => Ok(()),
+            Health::Failed => Err(SubmitError::ChannelFailed),
+            Health::Removed => Err(SubmitError::DeviceRemoved),
+        }
+    }
+
+    /// Plans the descriptors of a transfer: `(dest iova, src iova or None, len)` pieces, each
+    /// within XFERCAP and IOVA-contiguous on both sides.
+    fn plan(
+        &mut self,
+        dst: usize,
+        src: Option<usize>,
+        len: usize,
+        pieces: &mut Vec<Piece>,
+    ) -> Result<(), SubmitError> {
+        pieces.clear();
+        let cap = self.max_transfer.min(u64::from(u32::MAX)) as usize;
+        let mut done = 0usize;
+        while done < len {
+            let want = (len - done).min(cap);
+            let (dst_iova, dst_run) = self
+                .translator
+                .translate(dst + done, want)
+                .map_err(SubmitError::Unmapped)?;
+            let mut piece = dst_run.min(want);
+            let src_iova = match src {
+                Some(src) => {
+                    let (iova, run) = self
+                        .translator
+                        .translate(src + done, piece)
+                        .map_err(SubmitError::Unmapped)?;
+                    piece = piece.min(run);
+                    Some(iova)
+                }
+                None => None,
+            };
+            pieces.push((dst_iova, src_iova, piece as u32));
+            done += piece;
+        }
+        Ok(())
+    }
+
+    /// Queues a copy of `len` bytes from `src` to `dst` (virtual addresses of DMA memory).
+    ///
+    /// # Safety
+    ///
+    /// Both buffers must stay allocated, and nothing may read `dst` or write either buffer,
+    /// until the operation's completion has been returned by [`IoatChannel::poll`]: the device
+    /// accesses them asynchronously.
+    pub unsafe fn copy(
+        &mut self,
+        dst: *mut u8,
+        src: *const u8,
+        len: usize,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), SubmitError> {
+        self.accepting()?;
+        if len == 0 {
+            return Err(SubmitError::ZeroLength);
+        }
+        let mut pieces = std::mem::take(&mut self.pieces);
+        let built = self
+            .plan(dst as usize, Some(src as usize), len, &mut pieces)
+            .and_then(|()| self.build(&pieces, 0, user_data, flags));
+        self.pieces = pieces;
+        built
+    }
+
+    /// Queues a fill of `len` bytes at `dst` with the 64-bit `pattern` repeated: byte `i` of
+    /// the buffer gets byte `i % 8` of the pattern in little-endian order. Any length and
+    /// alignment works: a descriptor restarts the pattern at its own start, so each piece after
+    /// a split carries the pattern rotated to the phase it starts at.
+    ///
+    /// # Safety
+    ///
+    /// As for [`IoatChannel::copy`], for `dst`.
+    pub unsafe fn fill(
+        &mut self,
+        dst: *mut u8,
+        pattern: u64,
+        len: usize,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), SubmitError> {
+        self.accepting()?;
+        if !self.fill_supported {
+            return Err(SubmitError::FillUnsupported);
+        }
+        if len == 0 {
+            return Err(SubmitError::ZeroLength);
+        }
+        let mut pieces = std::mem::take(&mut self.pieces);
+        let built = self
+            .plan(dst as usize, None, len, &mut pieces)
+            .and_then(|()| self.build(&pieces, pattern, user_data, flags));
+        self.pieces = pieces;
+        built
+    }
+
+    /// Queues a null descriptor that completes with `user_data` (a marker or a flush).
+    pub fn null(&mut self, user_data: u64, flags: OpFlags) -> Result<(), SubmitError> {
+        self.accepting()?;
+        self.build(&[], 0, user_data, flags)
+    }
+
+    /// Writes the descriptors of one operation, all or nothing.
+    fn build(
+        &mut self,
+        pieces: &[Piece],
+        pattern: u64,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), SubmitError> {
+        let fence = flags.contains(OpFlags::FENCE) && self.head != self.tail;
+        // A fence orders this operation after everything before it. IOAT's fence bit orders
+        // the descriptors *after* the one carrying it, so it goes on the previous descriptor if
+        // the device has not been told about it yet, else on a null descriptor of its own.
+        let fence_on_null = fence && self.submitted == self.head;
+        let needed = pieces.len().max(1) as u32 + u32::from(fence_on_null);
+        let free = self.capacity();
+        if needed > free {
+            return Err(SubmitError::RingFull { needed, free });
+        }
+        if fence_on_null {
+            let null = Descriptor {
+                size: NULL_DESCRIPTOR_SIZE,
+                control: ctl::with_op(op::COPY, ctl::NULL | ctl::FENCE),
+                ..Descriptor::default()
+            };
+            self.push(&null, None);
+        } else if fence {
+            self.ring
+                .set_control_bits(self.head.wrapping_sub(1), ctl::FENCE);
+        }
+        if pieces.is_empty() {
+            let null = Descriptor {
+                size: NULL_DESCRIPTOR_SIZE,
+                control: ctl::with_op(op::COPY, ctl::NULL),
+                ..Descriptor::default()
+            };
+            self.push(&null, Some(user_data));
+        }
+        let mut offset = 0u64;
+        for (i, &(dest, src, size)) in pieces.iter().enumerate() {
+            let phase = (offset % 8) as u32;
+            offset += u64::from(size);
+            let descriptor = match src {
+                Some(src) => Descriptor {
+                    size,
+                    control: ctl::with_op(op::COPY, 0),
+                    src_or_pattern: src,
+                    dest,
+                    ..Descriptor::default()
+                },
+                None => Descriptor {
+                    size,
+                    control: ctl::with_op(op::FILL, 0),
+                    src_or_pattern: pattern.rotate_right(8 * phase),
+                    dest,
+                    ..Descriptor::default()
+                },
+            };
+            let last = i + 1 == pieces.len();
+            self.push(&descriptor, last.then_some(user_data));
+        }
+        if flags.contains(OpFlags::SUBMIT) {
+            self.submit();
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn push(&mut self, descriptor: &Descriptor, ends_op: Option<u64>) {
+        self.ring.fill(self.head, descriptor);
+        let slot = self.slot(self.head);
+        self.meta[slot] = SlotMeta { ends_op };
+        self.head = self.head.wrapping_add(1);
+    }
+
+    /// Rings the doorbell for everything built since the last one: the batch's last descriptor
+    /// asks for a completion write, then DMACOUNT gets the new running count.
+    pub fn submit(&mut self) {
+        if self.submitted == self.head || self.health != Health::Running {
+            return;
+        }
+        self.ring
+            .set_control_bits(self.head.wrapping_sub(1), ctl::COMPLETION_UPDATE);
+        self.stats.descriptors += u64::from(self.head.wrapping_sub(self.submitted));
+        self.submitted = self.head;
+        self.ring_doorbell();
+    }
+
+    fn ring_doorbell(&mut self) {
+        // Descriptor stores must be visible to the device before it hears of them. On x86-64
+        // stores are not reordered with the uncached doorbell store, so a compiler fence would
+        // do; a release fence is that and also orders the emulator thread's acquire load.
+        fence(Ordering::Release);
+        let count = self.submitted.wrapping_sub(self.count_base) as u16;
+        self.regs.write16(self.base + chan::DMACOUNT, count);
+        self.stats.doorbells += 1;
+    }
+
+    fn completion_word(&self) -> u64 {
+        let word = self.completion.as_ptr().cast::<u64>().cast_mut();
+        // SAFETY: the completion block is 8 bytes, 8-byte aligned and lives as long as the
+        // channel; the device writes it with single 64-bit stores. The atomic view is transient
+        // (no plain reference to device-written memory); acquire pairs with the device's
+        // release of the data it moved before writing this word.
+        unsafe { AtomicU64::from_ptr(word) }.load(Ordering::Acquire)
+    }
+
+    /// Position, counted from `tail`, of the submitted slot whose bus address is `address`.
+    fn find_submitted(&self, address: u64) -> Option<u32> {
+        let submitted = self.submitted.wrapping_sub(self.tail);
+        (0..submitted).find(|&k| self.ring.bus_address(self.tail.wrapping_add(k)) == address)
+    }
+
+    /// Retires up to `count` slots from `tail`, reporting each operation that ends among them,
+    /// and stops early when `out` is full. Returns how many slots it retired.
+    fn retire(
+        &mut self,
+        count: u32,
+        out: &mut [Completion],
+        filled: &mut usize,
+        result: Result<(), OpError>,
+    ) -> u32 {
+        for retired in 0..count {
+            let slot = self.slot(self.tail);
+            if let Some(user_data) = self.meta[slot].ends_op {
+                if *filled == out.len() {
+                    return retired;
+                }
+                self.meta[slot].ends_op = None;
+                self.report(out, filled, user_data, result);
+            }
+            self.tail = self.tail.wrapping_add(1);
+        }
+        count
+    }
+
+    fn report(
+        &mut self,
+        out: &mut [Completion],
+        filled: &mut usize,
+        user_data: u64,
+        result: Result<(), OpError>,
+    ) {
+        match result {
+            Ok(()) => self.stats.ops_ok += 1,
+            Err(_) => self.stats.ops_failed += 1,
+        }
+        out[*filled] = Completion { user_data, result };
+        *filled += 1;
+    }
+
+    /// Collects finished operations into `out`, oldest first, and returns how many it wrote.
+    /// Operations that do not fit are returned by the next call. A halted channel is recovered
+    /// here; a failed or removed one completes everything outstanding with an error.
+    pub fn poll(&mut self, out: &mut [Completion]) -> usize {
+        let mut filled = 0;
+        match self.health {
+            Health::Running => {}
+            Health::Failed => {
+                self.abandon(OpError::ChannelFailed, Health::Failed, out, &mut filled);
+                return filled;
+            }
+            Health::Removed => {
+                self.abandon(OpError::DeviceRemoved, Health::Removed, out, &mut filled);
+                return filled;
+            }
+        }
+        if self.tail == self.submitted {
+            return 0;
+        }
+        let word = self.completion_word();
+        let address = chansts::completed_address(word);
+        let halted = chansts::state(word) == chansts::HALTED;
+        if address == self.last_completed && !halted {
+            self.stalled_polls += 1;
+            if self.stalled_polls >= self.config.stall_check_polls {
+                self.stalled_polls = 0;
+                self.check_stall(out, &mut filled);
+            }
+            return filled;
+        }
+        self.stalled_polls = 0;
+        if let Some(k) = self.find_submitted(address) {
+            if self.retire(k + 1, out, &mut filled, Ok(())) < k + 1 {
+                return filled; // `out` is full; the rest of the batch comes next time
+            }
+            self.last_completed = address;
+        }
+        if halted {
+            self.recover(out, &mut filled);
+        }
+        filled
+    }
+
+    /// Overwrites the completion word with a non-halted status naming `address`, so a status
+    /// the device wrote before a reset is not acted on twice.
+    fn prime_completion(&mut self, address: u64) {
+        let word = self.completion.as_mut_ptr().cast::<u64>();
+        // SAFETY: as in `completion_word`; the device is reset and not writing the word now.
+        unsafe { AtomicU64::from_ptr(word) }.store(address | chansts::ARMED, Ordering::Release);
+        self.last_completed = address;
+    }
+
+    /// No completion progress for a while: read the status register, which catches a halt
+    /// whose completion write was lost and a device that is gone.
+    fn check_stall(&mut self, out: &mut [Completion], filled: &mut usize) {
+        let status = self.chansts();
+        if all_ones_u64(status) {
+            self.abandon(OpError::DeviceRemoved, Health::Removed, out, filled);
+        } else if chansts::state(status) == chansts::HALTED {
+            self.recover(out, filled);
+        }
+    }
+
+    /// The channel halted: the operation at `tail` failed. Complete it with the cause, skip
+    /// the rest of its descriptors, reset, and restart the chain after it.
+    fn recover(&mut self, out: &mut [Completion], filled: &mut usize) {
+        let errors = self.chanerr();
+        if errors == u32::MAX {
+            self.abandon(OpError::DeviceRemoved, Health::Removed, out, filled);
+            return;
+        }
+        // The failing operation runs from `tail` to the first descriptor that ends an
+        // operation; the device halted inside it, so it was submitted whole.
+        let span = (0..self.submitted.wrapping_sub(self.tail))
+            .find(|&k| {
+                self.meta[self.slot(self.tail.wrapping_add(k))]
+                    .ends_op
+                    .is_some()
+            })
+            .map_or(0, |k| k + 1);
+        if span > 0 && *filled == out.len() {
+            return; // no room to report it; the halted status stays and the next poll retries
+        }
+        self.retire(span, out, filled, Err(OpError::Device { chanerr: errors }));
+        self.stats.recoveries += 1;
+        let restarted = self.reset().and_then(|()| {
+            self.prime_completion(self.ring.bus_address(self.tail.wrapping_sub(1)));
+            self.program_and_arm()
+        });
+        match restarted {
+            Ok(()) if self.submitted != self.tail => self.ring_doorbell(),
+            Ok(()) => {}
+            Err(ChannelError::DeviceRemoved) => {
+                self.abandon(OpError::DeviceRemoved, Health::Removed, out, filled)
+            }
+            Err(_) => self.abandon(OpError::ChannelFailed, Health::Failed, out, filled),
+        }
+    }
+
+    /// Fails every outstanding operation with `cause` and stops accepting work. Operations
+    /// that do not fit in `out` are reported by later polls.
+    fn abandon(
+        &mut self,
+        cause: OpError,
+        health: Health,
+        out: &mut [Completion],
+        filled: &mut usize,
+    ) {
+        self.health = health;
+        while self.tail != self.head && *filled < out.len() {
+            let slot = self.slot(self.tail);
+            if let Some(user_data) = self.meta[slot].ends_op.take() {
+                self.report(out, filled, user_data, Err(cause));
+            }
+            self.tail = self.tail.wrapping_add(1);
+        }
+        self.submitted = self.head;
+    }
+
+    /// Completes every outstanding operation with [`OpError::DeviceRemoved`] without touching
+    /// the device (it is gone); later submits are refused.
+    pub fn fail_removed(&mut self, out: &mut [Completion]) -> usize {
+        let mut filled = 0;
+        self.abandon(OpError::DeviceRemoved, Health::Removed, out, &mut filled);
+        filled
+    }
+
+    /// Whether the channel still accepts work.
+    pub fn is_running(&self) -> bool {
+        self.health == Health::Running
+    }
+
+    /// Stops the device using the ring (suspend and reset), so its memory can be freed.
+    /// Outstanding operations are not completed; poll them out first.
+    pub fn shutdown(&mut self) -> Result<(), ChannelError> {
+        if self.health == Health::Removed {
+            return Ok(());
+        }
+        self.reset()
+    }
+
+    /// Whether the descriptor at free-running `index` carries a fence (for tests).
+    pub fn descriptor_has_fence(&self, index: u32) -> bool {
+        self.ring.has_fence(index)
+    }
+
+    /// Free-running index of the next descriptor to be built (for tests).
+    pub fn head(&self) -> u32 {
+        self.head
+    }
+}
+
+impl Drop for IoatChannel {
+    fn drop(&mut self) {
+        // The device must stop reading the ring before its memory goes back to the pool.
+        let _ = self.shutdown();
+    }
+}
+
+impl fmt::Debug for IoatChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IoatChannel")
+            .field("base", &format_args!("{:#x}", self.base))
+            .field("version", &format_args!("{:#x}", self.version))
+            .field("ring_size", &self.ring.size())
+            .field("head", &self.head)
+            .field("submitted", &self.submitted)
+            .field("tail", &self.tail)
+            .field("health", &self.health)
+            .finish()
+    }
+}

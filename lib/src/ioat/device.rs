@@ -1,0 +1,147 @@
+//! An IOAT function as an engine device: probing its registers for channels and capabilities,
+//! and the per-channel backend whose resources (ring, completion word, a started hardware
+//! channel) exist exactly while the engine holds a reference to the channel.
+//!
+//! The same code serves a real function (registers from a mapped BAR, configuration space from
+//! sysfs) and the emulated device (its register and configuration models).
+
+use std::any::Any;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use super::channel::{ChannelConfig, ChannelError, IoatChannel};
+use super::spec::{self, device};
+use crate::engine::{BackendError, ChannelBackend, DeviceSpec};
+use crate::mem::DmaPool;
+use crate::mmio::RegisterWindow;
+use crate::pci::ConfigSpace;
+use crate::{CapMask, Capability};
+
+struct Function {
+    registers: Arc<dyn RegisterWindow>,
+    config_space: Option<Arc<dyn ConfigSpace>>,
+    pool: DmaPool,
+    channel_config: ChannelConfig,
+}
+
+/// A probed IOAT function, ready to register with an engine.
+pub struct IoatDevice {
+    name: String,
+    capabilities: CapMask,
+    channels: Vec<Arc<IoatChannelBackend>>,
+}
+
+impl IoatDevice {
+    /// Reads the function's version, channel count and capabilities. Copy is always offered;
+    /// fill when DMACAPABILITY says so.
+    pub fn probe(
+        name: impl Into<String>,
+        registers: Arc<dyn RegisterWindow>,
+        config_space: Option<Arc<dyn ConfigSpace>>,
+        pool: DmaPool,
+        channel_config: ChannelConfig,
+    ) -> Result<IoatDevice, ChannelError> {
+        let version = registers.read8(device::CBVER);
+        if version == u8::MAX {
+            return Err(ChannelError::DeviceRemoved);
+        }
+        if version < spec::cbver::V3_0 {
+            return Err(ChannelError::UnsupportedVersion(version));
+        }
+        let count = usize::from(registers.read8(device::CHANCNT) & device::CHANCNT_MASK)
+            .min(spec::MAX_CHANNELS);
+        if count == 0 {
+            return Err(ChannelError::NoSuchChannel { index: 0, count });
+        }
+        let mut capabilities = CapMask::MEMCPY;
+        if registers.read32(device::DMACAPABILITY) & spec::dmacap::FILL != 0 {
+            capabilities = capabilities.with(Capability::Fill);
+        }
+        let function = Arc::new(Function {
+            registers,
+            config_space,
+            pool,
+            channel_config,
+        });
+        let channels = (0..count)
+            .map(|index| {
+                Arc::new(IoatChannelBackend {
+                    function: Arc::clone(&function),
+                    index,
+                    channel: Mutex::new(None),
+                })
+            })
+            .collect();
+        Ok(IoatDevice {
+            name: name.into(),
+            capabilities,
+            channels,
+        })
+    }
+
+    /// The capabilities probed.
+    pub fn capabilities(&self) -> CapMask {
+        self.capabilities
+    }
+
+    /// The channel backends, in channel order.
+    pub fn channels(&self) -> &[Arc<IoatChannelBackend>] {
+        &self.channels
+    }
+
+    /// The description to register with an engine.
+    pub fn spec(&self) -> DeviceSpec {
+        DeviceSpec::new(
+            self.name.clone(),
+            self.capabilities,
+            self.channels
+                .iter()
+                .map(|c| Arc::clone(c) as Arc<dyn ChannelBackend>)
+                .collect(),
+        )
+    }
+}
+
+/// One IOAT channel behind the engine's reference counting: started on the first reference,
+/// shut down and its memory freed on the last.
+pub struct IoatChannelBackend {
+    function: Arc<Function>,
+    index: usize,
+    channel: Mutex<Option<IoatChannel>>,
+}
+
+impl IoatChannelBackend {
+    /// The channel's index in its function.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The started channel, if the engine holds a reference to it.
+    pub fn channel(&self) -> MutexGuard<'_, Option<IoatChannel>> {
+        self.channel.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl ChannelBackend for IoatChannelBackend {
+    fn allocate_resources(&self) -> Result<(), BackendError> {
+        let f = &self.function;
+        let channel = IoatChannel::start(
+            Arc::clone(&f.registers),
+            f.config_space.clone(),
+            self.index,
+            &f.pool,
+            f.channel_config,
+        )?;
+        *self.channel() = Some(channel);
+        Ok(())
+    }
+
+    fn free_resources(&self) {
+        // Dropping the channel resets it so the device stops reading the ring, then returns
+        // the ring and completion word to the pool.
+        self.channel().take();
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

@@ -1,0 +1,15 @@
+//! The Intel I/OAT v3 device: its programming interface ([`spec`]), the channel driver
+//! ([`IoatChannel`]) that runs unchanged on hardware and on the emulated device, and the
+//! engine backend that starts a channel on its first reference ([`IoatDevice`]). Driver and
+//! emulated device share nothing but [`spec`].
+
+mod channel;
+mod device;
+mod ring;
+pub mod spec;
+
+pub use channel::{
+    ChannelConfig, ChannelError, ChannelStats, Completion, IoatChannel, OpError, OpFlags,
+    SubmitError, Timeouts,
+};
+pub use device::{IoatChannelBackend, IoatDevice};

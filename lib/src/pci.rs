@@ -1,0 +1,200 @@
+//! PCI plumbing for real IOAT functions: configuration-space access and discovery in sysfs.
+//!
+//! The driver reaches configuration space through [`ConfigSpace`]: on hardware, reads and
+//! writes of `/sys/bus/pci/devices/<bdf>/config` ([`SysfsConfig`]); on the emulated device,
+//! its model. Discovery lists the functions whose vendor and device ids are IOAT's, so that
+//! an application can attach them after unbinding the kernel's `ioatdma` driver.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::mmio::MmioRegion;
+
+/// PCI configuration space of one function.
+pub trait ConfigSpace: Send + Sync {
+    /// Reads the 16-bit register at `offset`.
+    fn read16(&self, offset: usize) -> io::Result<u16>;
+    /// Writes the 16-bit register at `offset`.
+    fn write16(&self, offset: usize, value: u16) -> io::Result<()>;
+    /// Reads the 32-bit register at `offset`.
+    fn read32(&self, offset: usize) -> io::Result<u32>;
+    /// Writes the 32-bit register at `offset`.
+    fn write32(&self, offset: usize, value: u32) -> io::Result<()>;
+}
+
+/// Configuration space through the sysfs `config` file (needs root for offsets past 0x40).
+#[derive(Debug)]
+pub struct SysfsConfig {
+    file: File,
+}
+
+impl SysfsConfig {
+    /// Opens `<device dir>/config` for reading and writing.
+    pub fn open(device_dir: &Path) -> io::Result<SysfsConfig> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(device_dir.join("config"))?;
+        Ok(SysfsConfig { file })
+    }
+
+    fn read_exact<const N: usize>(&self, offset: usize) -> io::Result<[u8; N]> {
+        let mut bytes = [0u8; N];
+        self.file.read_exact_at(&mut bytes, offset as u64)?;
+        Ok(bytes)
+    }
+}
+
+impl ConfigSpace for SysfsConfig {
+    fn read16(&self, offset: usize) -> io::Result<u16> {
+        self.read_exact(offset).map(u16::from_le_bytes)
+    }
+
+    fn write16(&self, offset: usize, value: u16) -> io::Result<()> {
+        self.file.write_all_at(&value.to_le_bytes(), offset as u64)
+    }
+
+    fn read32(&self, offset: usize) -> io::Result<u32> {
+        self.read_exact(offset).map(u32::from_le_bytes)
+    }
+
+    fn write32(&self, offset: usize, value: u32) -> io::Result<()> {
+        self.file.write_all_at(&value.to_le_bytes(), offset as u64)
+    }
+}
+
+/// Intel's PCI vendor id.
+pub const INTEL_VENDOR: u16 = 0x8086;
+
+/// Device ids of IOAT v3 DMA functions (Tylersburg through Ice Lake).
+pub const IOAT_DEVICE_IDS: &[u16] = &[
+    0x3430, 0x3431, 0x3432, 0x3433, 0x3429, 0x342a, 0x342b, 0x342c, // Tylersburg
+    0x3710, 0x3711, 0x3712, 0x3713, 0x3714, 0x3715, 0x3716, 0x3717, 0x3718, 0x3719, // JSF
+    0x3c20, 0x3c21, 0x3c22, 0x3c23, 0x3c24, 0x3c25, 0x3c26, 0x3c27, 0x3c2e, 0x3c2f, // SNB
+    0x0e20, 0x0e21, 0x0e22, 0x0e23, 0x0e24, 0x0e25, 0x0e26, 0x0e27, 0x0e2e, 0x0e2f, // IVB
+    0x2f20, 0x2f21, 0x2f22, 0x2f23, 0x2f24, 0x2f25, 0x2f26, 0x2f27, 0x2f2e, 0x2f2f, // HSW
+    0x6f20, 0x6f21, 0x6f22, 0x6f23, 0x6f24, 0x6f25, 0x6f26, 0x6f27, 0x6f2e, 0x6f2f, // BDX
+    0x0c50, 0x0c51, 0x0c52, 0x0c53, // Avoton
+    0x6f50, 0x6f51, 0x6f52, 0x6f53, // Broadwell-DE
+    0x2021, // Skylake-SP
+    0x0b00, // Ice Lake-SP
+];
+
+/// An IOAT function found in sysfs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoatFunction {
+    /// Bus/device/function address, such as `0000:00:04.0`.
+    pub bdf: String,
+    /// Its sysfs directory.
+    pub dir: PathBuf,
+    /// PCI device id.
+    pub device_id: u16,
+    /// NUMA node, when the kernel reports one.
+    pub numa_node: Option<u32>,
+    /// Kernel driver bound to it (`ioatdma`, `vfio-pci`, `uio_pci_generic`), if any.
+    pub driver: Option<String>,
+}
+
+impl IoatFunction {
+    /// Maps BAR0, the register window.
+    pub fn map_bar0(&self) -> io::Result<MmioRegion> {
+        MmioRegion::map_resource(&self.dir.join("resource0"), crate::ioat::spec::BAR_SIZE)
+    }
+
+    /// Opens the function's configuration space.
+    pub fn config(&self) -> io::Result<SysfsConfig> {
+        SysfsConfig::open(&self.dir)
+    }
+}
+
+fn read_hex_u16(path: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(path).ok()?;
+    u16::from_str_radix(text.trim().trim_start_matches("0x"), 16).ok()
+}
+
+/// Lists the IOAT functions under `devices_dir` (normally `/sys/bus/pci/devices`), sorted by
+/// address. A directory that cannot be read yields an empty list.
+pub fn discover_in(devices_dir: &Path) -> Vec<IoatFunction> {
+    let Ok(entries) = std::fs::read_dir(devices_dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<IoatFunction> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let dir = entry.path();
+            if read_hex_u16(&dir.join("vendor"))? != INTEL_VENDOR {
+                return None;
+            }
+            let device_id = read_hex_u16(&dir.join("device"))?;
+            if !IOAT_DEVICE_IDS.contains(&device_id) {
+                return None;
+            }
+            let numa_node = std::fs::read_to_string(dir.join("numa_node"))
+                .ok()
+                .and_then(|t| t.trim().parse::<i64>().ok())
+                .and_then(|n| u32::try_from(n).ok());
+            let driver = std::fs::read_link(dir.join("driver"))
+                .ok()
+                .and_then(|link| link.file_name().map(|n| n.to_string_lossy().into_owned()));
+            Some(IoatFunction {
+                bdf: entry.file_name().to_string_lossy().into_owned(),
+                dir,
+                device_id,
+                numa_node,
+                driver,
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| a.bdf.cmp(&b.bdf));
+    found
+}
+
+/// Lists the machine's IOAT functions.
+pub fn discover() -> Vec<IoatFunction> {
+    discover_in(Path::new("/sys/bus/pci/devices"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_function(root: &Path, bdf: &str, vendor: &str, device: &str, numa: &str) {
+        let dir = root.join(bdf);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("vendor"), vendor).unwrap();
+        std::fs::write(dir.join("device"), device).unwrap();
+        std::fs::write(dir.join("numa_node"), numa).unwrap();
+        std::fs::write(dir.join("config"), [0u8; 512]).unwrap();
+    }
+
+    #[test]
+    fn discovers_only_ioat_functions_in_address_order() {
+        let root = std::env::temp_dir().join(format!("dmaplane-pci-{}", std::process::id()));
+        fake_function(&root, "0000:80:04.1", "0x8086\n", "0x6f21\n", "1\n");
+        fake_function(&root, "0000:00:04.0", "0x8086\n", "0x0b00\n", "-1\n");
+        fake_function(&root, "0000:00:1f.2", "0x8086\n", "0xa102\n", "0\n"); // SATA, not IOAT
+        fake_function(&root, "0000:03:00.0", "0x15b3\n", "0x6f20\n", "0\n"); // other vendor
+        let found = discover_in(&root);
+        let summary: Vec<_> = found
+            .iter()
+            .map(|f| (f.bdf.as_str(), f.device_id, f.numa_node))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("0000:00:04.0", 0x0b00, None),
+                ("0000:80:04.1", 0x6f21, Some(1))
+            ]
+        );
+
+        let config = found[0].config().unwrap();
+        config.write16(0x04, 0x0406).unwrap();
+        config.write32(0x180, 0xdead_beef).unwrap();
+        assert_eq!(config.read16(0x04).unwrap(), 0x0406);
+        assert_eq!(config.read32(0x180).unwrap(), 0xdead_beef);
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(discover_in(&root).is_empty());
+    }
+}

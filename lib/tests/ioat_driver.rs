@@ -1,0 +1,705 @@
+//! The IOAT channel driver on the emulated device: copies and fills land exactly, long runs
+//! wrap the ring and the 16-bit doorbell, failures complete exactly the failing operation,
+//! scrambled IOVAs split at every page, a full ring refuses cleanly, surprise removal fails
+//! what is outstanding, and the engine starts and stops channels through the backend hooks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault};
+use dmaplane::ioat::spec::chanerr;
+use dmaplane::ioat::{
+    ChannelConfig, Completion, IoatChannel, IoatChannelBackend, IoatDevice, OpError, OpFlags,
+    SubmitError,
+};
+use dmaplane::log::LogHook;
+use dmaplane::mem::{BackingChoice, DmaBlock, DmaPool, DmaPoolConfig, IovaMode};
+use dmaplane::{Capability, Engine, EngineConfig};
+
+/// A small deterministic generator, so failures reproduce.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn pool(iova_mode: IovaMode) -> DmaPool {
+    DmaPool::new(DmaPoolConfig {
+        iova_mode,
+        backing: BackingChoice::Auto,
+        ..DmaPoolConfig::default()
+    })
+    .unwrap()
+}
+
+struct Rig {
+    pool: DmaPool,
+    device: Arc<EmulatedDevice>,
+    chan: IoatChannel,
+}
+
+fn rig_with(emu: EmuConfig, iova_mode: IovaMode, config: ChannelConfig) -> Rig {
+    let pool = pool(iova_mode);
+    let device = EmulatedDevice::new(emu, Arc::new(pool.clone())).unwrap();
+    let chan = IoatChannel::start(
+        device.registers(),
+        Some(device.config_space()),
+        0,
+        &pool,
+        config,
+    )
+    .unwrap();
+    Rig { pool, device, chan }
+}
+
+fn rig(emu: EmuConfig) -> Rig {
+    rig_with(emu, IovaMode::Va, ChannelConfig::default())
+}
+
+/// Polls until `count` completions arrived, yielding between polls, for at most 10 s.
+fn drain(chan: &mut IoatChannel, count: usize) -> Vec<Completion> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut done = Vec::with_capacity(count);
+    let mut batch = [Completion {
+        user_data: 0,
+        result: Ok(()),
+    }; 64];
+    while done.len() < count {
+        let n = chan.poll(&mut batch);
+        done.extend_from_slice(&batch[..n]);
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} completions arrived: {chan:?}",
+            done.len()
+        );
+        if n == 0 {
+            std::thread::yield_now();
+        }
+    }
+    done
+}
+
+const GUARD: usize = 64;
+const GUARD_BYTE: u8 = 0xee;
+
+/// A buffer with guard bytes on both sides of the `len` bytes at `GUARD + offset`.
+fn guarded(pool: &DmaPool, offset: usize, len: usize, fill: impl Fn(usize) -> u8) -> DmaBlock {
+    let mut block = pool.alloc(GUARD + offset + len + GUARD, 64).unwrap();
+    block.fill(GUARD_BYTE);
+    let body: Vec<u8> = (0..len).map(fill).collect();
+    block.write_at(GUARD + offset, &body).unwrap();
+    block
+}
+
+fn assert_guards(block: &DmaBlock, offset: usize, len: usize, what: &str) {
+    let bytes = block.to_vec();
+    let body = GUARD + offset..GUARD + offset + len;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !body.contains(&i) {
+            assert_eq!(b, GUARD_BYTE, "{what}: guard byte {i} overwritten");
+        }
+    }
+}
+
+/// Copies `len` bytes between guarded buffers and checks source, destination and guards.
+fn copy_and_check(r: &mut Rig, rng: &mut SplitMix, len: usize) {
+    let (src_off, dst_off) = (rng.below(64), rng.below(64));
+    let seed = rng.next() as u8;
+    let src = guarded(&r.pool, src_off, len, |i| (i as u8).wrapping_mul(31) ^ seed);
+    let dst = guarded(&r.pool, dst_off, len, |_| GUARD_BYTE);
+    // SAFETY: both blocks outlive the operation, which is drained below before they are read.
+    unsafe {
+        r.chan
+            .copy(
+                dst.as_mut_ptr().add(GUARD + dst_off),
+                src.as_ptr().add(GUARD + src_off),
+                len,
+                len as u64,
+                OpFlags::SUBMIT,
+            )
+            .unwrap();
+    }
+    let done = drain(&mut r.chan, 1);
+    assert_eq!(
+        done,
+        [Completion {
+            user_data: len as u64,
+            result: Ok(())
+        }]
+    );
+    let expected: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect();
+    let mut got = vec![0; len];
+    dst.read_at(GUARD + dst_off, &mut got).unwrap();
+    assert!(got == expected, "copy of {len} bytes differs");
+    let mut source = vec![0; len];
+    src.read_at(GUARD + src_off, &mut source).unwrap();
+    assert!(source == expected, "source of {len} bytes changed");
+    assert_guards(&dst, dst_off, len, "destination");
+    assert_guards(&src, src_off, len, "source");
+}
+
+#[test]
+fn copies_from_one_byte_to_four_mebibytes_land_exactly() {
+    let mut r = rig(EmuConfig::default());
+    let mut rng = SplitMix(1);
+    let mut sizes = vec![1, 2, 3, 7, 8, 9, 63, 64, 65, 511, 4095, 4096, 4097, 65_549];
+    sizes.extend([(1 << 20) - 3, (1 << 20) + 5, 3 << 20, 4 << 20]);
+    for _ in 0..16 {
+        sizes.push(1 + rng.below(200_000));
+    }
+    for len in sizes {
+        copy_and_check(&mut r, &mut rng, len);
+    }
+    // Transfers above XFERCAP (1 MiB here) were split.
+    assert!(r.chan.stats().descriptors > r.chan.stats().ops_ok);
+}
+
+#[test]
+fn fills_repeat_the_pattern_in_byte_order_without_overrun() {
+    let mut r = rig(EmuConfig::default());
+    let pattern: u64 = 0x0807_0605_0403_0201; // bytes 01 02 .. 08 in memory order
+    let mut rng = SplitMix(2);
+    for len in [8, 50, 64, 89, 100, 1024, 4096 + 13] {
+        let off = rng.below(64);
+        let dst = guarded(&r.pool, off, len, |_| GUARD_BYTE);
+        // SAFETY: the block outlives the drained operation.
+        unsafe {
+            r.chan
+                .fill(
+                    dst.as_mut_ptr().add(GUARD + off),
+                    pattern,
+                    len,
+                    7,
+                    OpFlags::SUBMIT,
+                )
+                .unwrap();
+        }
+        assert_eq!(drain(&mut r.chan, 1)[0].result, Ok(()));
+        let mut got = vec![0; len];
+        dst.read_at(GUARD + off, &mut got).unwrap();
+        for (i, &b) in got.iter().enumerate() {
+            assert_eq!(
+                b,
+                (i % 8) as u8 + 1,
+                "fill of {len} at offset {off}: byte {i}"
+            );
+        }
+        assert_guards(&dst, off, len, "fill");
+    }
+}
+
+#[test]
+fn a_fill_split_at_scrambled_pages_keeps_the_pattern_phase() {
+    let mut r = rig_with(
+        EmuConfig::default(),
+        IovaMode::Scrambled { seed: 9 },
+        ChannelConfig::default(),
+    );
+    let (off, len) = (3, 3 * 4096 + 77);
+    let dst = guarded(&r.pool, off, len, |_| GUARD_BYTE);
+    let pattern = 0x8877_6655_4433_2211u64;
+    // SAFETY: the block outlives the drained operation.
+    unsafe {
+        r.chan
+            .fill(
+                dst.as_mut_ptr().add(GUARD + off),
+                pattern,
+                len,
+                1,
+                OpFlags::SUBMIT,
+            )
+            .unwrap();
+    }
+    assert_eq!(drain(&mut r.chan, 1)[0].result, Ok(()));
+    let got = dst.to_vec();
+    for i in 0..len {
+        assert_eq!(
+            got[GUARD + off + i],
+            pattern.to_le_bytes()[i % 8],
+            "byte {i}"
+        );
+    }
+    assert_guards(&dst, off, len, "scrambled fill");
+    assert!(r.chan.stats().descriptors >= 4, "split at each page");
+}
+
+#[test]
+fn scrambled_iovas_split_copies_at_every_page_boundary() {
+    let mut r = rig_with(
+        EmuConfig::default(),
+        IovaMode::Scrambled { seed: 5 },
+        ChannelConfig::default(),
+    );
+    let mut rng = SplitMix(3);
+    let before = r.chan.stats().descriptors;
+    for len in [4096, 4097, 3 * 4096 + 5, 64 * 1024 + 33] {
+        copy_and_check(&mut r, &mut rng, len);
+    }
+    // Each page boundary of source or destination ends a descriptor: at least one per page.
+    let pages: u64 = [4096u64, 4097, 3 * 4096 + 5, 64 * 1024 + 33]
+        .iter()
+        .map(|len| len.div_ceil(4096))
+        .sum();
+    assert!(r.chan.stats().descriptors - before >= pages);
+}
+
+#[test]
+fn more_than_65536_descriptors_wrap_the_ring_and_the_doorbell() {
+    let config = ChannelConfig {
+        ring_order: 8,
+        ..ChannelConfig::default()
+    };
+    let mut r = rig_with(EmuConfig::default(), IovaMode::Va, config);
+    let src = r.pool.alloc(4096, 64).unwrap();
+    let dst = r.pool.alloc(4096, 64).unwrap();
+    let total = 70_000u64;
+    let mut next_expected = 0u64;
+    let mut submitted = 0u64;
+    let mut batch = [Completion {
+        user_data: 0,
+        result: Ok(()),
+    }; 64];
+    while next_expected < total {
+        while submitted < total && r.chan.capacity() > 0 {
+            let offset = (submitted % 64) as usize * 64;
+            let flags = if submitted % 32 == 31 {
+                OpFlags::SUBMIT
+            } else {
+                OpFlags::NONE
+            };
+            // SAFETY: both blocks outlive every operation (all drained below).
+            unsafe {
+                r.chan
+                    .copy(
+                        dst.as_mut_ptr().add(offset),
+                        src.as_ptr().add(offset),
+                        64,
+                        submitted,
+                        flags,
+                    )
+                    .unwrap();
+            }
+            submitted += 1;
+        }
+        r.chan.submit();
+        let n = r.chan.poll(&mut batch);
+        for c in &batch[..n] {
+            assert_eq!(
+                c.user_data, next_expected,
+                "completions come in order, once each"
+            );
+            assert_eq!(c.result, Ok(()));
+            next_expected += 1;
+        }
+    }
+    assert!(r.chan.stats().descriptors > 65_536);
+    assert_eq!(r.device.stats()[0].descriptors, r.chan.stats().descriptors);
+}
+
+/// Sixteen one-descriptor copies with the one at `failing` made to fail; `fence` puts a
+/// fence on every operation. Exactly one completion each, only the failing one an error.
+fn burst_with_failure(cbver: u8, failing: usize, fence: bool) {
+    let emu = EmuConfig {
+        cbver,
+        ..EmuConfig::default()
+    };
+    let mut r = rig(emu);
+    let src = guarded(&r.pool, 0, 16 * 256, |i| (i % 251) as u8);
+    let dst = guarded(&r.pool, 0, 16 * 256, |_| 0);
+    r.device
+        .inject(Fault::FailDescriptor {
+            channel: 0,
+            nth: failing as u32 + 1,
+            error: chanerr::READ_DATA,
+        })
+        .unwrap();
+    for i in 0..16 {
+        let mut flags = if i == 15 {
+            OpFlags::SUBMIT
+        } else {
+            OpFlags::NONE
+        };
+        if fence {
+            flags = flags | OpFlags::FENCE;
+        }
+        // SAFETY: the blocks outlive the drained operations.
+        unsafe {
+            r.chan
+                .copy(
+                    dst.as_mut_ptr().add(GUARD + i * 256),
+                    src.as_ptr().add(GUARD + i * 256),
+                    256,
+                    i as u64,
+                    flags,
+                )
+                .unwrap();
+        }
+    }
+    let mut done = drain(&mut r.chan, 16);
+    done.sort_by_key(|c| c.user_data);
+    let got = dst.to_vec();
+    let want = src.to_vec();
+    for (i, c) in done.iter().enumerate() {
+        assert_eq!(c.user_data, i as u64, "each operation completes once");
+        let range = GUARD + i * 256..GUARD + (i + 1) * 256;
+        if i == failing {
+            assert_eq!(
+                c.result,
+                Err(OpError::Device {
+                    chanerr: chanerr::READ_DATA
+                })
+            );
+            assert!(
+                got[range].iter().all(|&b| b == 0),
+                "failed copy moved no data"
+            );
+        } else {
+            assert_eq!(c.result, Ok(()), "op {i} with op {failing} failing");
+            assert_eq!(got[range.clone()], want[range], "op {i} data");
+        }
+    }
+    assert_eq!(r.chan.stats().recoveries, 1);
+    // The channel carries on after the recovery.
+    copy_and_check(&mut r, &mut SplitMix(4), 100);
+}
+
+#[test]
+fn a_failure_in_a_burst_completes_only_that_operation_with_an_error() {
+    for failing in [0, 7, 14, 15] {
+        for fence in [false, true] {
+            burst_with_failure(0x33, failing, fence);
+        }
+    }
+}
+
+#[test]
+fn recovery_on_a_v3_2_part_clears_chanerr_int_too() {
+    burst_with_failure(0x32, 7, false);
+}
+
+#[test]
+fn ops_queued_behind_a_halt_are_restarted_and_later_ones_still_go_out() {
+    let mut r = rig(EmuConfig::default());
+    let src = guarded(&r.pool, 0, 8 * 64, |i| i as u8);
+    let dst = guarded(&r.pool, 0, 8 * 64, |_| 0);
+    r.device
+        .inject(Fault::FailDescriptor {
+            channel: 0,
+            nth: 1,
+            error: chanerr::SRC_ADDR,
+        })
+        .unwrap();
+    let copy = |chan: &mut IoatChannel, i: usize, flags| {
+        // SAFETY: the blocks outlive the drained operations.
+        unsafe {
+            chan.copy(
+                dst.as_mut_ptr().add(GUARD + i * 64),
+                src.as_ptr().add(GUARD + i * 64),
+                64,
+                i as u64,
+                flags,
+            )
+        }
+    };
+    for i in 0..4 {
+        copy(&mut r.chan, i, OpFlags::NONE).unwrap();
+    }
+    r.chan.submit(); // 0 fails; 1..3 are queued behind the halt
+    for i in 4..8 {
+        copy(&mut r.chan, i, OpFlags::NONE).unwrap(); // built, not yet submitted
+    }
+    let first = drain(&mut r.chan, 4);
+    assert_eq!(
+        first[0],
+        Completion {
+            user_data: 0,
+            result: Err(OpError::Device {
+                chanerr: chanerr::SRC_ADDR
+            })
+        }
+    );
+    assert!(first[1..].iter().all(|c| c.result.is_ok()));
+    r.chan.submit();
+    let rest = drain(&mut r.chan, 4);
+    assert_eq!(
+        rest.iter().map(|c| c.user_data).collect::<Vec<_>>(),
+        [4, 5, 6, 7]
+    );
+    assert!(rest.iter().all(|c| c.result.is_ok()));
+    assert_eq!(
+        dst.to_vec()[GUARD + 64..GUARD + 512],
+        src.to_vec()[GUARD + 64..GUARD + 512]
+    );
+}
+
+#[test]
+fn a_full_ring_refuses_with_a_distinct_error_and_loses_nothing() {
+    let config = ChannelConfig {
+        ring_order: 4,
+        ..ChannelConfig::default()
+    };
+    let mut r = rig_with(EmuConfig::default(), IovaMode::Va, config);
+    let src = r.pool.alloc(1 << 16, 64).unwrap();
+    let dst = r.pool.alloc(1 << 16, 64).unwrap();
+    r.device.inject(Fault::Stall { channel: 0 }).unwrap();
+    let mut accepted = 0;
+    loop {
+        // SAFETY: the blocks outlive the drained operations.
+        let result = unsafe {
+            r.chan.copy(
+                dst.as_mut_ptr(),
+                src.as_ptr(),
+                64,
+                accepted,
+                OpFlags::SUBMIT,
+            )
+        };
+        match result {
+            Ok(()) => accepted += 1,
+            Err(err) => {
+                assert_eq!(err, SubmitError::RingFull { needed: 1, free: 0 });
+                break;
+            }
+        }
+    }
+    assert_eq!(accepted, 15, "a 16-slot ring holds 15 descriptors");
+    r.device.inject(Fault::Unstall { channel: 0 }).unwrap();
+    let done = drain(&mut r.chan, 15);
+    assert_eq!(
+        done.iter().map(|c| c.user_data).collect::<Vec<_>>(),
+        (0..15).collect::<Vec<_>>()
+    );
+    // An operation needing more descriptors than are free is refused whole.
+    let big = 20 << 20; // 20 descriptors at XFERCAP 1 MiB, more than the ring holds
+    let huge_src = r.pool.alloc(big, 64).unwrap();
+    let huge_dst = r.pool.alloc(big, 64).unwrap();
+    let free = r.chan.capacity();
+    // SAFETY: nothing is built, so nothing touches the blocks.
+    let err = unsafe {
+        r.chan.copy(
+            huge_dst.as_mut_ptr(),
+            huge_src.as_ptr(),
+            big,
+            99,
+            OpFlags::SUBMIT,
+        )
+    };
+    assert_eq!(err, Err(SubmitError::RingFull { needed: 20, free }));
+    assert_eq!(r.chan.capacity(), free, "nothing was built");
+}
+
+#[test]
+fn bad_input_is_refused_without_building_anything() {
+    let mut r = rig(EmuConfig {
+        fill: false,
+        ..EmuConfig::default()
+    });
+    let block = r.pool.alloc(4096, 64).unwrap();
+    let mut outside = vec![0u8; 4096];
+    let free = r.chan.capacity();
+    // SAFETY: refused operations build nothing, so nothing touches the buffers.
+    unsafe {
+        assert_eq!(
+            r.chan
+                .copy(block.as_mut_ptr(), block.as_ptr(), 0, 0, OpFlags::SUBMIT),
+            Err(SubmitError::ZeroLength)
+        );
+        assert!(matches!(
+            r.chan
+                .copy(outside.as_mut_ptr(), block.as_ptr(), 64, 0, OpFlags::SUBMIT),
+            Err(SubmitError::Unmapped(_))
+        ));
+        assert!(matches!(
+            r.chan
+                .copy(block.as_mut_ptr(), outside.as_ptr(), 64, 0, OpFlags::SUBMIT),
+            Err(SubmitError::Unmapped(_))
+        ));
+        assert_eq!(
+            r.chan.fill(block.as_mut_ptr(), 0, 64, 0, OpFlags::SUBMIT),
+            Err(SubmitError::FillUnsupported)
+        );
+    }
+    assert_eq!(r.chan.capacity(), free);
+}
+
+#[test]
+fn surprise_removal_fails_everything_outstanding_and_later_submits() {
+    let config = ChannelConfig {
+        stall_check_polls: 8,
+        ..ChannelConfig::default()
+    };
+    let mut r = rig_with(EmuConfig::default(), IovaMode::Va, config);
+    let src = r.pool.alloc(4096, 64).unwrap();
+    let dst = r.pool.alloc(4096, 64).unwrap();
+    r.device.inject(Fault::Stall { channel: 0 }).unwrap();
+    for i in 0..5 {
+        // SAFETY: the blocks outlive the drained operations.
+        unsafe {
+            r.chan
+                .copy(dst.as_mut_ptr(), src.as_ptr(), 64, i, OpFlags::SUBMIT)
+                .unwrap()
+        };
+    }
+    r.device.inject(Fault::SurpriseRemoval).unwrap();
+    let done = drain(&mut r.chan, 5);
+    assert!(done.iter().all(|c| c.result == Err(OpError::DeviceRemoved)));
+    assert_eq!(
+        done.iter().map(|c| c.user_data).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4]
+    );
+    // SAFETY: refused, nothing built.
+    let refused = unsafe {
+        r.chan
+            .copy(dst.as_mut_ptr(), src.as_ptr(), 64, 9, OpFlags::SUBMIT)
+    };
+    assert_eq!(refused, Err(SubmitError::DeviceRemoved));
+}
+
+#[test]
+fn threaded_mode_moves_many_random_copies_exactly_once() {
+    let mut r = rig(EmuConfig {
+        mode: EmuMode::Threaded,
+        ..EmuConfig::default()
+    });
+    let mut rng = SplitMix(6);
+    let len = 1 << 20;
+    let src = guarded(&r.pool, 0, len, |i| (i * 7 % 253) as u8);
+    let dst = guarded(&r.pool, 0, len, |_| 0);
+    let started = Instant::now();
+    let mut ops = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    let mut batch = [Completion {
+        user_data: 0,
+        result: Ok(()),
+    }; 64];
+    let mut expected = Vec::new();
+    while ops < 20_000 && started.elapsed() < Duration::from_secs(5) {
+        let size = 1 + rng.below(2048);
+        let offset = rng.below(len - size);
+        let flags = if ops % 16 == 15 {
+            OpFlags::SUBMIT
+        } else {
+            OpFlags::NONE
+        };
+        // Copy src[offset..] to the same place in dst: overlapping copies write equal bytes.
+        // SAFETY: the blocks outlive the drained operations.
+        match unsafe {
+            r.chan.copy(
+                dst.as_mut_ptr().add(GUARD + offset),
+                src.as_ptr().add(GUARD + offset),
+                size,
+                ops,
+                flags,
+            )
+        } {
+            Ok(()) => {
+                expected.push((offset, size));
+                ops += 1;
+            }
+            Err(SubmitError::RingFull { .. }) => r.chan.submit(),
+            Err(e) => panic!("{e}"),
+        }
+        let n = r.chan.poll(&mut batch);
+        for c in &batch[..n] {
+            assert_eq!(c.result, Ok(()));
+            assert!(
+                seen.insert(c.user_data),
+                "op {} completed twice",
+                c.user_data
+            );
+        }
+    }
+    r.chan.submit();
+    for c in drain(&mut r.chan, ops as usize - seen.len()) {
+        assert!(
+            seen.insert(c.user_data),
+            "op {} completed twice",
+            c.user_data
+        );
+    }
+    assert_eq!(seen.len() as u64, ops);
+    let (got, want) = (dst.to_vec(), src.to_vec());
+    for (offset, size) in expected {
+        assert_eq!(
+            got[GUARD + offset..GUARD + offset + size],
+            want[GUARD + offset..GUARD + offset + size]
+        );
+    }
+}
+
+#[test]
+fn the_engine_starts_channels_on_first_reference_and_frees_them_on_last() {
+    let quiet: LogHook = Arc::new(|_, _| {});
+    let engine = Engine::new(EngineConfig::with_cpus(2).log_hook(quiet)).unwrap();
+    let pool = pool(IovaMode::Va);
+    let emu = EmuConfig {
+        channels: 2,
+        ..EmuConfig::default()
+    };
+    let device = EmulatedDevice::new(emu, Arc::new(pool.clone())).unwrap();
+    let ioat = IoatDevice::probe(
+        "emu0",
+        device.registers(),
+        Some(device.config_space()),
+        pool.clone(),
+        ChannelConfig::default(),
+    )
+    .unwrap();
+    assert!(ioat.capabilities().has(Capability::Fill));
+    let baseline = pool.live_blocks();
+    engine.register_device(ioat.spec()).unwrap();
+    assert!(
+        ioat.channels().iter().all(|c| c.channel().is_none()),
+        "nothing started yet"
+    );
+
+    engine.get_client();
+    let reader = engine.table_reader(1).unwrap();
+    let chan = reader.lookup(Capability::Memcpy).unwrap();
+    let backend = chan
+        .backend()
+        .as_any()
+        .downcast_ref::<IoatChannelBackend>()
+        .unwrap();
+    assert_eq!(backend.index(), 1);
+    {
+        let mut guard = backend.channel();
+        let ioat_chan = guard.as_mut().expect("started by the first reference");
+        let src = pool.alloc(128, 64).unwrap();
+        let dst = pool.alloc(128, 64).unwrap();
+        // SAFETY: the blocks outlive the drained operation.
+        unsafe {
+            ioat_chan
+                .copy(dst.as_mut_ptr(), src.as_ptr(), 128, 5, OpFlags::SUBMIT)
+                .unwrap()
+        };
+        assert_eq!(drain(ioat_chan, 1)[0].user_data, 5);
+    }
+    drop(reader); // a registered reader would hold the old table's channels past put_client
+    assert!(
+        pool.live_blocks() > baseline,
+        "rings and completion words allocated"
+    );
+    engine.put_client().unwrap();
+    assert!(
+        ioat.channels().iter().all(|c| c.channel().is_none()),
+        "stopped on last put"
+    );
+    assert_eq!(
+        pool.live_blocks(),
+        baseline,
+        "rings and completion words returned"
+    );
+}
