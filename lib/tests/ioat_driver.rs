@@ -703,3 +703,63 @@ fn the_engine_starts_channels_on_first_reference_and_frees_them_on_last() {
         "rings and completion words returned"
     );
 }
+
+#[test]
+fn a_channel_that_does_not_come_back_fails_everything_outstanding() {
+    // A v3.2 part leaves HALTED only once CHANERR_INT in configuration space is cleared too.
+    // Started without configuration-space access (bus mastering enabled by hand), the driver
+    // cannot clear it, so the restart after a failure never arms and the channel is failed.
+    let pool = pool(IovaMode::Va);
+    let emu = EmuConfig {
+        cbver: 0x32,
+        ..EmuConfig::default()
+    };
+    let device = EmulatedDevice::new(emu, Arc::new(pool.clone())).unwrap();
+    let config = device.config_space();
+    let command = config.read16(0x04).unwrap();
+    config.write16(0x04, command | 0x4).unwrap();
+    let mut chan =
+        IoatChannel::start(device.registers(), None, 0, &pool, ChannelConfig::default()).unwrap();
+    let src = pool.alloc(4096, 64).unwrap();
+    let dst = pool.alloc(4096, 64).unwrap();
+    device
+        .inject(Fault::FailDescriptor {
+            channel: 0,
+            nth: 2,
+            error: chanerr::WRITE_DATA,
+        })
+        .unwrap();
+    for i in 0..5 {
+        let flags = if i == 4 {
+            OpFlags::SUBMIT
+        } else {
+            OpFlags::NONE
+        };
+        // SAFETY: the blocks outlive the drained operations.
+        unsafe {
+            chan.copy(dst.as_mut_ptr(), src.as_ptr(), 64, i, flags)
+                .unwrap()
+        };
+    }
+    let done = drain(&mut chan, 5);
+    let results: Vec<_> = done.iter().map(|c| (c.user_data, c.result)).collect();
+    assert_eq!(
+        results,
+        [
+            (0, Ok(())),
+            (
+                1,
+                Err(OpError::Device {
+                    chanerr: chanerr::WRITE_DATA
+                })
+            ),
+            (2, Err(OpError::ChannelFailed)),
+            (3, Err(OpError::ChannelFailed)),
+            (4, Err(OpError::ChannelFailed)),
+        ]
+    );
+    assert!(!chan.is_running());
+    // SAFETY: refused, nothing built.
+    let refused = unsafe { chan.copy(dst.as_mut_ptr(), src.as_ptr(), 64, 9, OpFlags::SUBMIT) };
+    assert_eq!(refused, Err(SubmitError::ChannelFailed));
+}
