@@ -14,18 +14,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice};
+use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, PoolMemory};
 use dmaplane::ioat::{ChannelConfig, Completion, IoatChannel, OpFlags};
 use dmaplane::mem::{DmaPool, DmaPoolConfig};
 
 const QUEUE_DEPTH: u64 = 32;
+
+/// The pool as the emulated device's memory.
+fn device_memory(pool: &DmaPool) -> Arc<PoolMemory> {
+    // SAFETY: descriptors reach the device only through the driver's `unsafe` submit calls,
+    // whose callers keep the named buffers alive and untouched until completion.
+    Arc::new(unsafe { PoolMemory::new(pool.clone()) })
+}
 
 fn threaded_channel(pool: &DmaPool) -> (Arc<EmulatedDevice>, IoatChannel) {
     let emu = EmuConfig {
         mode: EmuMode::Threaded,
         ..EmuConfig::default()
     };
-    let device = EmulatedDevice::new(emu, Arc::new(pool.clone())).unwrap();
+    let device = EmulatedDevice::new(emu, device_memory(pool)).unwrap();
     let chan = IoatChannel::start(
         device.registers(),
         Some(device.config_space()),

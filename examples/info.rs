@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dmaplane::emu::{EmuConfig, EmulatedDevice};
+use dmaplane::emu::{EmuConfig, EmulatedDevice, PoolMemory};
 use dmaplane::ioat::{ChannelConfig, Completion, IoatChannelBackend, IoatDevice, OpFlags};
 use dmaplane::mem::{DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, Engine, EngineConfig};
@@ -54,6 +54,13 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
         }
     }
     Ok(options)
+}
+
+/// The pool as the emulated device's memory.
+fn device_memory(pool: &DmaPool) -> Arc<PoolMemory> {
+    // SAFETY: descriptors reach the device only through the driver's `unsafe` submit calls,
+    // whose callers keep the named buffers alive and untouched until completion.
+    Arc::new(unsafe { PoolMemory::new(pool.clone()) })
 }
 
 /// Copies 64 KiB through the memcpy channel `cpu` finds in the table and checks it.
@@ -128,7 +135,7 @@ fn run(options: Options) -> Result<(), String> {
             channels: options.channels,
             ..EmuConfig::default()
         };
-        let device = EmulatedDevice::new(emu, Arc::new(pool.clone())).map_err(|e| e.to_string())?;
+        let device = EmulatedDevice::new(emu, device_memory(&pool)).map_err(|e| e.to_string())?;
         let ioat = IoatDevice::probe(
             format!("emu{i}"),
             device.registers(),

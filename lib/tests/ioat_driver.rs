@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault};
+use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault, PoolMemory};
 use dmaplane::ioat::spec::chanerr;
 use dmaplane::ioat::{
     ChannelConfig, Completion, IoatChannel, IoatChannelBackend, IoatDevice, OpError, OpFlags,
@@ -33,6 +33,13 @@ impl SplitMix {
     }
 }
 
+/// The pool as the emulated device's memory.
+fn device_memory(pool: &DmaPool) -> Arc<PoolMemory> {
+    // SAFETY: descriptors reach the device only through the driver's `unsafe` submit calls,
+    // whose callers keep the named buffers alive and untouched until completion.
+    Arc::new(unsafe { PoolMemory::new(pool.clone()) })
+}
+
 fn pool(iova_mode: IovaMode) -> DmaPool {
     DmaPool::new(DmaPoolConfig {
         iova_mode,
@@ -50,7 +57,7 @@ struct Rig {
 
 fn rig_with(emu: EmuConfig, iova_mode: IovaMode, config: ChannelConfig) -> Rig {
     let pool = pool(iova_mode);
-    let device = EmulatedDevice::new(emu, Arc::new(pool.clone())).unwrap();
+    let device = EmulatedDevice::new(emu, device_memory(&pool)).unwrap();
     let chan = IoatChannel::start(
         device.registers(),
         Some(device.config_space()),
@@ -648,7 +655,7 @@ fn the_engine_starts_channels_on_first_reference_and_frees_them_on_last() {
         channels: 2,
         ..EmuConfig::default()
     };
-    let device = EmulatedDevice::new(emu, Arc::new(pool.clone())).unwrap();
+    let device = EmulatedDevice::new(emu, device_memory(&pool)).unwrap();
     let ioat = IoatDevice::probe(
         "emu0",
         device.registers(),
@@ -714,7 +721,7 @@ fn a_channel_that_does_not_come_back_fails_everything_outstanding() {
         cbver: 0x32,
         ..EmuConfig::default()
     };
-    let device = EmulatedDevice::new(emu, Arc::new(pool.clone())).unwrap();
+    let device = EmulatedDevice::new(emu, device_memory(&pool)).unwrap();
     let config = device.config_space();
     let command = config.read16(0x04).unwrap();
     config.write16(0x04, command | 0x4).unwrap();
@@ -762,4 +769,90 @@ fn a_channel_that_does_not_come_back_fails_everything_outstanding() {
     // SAFETY: refused, nothing built.
     let refused = unsafe { chan.copy(dst.as_mut_ptr(), src.as_ptr(), 64, 9, OpFlags::SUBMIT) };
     assert_eq!(refused, Err(SubmitError::ChannelFailed));
+}
+
+#[test]
+fn a_partial_poll_followed_by_a_ring_lap_loses_no_completion() {
+    // Regression: after a poll that could take only part of a batch, the next batch's end may
+    // land on the slot the driver last remembered, once the ring has lapped.
+    let config = ChannelConfig {
+        ring_order: 4,
+        ..ChannelConfig::default()
+    };
+    let mut r = rig_with(EmuConfig::default(), IovaMode::Va, config);
+    for i in 0..4 {
+        r.chan.null(i, OpFlags::NONE).unwrap();
+    }
+    r.chan.submit();
+    let mut one = [Completion {
+        user_data: 0,
+        result: Ok(()),
+    }; 1];
+    assert_eq!(r.chan.poll(&mut one), 1, "room for one of four");
+    let mut n = 4u64;
+    while r.chan.capacity() > 0 {
+        r.chan.null(n, OpFlags::NONE).unwrap();
+        n += 1;
+    }
+    r.chan.submit();
+    let rest = drain(&mut r.chan, n as usize - 1);
+    let ids: Vec<u64> = rest.iter().map(|c| c.user_data).collect();
+    assert_eq!(ids, (1..n).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_channel_the_device_will_not_release_keeps_its_memory_out_of_reuse() {
+    // A descriptor that outlasts the suspend timeout: dropping the channel cannot stop the
+    // device, so the ring and completion word must not go back to the pool, or the device's
+    // completion write would land in whoever allocates them next.
+    let pool = pool(IovaMode::Va);
+    let emu = EmuConfig {
+        mode: EmuMode::Threaded,
+        xfercap: 30,
+        ..EmuConfig::default()
+    };
+    let device = EmulatedDevice::new(emu, device_memory(&pool)).unwrap();
+    let timeouts = dmaplane::ioat::Timeouts {
+        suspend: Duration::from_micros(100),
+        ..dmaplane::ioat::Timeouts::default()
+    };
+    let config = ChannelConfig {
+        ring_order: 4,
+        timeouts,
+        ..ChannelConfig::default()
+    };
+    let mut chan = IoatChannel::start(
+        device.registers(),
+        Some(device.config_space()),
+        0,
+        &pool,
+        config,
+    )
+    .unwrap();
+    let len = 128 << 20;
+    let src = pool.alloc(len, 4096).unwrap();
+    let dst = pool.alloc(len, 4096).unwrap();
+    // SAFETY: `src` and `dst` live until the device has finished (waited for below).
+    unsafe {
+        chan.copy(dst.as_mut_ptr(), src.as_ptr(), len, 1, OpFlags::SUBMIT)
+            .unwrap()
+    };
+    let writes_before = device.stats()[0].completion_writes;
+    let regs = device.registers();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while regs.read64(0x88) & 0x7 != 0 {
+        assert!(Instant::now() < deadline, "the copy never started");
+        std::thread::yield_now(); // wait for ACTIVE: the descriptor is under way
+    }
+    drop(chan);
+    let reused: Vec<_> = (0..256).map(|_| pool.alloc(8, 8).unwrap()).collect();
+    while device.stats()[0].completion_writes == writes_before {
+        assert!(Instant::now() < deadline, "the copy never completed");
+        std::thread::yield_now();
+    }
+    let dirty = reused.iter().filter(|b| b.to_vec() != [0u8; 8]).count();
+    assert_eq!(
+        dirty, 0,
+        "the device wrote into memory the driver had given back"
+    );
 }

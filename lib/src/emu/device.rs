@@ -21,7 +21,11 @@ pub(super) struct DeviceShared {
     pub(super) channels: Box<[Channel]>,
     pub(super) pci: PciState,
     pub(super) globals: GlobalRegisters,
-    /// Surprise removal: the bus reads all-ones and the engine stops.
+    /// Surprise removal has begun: the engine starts nothing more.
+    leaving: AtomicBool,
+    /// Surprise removal is complete: the engine has stopped, and the bus reads all-ones. Set
+    /// only after the engine is quiet, so a driver that sees all-ones may free what the device
+    /// was using (release, paired with the acquire in `is_removed`).
     removed: AtomicBool,
     /// The owner dropped the device: the engine stops.
     detached: AtomicBool,
@@ -40,6 +44,7 @@ impl DeviceShared {
             channels: (0..config.channels).map(Channel::new).collect(),
             pci: PciState::new(config.cbver),
             globals: GlobalRegisters::default(),
+            leaving: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             detached: AtomicBool::new(false),
             tracing: AtomicBool::new(false),
@@ -53,9 +58,9 @@ impl DeviceShared {
         self.removed.load(Ordering::Acquire)
     }
 
-    /// Whether the device must not start anything more (removed or dropped).
+    /// Whether the device must not start anything more (being removed, or dropped).
     pub(super) fn is_dead(&self) -> bool {
-        self.removed.load(Ordering::Acquire) || self.detached.load(Ordering::Acquire)
+        self.leaving.load(Ordering::Acquire) || self.detached.load(Ordering::Acquire)
     }
 
     pub(super) fn bus_master(&self) -> bool {
@@ -220,9 +225,12 @@ impl EmulatedDevice {
             Fault::Stall { channel } => self.channel(channel)?.set_stalled(shared, true),
             Fault::Unstall { channel } => self.channel(channel)?.set_stalled(shared, false),
             Fault::SurpriseRemoval => {
-                shared.removed.store(true, Ordering::SeqCst);
+                shared.leaving.store(true, Ordering::SeqCst);
                 // After this no descriptor is under way, and none starts again.
                 shared.quiesce();
+                // Only now does the bus go all-ones: the engine's last memory accesses happen
+                // before any driver can observe the removal.
+                shared.removed.store(true, Ordering::Release);
             }
         }
         Ok(())

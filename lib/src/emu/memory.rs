@@ -59,9 +59,12 @@ unsafe impl Sync for HostBuffer {}
 
 impl HostBuffer {
     /// Allocates `len` bytes (rounded up to whole pages, at least one), zeroed and aligned to
-    /// [`PAGE_SIZE`].
+    /// [`PAGE_SIZE`]. Panics if the rounded size overflows.
     pub fn new(len: usize) -> HostBuffer {
-        let len = len.max(1).next_multiple_of(PAGE_SIZE);
+        let len = len
+            .max(1)
+            .checked_next_multiple_of(PAGE_SIZE)
+            .expect("buffer size overflows");
         let layout = Layout::from_size_align(len, PAGE_SIZE).expect("buffer size overflows");
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { alloc::alloc_zeroed(layout) };

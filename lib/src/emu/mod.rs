@@ -71,6 +71,7 @@ use std::time::Duration;
 
 pub use device::EmulatedDevice;
 pub use memory::{DeviceMemory, HostBuffer, IdentityRanges, ScrambledPages, PAGE_SIZE};
+pub use pool::PoolMemory;
 pub use runtime::engine_thread_running;
 
 use crate::ioat::spec::{cbver, MAX_CHANNELS};

@@ -1,35 +1,43 @@
 //! The DMA pool as the emulated device's IOMMU: the device reaches exactly the memory the pool
 //! has handed out or registered, at the IOVAs the pool gave it, so a program that works on the
 //! emulator programs hardware the same way.
-//!
-//! The device resolves three or four addresses per descriptor, so it must not take the pool's
-//! lock each time: each thread that runs device work (the engine thread, or the submitting
-//! thread in inline mode) keeps a lock-free [`Translator`] of the last pool it served.
-
-use std::cell::RefCell;
 
 use super::memory::DeviceMemory;
-use crate::mem::{DmaPool, Translator};
+use crate::mem::DmaPool;
 
-thread_local! {
-    static TRANSLATOR: RefCell<Option<Translator>> = const { RefCell::new(None) };
+/// A [`DmaPool`] seen from an emulated device.
+#[derive(Clone, Debug)]
+pub struct PoolMemory {
+    pool: DmaPool,
 }
 
-// SAFETY: the translator answers only for live pool regions and registered application memory
-// (it rechecks the pool's generation on every call), and reports how far the mapping stays
-// contiguous, so every range it returns is mapped host memory. That memory stays valid while
-// the device may use it: shared regions live as long as the pool (the device holds a pool
-// handle), and blocks with their own region and registrations end only when their owner drops
-// them, which the driver's `unsafe` submit contract forbids while an operation on them is in
-// flight. The same contract keeps host code off buffers a descriptor in flight uses.
-unsafe impl DeviceMemory for DmaPool {
+impl PoolMemory {
+    /// Lets devices built over the result reach every block and registration of `pool`.
+    ///
+    /// # Safety
+    ///
+    /// The device's registers are reachable from safe code, and it accesses memory with plain
+    /// loads and stores. The caller promises that no descriptor handed to such a device names
+    /// pool memory that host code accesses, frees or re-registers before the device is done
+    /// with it: in practice, that descriptors are built only through the driver's `unsafe`
+    /// submit calls, whose contracts say the same per operation.
+    pub unsafe fn new(pool: DmaPool) -> PoolMemory {
+        PoolMemory { pool }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &DmaPool {
+        &self.pool
+    }
+}
+
+// SAFETY: `iova_to_va` answers only for live pool regions and registered application memory,
+// and reports how far the mapping stays contiguous, so every range returned is mapped host
+// memory. It stays valid and unraced while the device uses it by the promise made in
+// `PoolMemory::new`: shared regions live as long as the pool (this handle keeps it), and
+// blocks and registrations named by descriptors in flight are not freed or touched.
+unsafe impl DeviceMemory for PoolMemory {
     fn resolve(&self, iova: u64, len: usize) -> Option<(usize, usize)> {
-        TRANSLATOR.with(|cell| {
-            let mut cached = cell.borrow_mut();
-            if !cached.as_ref().is_some_and(|t| t.serves(self)) {
-                *cached = Some(self.translator());
-            }
-            cached.as_mut()?.iova_to_va(iova, len).ok()
-        })
+        self.pool.iova_to_va(iova, len).ok()
     }
 }

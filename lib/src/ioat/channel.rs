@@ -20,6 +20,7 @@
 //! timeout.
 
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -287,9 +288,11 @@ pub struct IoatChannel {
     fill_supported: bool,
     /// Lock-free view of the pool's translations, for the per-operation path.
     translator: Translator,
-    ring: DescriptorRing,
+    /// Ring and completion word: memory the device reads and writes. Freed on drop only once
+    /// the device is known to have stopped; leaked otherwise (see `Drop`).
+    ring: ManuallyDrop<DescriptorRing>,
     meta: Box<[SlotMeta]>,
-    completion: DmaBlock,
+    completion: ManuallyDrop<DmaBlock>,
     /// Next slot to build into (free-running).
     head: u32,
     /// Slots up to here have been announced with the doorbell.
@@ -364,9 +367,9 @@ impl IoatChannel {
             max_transfer,
             fill_supported,
             translator: pool.translator(),
-            ring,
+            ring: ManuallyDrop::new(ring),
             meta: vec![SlotMeta::default(); slots].into_boxed_slice(),
-            completion,
+            completion: ManuallyDrop::new(completion),
             head: 0,
             submitted: 0,
             tail: 0,
@@ -403,7 +406,7 @@ impl IoatChannel {
         timeout: Duration,
         mut done: impl FnMut(&Self) -> bool,
     ) -> Result<(), ChannelError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             if done(self) {
                 return Ok(());
@@ -412,7 +415,7 @@ impl IoatChannel {
             if all_ones_u64(status) {
                 return Err(ChannelError::DeviceRemoved);
             }
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(ChannelError::Timeout {
                     waiting_for,
                     chansts: status,
@@ -425,7 +428,7 @@ impl IoatChannel {
 
     /// The reset sequence: suspend a running channel, clear its errors, reset it, and wait for
     /// the reset to finish. Leaves the channel HALTED with its count at zero.
-    pub fn reset(&mut self) -> Result<(), ChannelError> {
+    fn reset(&mut self) -> Result<(), ChannelError> {
         let status = self.chansts();
         if all_ones_u64(status) {
             return Err(ChannelError::DeviceRemoved);
@@ -566,6 +569,10 @@ impl IoatChannel {
     ) -> Result<(), SubmitError> {
         pieces.clear();
         let cap = self.max_transfer.min(u64::from(u32::MAX)) as usize;
+        // Pieces beyond what the ring could take are counted, not stored: the operation will
+        // be refused, and the plan must not grow without bound on the way.
+        let keep = self.capacity() as usize + 1;
+        let mut count = 0u32;
         let mut done = 0usize;
         while done < len {
             let want = (len - done).min(cap);
@@ -585,8 +592,18 @@ impl IoatChannel {
                 }
                 None => None,
             };
-            pieces.push((dst_iova, src_iova, piece as u32));
+            if pieces.len() < keep {
+                pieces.push((dst_iova, src_iova, piece as u32));
+            }
+            count = count.saturating_add(1);
             done += piece;
+        }
+        if count as usize > pieces.len() {
+            let free = self.capacity();
+            return Err(SubmitError::RingFull {
+                needed: count,
+                free,
+            });
         }
         Ok(())
     }
@@ -807,7 +824,8 @@ impl IoatChannel {
 
     /// Collects finished operations into `out`, oldest first, and returns how many it wrote.
     /// Operations that do not fit are returned by the next call. A halted channel is recovered
-    /// here; a failed or removed one completes everything outstanding with an error.
+    /// here; a failed or removed one completes everything outstanding with an error, once the
+    /// device is known to have stopped touching their buffers.
     pub fn poll(&mut self, out: &mut [Completion]) -> usize {
         let mut filled = 0;
         match self.health {
@@ -825,9 +843,9 @@ impl IoatChannel {
             return 0;
         }
         let word = self.completion_word();
-        let address = chansts::completed_address(word);
-        let halted = chansts::state(word) == chansts::HALTED;
-        if address == self.last_completed && !halted {
+        if chansts::completed_address(word) == self.last_completed
+            && chansts::state(word) != chansts::HALTED
+        {
             self.stalled_polls += 1;
             if self.stalled_polls >= self.config.stall_check_polls {
                 self.stalled_polls = 0;
@@ -836,16 +854,27 @@ impl IoatChannel {
             return filled;
         }
         self.stalled_polls = 0;
+        self.advance(word, out, &mut filled);
+        filled
+    }
+
+    /// Acts on a status value (from the completion word or CHANSTS): retires everything up to
+    /// the descriptor it names, and recovers if it says HALTED.
+    fn advance(&mut self, status: u64, out: &mut [Completion], filled: &mut usize) {
+        let address = chansts::completed_address(status);
         if let Some(k) = self.find_submitted(address) {
-            if self.retire(k + 1, out, &mut filled, Ok(())) < k + 1 {
-                return filled; // `out` is full; the rest of the batch comes next time
+            if self.retire(k + 1, out, filled, Ok(())) < k + 1 {
+                // `out` is full; the rest of the batch comes next time. Remember the last slot
+                // actually retired, not `address`: the batch's end may land on the slot of an
+                // older `last_completed` once the ring laps, and must not look like no progress.
+                self.last_completed = self.ring.bus_address(self.tail.wrapping_sub(1));
+                return;
             }
             self.last_completed = address;
         }
-        if halted {
-            self.recover(out, &mut filled);
+        if chansts::state(status) == chansts::HALTED {
+            self.recover(out, filled);
         }
-        filled
     }
 
     /// Overwrites the completion word with a non-halted status naming `address`, so a status
@@ -858,13 +887,14 @@ impl IoatChannel {
     }
 
     /// No completion progress for a while: read the status register, which catches a halt
-    /// whose completion write was lost and a device that is gone.
+    /// whose completion write was lost, and a device that is gone.
     fn check_stall(&mut self, out: &mut [Completion], filled: &mut usize) {
         let status = self.chansts();
         if all_ones_u64(status) {
             self.abandon(OpError::DeviceRemoved, Health::Removed, out, filled);
         } else if chansts::state(status) == chansts::HALTED {
-            self.recover(out, filled);
+            // CHANSTS names the last good descriptor as the completion word would have.
+            self.advance(status, out, filled);
         }
     }
 
@@ -888,6 +918,7 @@ impl IoatChannel {
         if span > 0 && *filled == out.len() {
             return; // no room to report it; the halted status stays and the next poll retries
         }
+        // The device is halted: it no longer touches the failed operation's buffers.
         self.retire(span, out, filled, Err(OpError::Device { chanerr: errors }));
         self.stats.recoveries += 1;
         let restarted = self.reset().and_then(|()| {
@@ -904,8 +935,17 @@ impl IoatChannel {
         }
     }
 
-    /// Fails every outstanding operation with `cause` and stops accepting work. Operations
-    /// that do not fit in `out` are reported by later polls.
+    /// Whether the device is known not to be working through descriptors: gone (all-ones),
+    /// or in any state but ACTIVE. Only then may operations be completed without their
+    /// descriptors having run, since only then will the device not touch their buffers.
+    fn device_stopped(&self) -> bool {
+        let status = self.chansts();
+        all_ones_u64(status) || chansts::state(status) != chansts::ACTIVE
+    }
+
+    /// Fails every outstanding operation with `cause` and stops accepting work. Operations are
+    /// completed only once the device has stopped (a later poll retries until it has), and
+    /// those that do not fit in `out` are reported by later polls.
     fn abandon(
         &mut self,
         cause: OpError,
@@ -914,6 +954,10 @@ impl IoatChannel {
         filled: &mut usize,
     ) {
         self.health = health;
+        self.submitted = self.head;
+        if self.tail == self.head || !self.device_stopped() {
+            return;
+        }
         while self.tail != self.head && *filled < out.len() {
             let slot = self.slot(self.tail);
             if let Some(user_data) = self.meta[slot].ends_op.take() {
@@ -921,29 +965,11 @@ impl IoatChannel {
             }
             self.tail = self.tail.wrapping_add(1);
         }
-        self.submitted = self.head;
-    }
-
-    /// Completes every outstanding operation with [`OpError::DeviceRemoved`] without touching
-    /// the device (it is gone); later submits are refused.
-    pub fn fail_removed(&mut self, out: &mut [Completion]) -> usize {
-        let mut filled = 0;
-        self.abandon(OpError::DeviceRemoved, Health::Removed, out, &mut filled);
-        filled
     }
 
     /// Whether the channel still accepts work.
     pub fn is_running(&self) -> bool {
         self.health == Health::Running
-    }
-
-    /// Stops the device using the ring (suspend and reset), so its memory can be freed.
-    /// Outstanding operations are not completed; poll them out first.
-    pub fn shutdown(&mut self) -> Result<(), ChannelError> {
-        if self.health == Health::Removed {
-            return Ok(());
-        }
-        self.reset()
     }
 
     /// Whether the descriptor at free-running `index` carries a fence (for tests).
@@ -959,8 +985,18 @@ impl IoatChannel {
 
 impl Drop for IoatChannel {
     fn drop(&mut self) {
-        // The device must stop reading the ring before its memory goes back to the pool.
-        let _ = self.shutdown();
+        // The device must stop using the ring and the completion word before they go back to
+        // the pool. If it cannot be stopped (a reset that times out), the memory is leaked:
+        // better a lost ring than a device writing into someone else's allocation.
+        let stopped = self.reset().is_ok() || self.device_stopped();
+        if stopped {
+            // SAFETY: the fields are dropped exactly once, here, and the device no longer
+            // accesses them (reset done, or CHANSTS shows it gone or not running).
+            unsafe {
+                ManuallyDrop::drop(&mut self.ring);
+                ManuallyDrop::drop(&mut self.completion);
+            }
+        }
     }
 }
 

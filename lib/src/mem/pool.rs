@@ -686,11 +686,6 @@ pub struct Translator {
 }
 
 impl Translator {
-    /// Whether this translator reads `pool`'s translations.
-    pub fn serves(&self, pool: &DmaPool) -> bool {
-        Arc::ptr_eq(&self.inner, &pool.inner)
-    }
-
     fn check(&mut self) {
         // Acquire pairs with the Release increment in `State::map_mut`.
         if self.inner.generation.load(Ordering::Acquire) != self.generation {
