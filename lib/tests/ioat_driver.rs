@@ -856,3 +856,69 @@ fn a_channel_the_device_will_not_release_keeps_its_memory_out_of_reuse() {
         "the device wrote into memory the driver had given back"
     );
 }
+
+#[test]
+fn once_the_driver_sees_a_surprise_removal_the_device_writes_nothing_more() {
+    let pool = pool(IovaMode::Va);
+    let emu = EmuConfig {
+        mode: EmuMode::Threaded,
+        xfercap: 30,
+        ..EmuConfig::default()
+    };
+    let device = EmulatedDevice::new(emu, device_memory(&pool)).unwrap();
+    let config = ChannelConfig {
+        stall_check_polls: 1,
+        ..ChannelConfig::default()
+    };
+    let mut chan = IoatChannel::start(
+        device.registers(),
+        Some(device.config_space()),
+        0,
+        &pool,
+        config,
+    )
+    .unwrap();
+    let len = 128 << 20;
+    let mut src = pool.alloc(len, 4096).unwrap();
+    src.fill(0xab);
+    let dst = pool.alloc(len, 4096).unwrap();
+    // SAFETY: the blocks outlive the device's last access (the removal below waits for it).
+    unsafe {
+        chan.copy(dst.as_mut_ptr(), src.as_ptr(), len, 1, OpFlags::SUBMIT)
+            .unwrap()
+    };
+    let regs = device.registers();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while regs.read64(0x88) & 0x7 != 0 {
+        assert!(Instant::now() < deadline, "the copy never started");
+        std::thread::yield_now();
+    }
+    let remover = {
+        let device = Arc::clone(&device);
+        std::thread::spawn(move || device.inject(Fault::SurpriseRemoval).unwrap())
+    };
+    let done = drain(&mut chan, 1);
+    // Sample the destination the moment the driver learns of the removal...
+    let sample = |block: &DmaBlock| {
+        let mut byte = [0u8];
+        (0..len)
+            .step_by(4096)
+            .map(|offset| {
+                block.read_at(offset, &mut byte).unwrap();
+                u64::from(byte[0])
+            })
+            .sum::<u64>()
+    };
+    let seen = sample(&dst);
+    remover.join().unwrap();
+    // ...and after the removal is complete: the device must not have written in between.
+    assert_eq!(
+        sample(&dst),
+        seen,
+        "the device wrote after the driver saw it removed"
+    );
+    assert!(
+        done[0].result == Err(OpError::DeviceRemoved) || done[0].result == Ok(()),
+        "{done:?}"
+    );
+}
