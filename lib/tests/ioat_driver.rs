@@ -922,3 +922,30 @@ fn once_the_driver_sees_a_surprise_removal_the_device_writes_nothing_more() {
         "{done:?}"
     );
 }
+
+#[test]
+fn registered_application_memory_is_dma_memory_until_unregistered() {
+    let mut r = rig(EmuConfig::default());
+    let len = 64 * 1024;
+    let mut app: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
+    let dst = r.pool.alloc(len, 64).unwrap();
+    let registration = r.pool.register(app.as_mut_ptr(), len).unwrap();
+    // SAFETY: `app` and `dst` outlive the drained copy, and nothing touches them meanwhile.
+    unsafe {
+        r.chan
+            .copy(dst.as_mut_ptr(), app.as_ptr(), len, 3, OpFlags::SUBMIT)
+            .unwrap()
+    };
+    assert_eq!(drain(&mut r.chan, 1)[0].result, Ok(()));
+    assert!(dst.to_vec() == app, "copied from registered memory");
+    drop(registration);
+    // SAFETY: refused, nothing built.
+    let refused = unsafe {
+        r.chan
+            .copy(dst.as_mut_ptr(), app.as_ptr(), len, 4, OpFlags::SUBMIT)
+    };
+    assert!(
+        matches!(refused, Err(SubmitError::Unmapped(_))),
+        "{refused:?}"
+    );
+}
