@@ -26,6 +26,7 @@
 
 mod capability;
 pub mod cpu;
+pub mod datapath;
 pub mod emu;
 mod engine;
 mod error;
