@@ -73,6 +73,13 @@ pub fn system_cpus() -> (usize, Vec<usize>) {
     }
 }
 
+/// The CPU the calling thread is running on now, from `sched_getcpu`.
+pub fn current_cpu() -> Option<usize> {
+    // SAFETY: `sched_getcpu` takes no arguments and only reads the calling thread's state.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +96,12 @@ mod tests {
         assert_eq!(parse_cpu_list("a"), None);
         assert_eq!(format_cpu_list(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
         assert_eq!(format_cpu_list(&[]), "");
+    }
+
+    #[test]
+    fn the_current_cpu_is_an_online_one() {
+        let (_, online) = system_cpus();
+        assert!(online.contains(&current_cpu().unwrap()));
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //!   to the client that submitted the operation;
 //! - [`reserve`]: multi-producer reservation of descriptor slots with in-order publication,
 //!   and the doorbell combiner that keeps the 16-bit doorbell monotonic when several CPUs share
-//!   a channel.
+//!   a channel;
+//! - [`worker`]: pinned polling threads, one per chosen CPU, with a clean stop.
 //!
 //! The clients that use them arrive with the data path itself.
 
 pub mod reserve;
 pub mod spsc;
+pub mod worker;
