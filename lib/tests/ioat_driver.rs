@@ -173,37 +173,34 @@ fn copies_from_one_byte_to_four_mebibytes_land_exactly() {
     assert!(r.chan.stats().descriptors > r.chan.stats().ops_ok);
 }
 
+/// Fills `len` bytes at `offset` in a guarded buffer and checks that byte `i` is byte `i % 8`
+/// of the pattern in little-endian order, and that the guards are intact.
+fn fill_and_check(r: &mut Rig, offset: usize, len: usize, pattern: u64) {
+    let dst = guarded(&r.pool, offset, len, |_| GUARD_BYTE);
+    // SAFETY: the block outlives the drained operation.
+    unsafe {
+        let at = dst.as_mut_ptr().add(GUARD + offset);
+        r.chan
+            .fill(at, pattern, len, len as u64, OpFlags::SUBMIT)
+            .unwrap();
+    }
+    assert_eq!(drain(&mut r.chan, 1)[0].result, Ok(()));
+    let mut got = vec![0; len];
+    dst.read_at(GUARD + offset, &mut got).unwrap();
+    for (i, &b) in got.iter().enumerate() {
+        let want = pattern.to_le_bytes()[i % 8];
+        assert_eq!(b, want, "fill of {len} at offset {offset}: byte {i}");
+    }
+    assert_guards(&dst, offset, len, "fill");
+}
+
 #[test]
 fn fills_repeat_the_pattern_in_byte_order_without_overrun() {
     let mut r = rig(EmuConfig::default());
-    let pattern: u64 = 0x0807_0605_0403_0201; // bytes 01 02 .. 08 in memory order
     let mut rng = SplitMix(2);
     for len in [8, 50, 64, 89, 100, 1024, 4096 + 13] {
-        let off = rng.below(64);
-        let dst = guarded(&r.pool, off, len, |_| GUARD_BYTE);
-        // SAFETY: the block outlives the drained operation.
-        unsafe {
-            r.chan
-                .fill(
-                    dst.as_mut_ptr().add(GUARD + off),
-                    pattern,
-                    len,
-                    7,
-                    OpFlags::SUBMIT,
-                )
-                .unwrap();
-        }
-        assert_eq!(drain(&mut r.chan, 1)[0].result, Ok(()));
-        let mut got = vec![0; len];
-        dst.read_at(GUARD + off, &mut got).unwrap();
-        for (i, &b) in got.iter().enumerate() {
-            assert_eq!(
-                b,
-                (i % 8) as u8 + 1,
-                "fill of {len} at offset {off}: byte {i}"
-            );
-        }
-        assert_guards(&dst, off, len, "fill");
+        // Bytes 01 02 .. 08 in memory order.
+        fill_and_check(&mut r, rng.below(64), len, 0x0807_0605_0403_0201);
     }
 }
 
@@ -214,31 +211,7 @@ fn a_fill_split_at_scrambled_pages_keeps_the_pattern_phase() {
         IovaMode::Scrambled { seed: 9 },
         ChannelConfig::default(),
     );
-    let (off, len) = (3, 3 * 4096 + 77);
-    let dst = guarded(&r.pool, off, len, |_| GUARD_BYTE);
-    let pattern = 0x8877_6655_4433_2211u64;
-    // SAFETY: the block outlives the drained operation.
-    unsafe {
-        r.chan
-            .fill(
-                dst.as_mut_ptr().add(GUARD + off),
-                pattern,
-                len,
-                1,
-                OpFlags::SUBMIT,
-            )
-            .unwrap();
-    }
-    assert_eq!(drain(&mut r.chan, 1)[0].result, Ok(()));
-    let got = dst.to_vec();
-    for i in 0..len {
-        assert_eq!(
-            got[GUARD + off + i],
-            pattern.to_le_bytes()[i % 8],
-            "byte {i}"
-        );
-    }
-    assert_guards(&dst, off, len, "scrambled fill");
+    fill_and_check(&mut r, 3, 3 * 4096 + 77, 0x8877_6655_4433_2211);
     assert!(r.chan.stats().descriptors >= 4, "split at each page");
 }
 
