@@ -30,6 +30,7 @@ pub mod datapath;
 pub mod emu;
 mod engine;
 mod error;
+pub mod hotplug;
 pub mod ioat;
 pub mod log;
 pub mod mem;
