@@ -21,16 +21,18 @@
 
 use std::fmt;
 use std::mem::ManuallyDrop;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::completion::CompletionWord;
+pub use super::error::{ChannelError, OpError, SubmitError};
 use super::ring::DescriptorRing;
 use super::spec::{
-    self, cbver, chan, chancmd, chanctrl, chanerr, chansts, ctl, device, op, Descriptor,
+    self, cbver, chan, chancmd, chanctrl, chansts, ctl, device, op, Descriptor,
     NULL_DESCRIPTOR_SIZE,
 };
-use crate::mem::{DmaBlock, DmaPool, MemError, Translator};
+use crate::mem::{DmaPool, Translator};
 use crate::mmio::{read64_split, write64_split, RegisterWindow};
 use crate::pci::ConfigSpace;
 
@@ -59,36 +61,6 @@ impl std::ops::BitOr for OpFlags {
     }
 }
 
-/// Why an operation that was accepted did not succeed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpError {
-    /// The device halted on this operation; `chanerr` holds the CHANERR bits.
-    Device {
-        /// The CHANERR register at the halt.
-        chanerr: u32,
-    },
-    /// The channel could not be recovered; the operation was abandoned.
-    ChannelFailed,
-    /// The device disappeared (its registers read all-ones).
-    DeviceRemoved,
-}
-
-impl fmt::Display for OpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            OpError::Device { chanerr } => write!(
-                f,
-                "device error: {} (CHANERR {chanerr:#x})",
-                chanerr::describe(*chanerr)
-            ),
-            OpError::ChannelFailed => f.write_str("channel failed and was abandoned"),
-            OpError::DeviceRemoved => f.write_str("device removed"),
-        }
-    }
-}
-
-impl std::error::Error for OpError {}
-
 /// The end of one operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Completion {
@@ -96,113 +68,6 @@ pub struct Completion {
     pub user_data: u64,
     /// Success, or why not.
     pub result: Result<(), OpError>,
-}
-
-/// Why an operation was refused at submission. A refused operation built nothing.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SubmitError {
-    /// The ring has `free` slots; the operation needs `needed`.
-    RingFull {
-        /// Slots the operation needs.
-        needed: u32,
-        /// Slots free now.
-        free: u32,
-    },
-    /// A zero-length operation.
-    ZeroLength,
-    /// The device does not offer block fill.
-    FillUnsupported,
-    /// Part of a buffer is not DMA memory (neither pool nor registered memory).
-    Unmapped(MemError),
-    /// The channel failed earlier and accepts nothing.
-    ChannelFailed,
-    /// The device is gone.
-    DeviceRemoved,
-}
-
-impl fmt::Display for SubmitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SubmitError::RingFull { needed, free } => {
-                write!(
-                    f,
-                    "descriptor ring full: {needed} slot(s) needed, {free} free"
-                )
-            }
-            SubmitError::ZeroLength => f.write_str("zero-length operation"),
-            SubmitError::FillUnsupported => f.write_str("the device does not support fill"),
-            SubmitError::Unmapped(err) => write!(f, "buffer is not DMA memory: {err}"),
-            SubmitError::ChannelFailed => f.write_str("channel failed and accepts no work"),
-            SubmitError::DeviceRemoved => f.write_str("device removed"),
-        }
-    }
-}
-
-impl std::error::Error for SubmitError {}
-
-/// Why a channel could not be started or reset.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ChannelError {
-    /// The version register names a part older than v3.
-    UnsupportedVersion(u8),
-    /// The channel index is not below CHANCNT.
-    NoSuchChannel {
-        /// The index asked for.
-        index: usize,
-        /// CHANCNT.
-        count: usize,
-    },
-    /// A wait ran out of time.
-    Timeout {
-        /// What was being waited for.
-        waiting_for: &'static str,
-        /// CHANSTS when it gave up.
-        chansts: u64,
-        /// CHANERR when it gave up.
-        chanerr: u32,
-    },
-    /// The ring or completion word could not be allocated.
-    Memory(MemError),
-    /// Configuration space could not be accessed.
-    Config(String),
-    /// Every register reads all-ones: the device is gone.
-    DeviceRemoved,
-    /// A ring order outside 4..=16.
-    BadRingOrder(u32),
-}
-
-impl fmt::Display for ChannelError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ChannelError::UnsupportedVersion(v) => write!(f, "CBVER {v:#x} is not IOAT v3"),
-            ChannelError::NoSuchChannel { index, count } => {
-                write!(f, "channel {index} does not exist (the device has {count})")
-            }
-            ChannelError::Timeout {
-                waiting_for,
-                chansts,
-                chanerr,
-            } => write!(
-                f,
-                "timed out waiting for {waiting_for} (CHANSTS {chansts:#x}, CHANERR {chanerr:#x}: {})",
-                chanerr::describe(*chanerr)
-            ),
-            ChannelError::Memory(err) => write!(f, "DMA memory: {err}"),
-            ChannelError::Config(err) => write!(f, "configuration space: {err}"),
-            ChannelError::DeviceRemoved => f.write_str("device removed (registers read all-ones)"),
-            ChannelError::BadRingOrder(order) => {
-                write!(f, "ring order {order} is outside 4..=16")
-            }
-        }
-    }
-}
-
-impl std::error::Error for ChannelError {}
-
-impl From<MemError> for ChannelError {
-    fn from(err: MemError) -> Self {
-        ChannelError::Memory(err)
-    }
 }
 
 /// How long the driver waits for the device.
@@ -292,7 +157,7 @@ pub struct IoatChannel {
     /// the device is known to have stopped; leaked otherwise (see `Drop`).
     ring: ManuallyDrop<DescriptorRing>,
     meta: Box<[SlotMeta]>,
-    completion: ManuallyDrop<DmaBlock>,
+    completion: ManuallyDrop<CompletionWord>,
     /// Next slot to build into (free-running).
     head: u32,
     /// Slots up to here have been announced with the doorbell.
@@ -356,7 +221,7 @@ impl IoatChannel {
             .map_err(|e| ChannelError::Config(e.to_string()))?;
         }
         let ring = DescriptorRing::new(pool, config.ring_order)?;
-        let completion = pool.alloc(8, 8)?;
+        let completion = CompletionWord::new(pool)?;
         let slots = ring.size() as usize;
         let mut channel = IoatChannel {
             regs,
@@ -770,12 +635,7 @@ impl IoatChannel {
     }
 
     fn completion_word(&self) -> u64 {
-        let word = self.completion.as_ptr().cast::<u64>().cast_mut();
-        // SAFETY: the completion block is 8 bytes, 8-byte aligned and lives as long as the
-        // channel; the device writes it with single 64-bit stores. The atomic view is transient
-        // (no plain reference to device-written memory); acquire pairs with the device's
-        // release of the data it moved before writing this word.
-        unsafe { AtomicU64::from_ptr(word) }.load(Ordering::Acquire)
+        self.completion.load()
     }
 
     /// Position, counted from `tail`, of the submitted slot whose bus address is `address`.
@@ -880,9 +740,7 @@ impl IoatChannel {
     /// Overwrites the completion word with a non-halted status naming `address`, so a status
     /// the device wrote before a reset is not acted on twice.
     fn prime_completion(&mut self, address: u64) {
-        let word = self.completion.as_mut_ptr().cast::<u64>();
-        // SAFETY: as in `completion_word`; the device is reset and not writing the word now.
-        unsafe { AtomicU64::from_ptr(word) }.store(address | chansts::ARMED, Ordering::Release);
+        self.completion.prime(address | chansts::ARMED);
         self.last_completed = address;
     }
 

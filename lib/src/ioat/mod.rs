@@ -4,7 +4,9 @@
 //! emulated device share nothing but [`spec`].
 
 mod channel;
+mod completion;
 mod device;
+mod error;
 mod ring;
 pub mod spec;
 
