@@ -133,8 +133,14 @@ impl<S: Send + 'static> Workers<S> {
     }
 
     /// Asks every worker to stop, waits for them, and hands back each CPU's final state.
-    pub fn stop(mut self) -> Result<Vec<(usize, S)>, WorkerError> {
+    pub fn stop(self) -> Result<Vec<(usize, S)>, WorkerError> {
         self.stop.store(true, Ordering::Relaxed);
+        self.join()
+    }
+
+    /// Waits for every worker to finish on its own (`Step::Done`), without asking them to
+    /// stop, and hands back each CPU's final state.
+    pub fn join(mut self) -> Result<Vec<(usize, S)>, WorkerError> {
         let mut states = Vec::with_capacity(self.threads.len());
         let mut failure = None;
         for (cpu, handle) in self.threads.drain(..) {
@@ -248,7 +254,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(workers.stop().unwrap(), [(0, 100)]);
+        assert_eq!(workers.join().unwrap(), [(0, 100)]);
     }
 
     #[test]
@@ -262,7 +268,7 @@ mod tests {
         assert_eq!(twice.err(), Some(WorkerError::DuplicateCpu(0)));
         let panicking = Workers::spawn(&[0], |_| (), |_: &mut ()| panic!("body failed")).unwrap();
         assert_eq!(
-            panicking.stop().err(),
+            panicking.join().err(),
             Some(WorkerError::Panicked { cpu: 0 })
         );
     }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 
 use super::device::DeviceShared;
+use super::memory::Resolver;
 use super::{dma, ChannelStats, EmuMode, TraceEvent};
 use crate::ioat::spec::{chan, chancmd, chanctrl, chanerr, chansts, ctl, op, DESCRIPTOR_SIZE};
 
@@ -80,7 +81,6 @@ struct FailPlan {
 }
 
 /// The engine's working state, guarded by the channel mutex.
-#[derive(Debug)]
 struct Core {
     /// Bus address of the next descriptor to fetch.
     cursor: u64,
@@ -93,9 +93,26 @@ struct Core {
     /// Halted by an error: only a RESET makes the channel accept a chain again.
     needs_reset: bool,
     fail: Option<FailPlan>,
+    /// The channel's own view of memory, when the memory offers one (made on first use).
+    resolver: Option<Box<dyn Resolver>>,
+    resolver_made: bool,
     latency: Duration,
     /// When the descriptor at the cursor began waiting out its latency.
     started_at: Option<Instant>,
+}
+
+impl Core {
+    /// Where this channel's memory lookups go.
+    fn lookup<'a>(&'a mut self, dev: &'a DeviceShared) -> dma::Lookup<'a> {
+        if !self.resolver_made {
+            self.resolver = dev.memory.resolver();
+            self.resolver_made = true;
+        }
+        match self.resolver.as_deref_mut() {
+            Some(resolver) => dma::Lookup::Own(resolver),
+            None => dma::Lookup::Shared(&*dev.memory),
+        }
+    }
 }
 
 /// Per-descriptor outcome of a successful `perform`.
@@ -163,6 +180,8 @@ impl Channel {
                 last_completed: 0,
                 needs_reset: false,
                 fail: None,
+                resolver: None,
+                resolver_made: false,
                 latency: Duration::ZERO,
                 started_at: None,
             }),
@@ -510,7 +529,7 @@ impl Channel {
             if dev.is_dead() {
                 return done.bytes;
             }
-            if let Err(error) = self.write_completion(dev, address | state) {
+            if let Err(error) = self.write_completion(dev, core, address | state) {
                 self.halt(dev, core, error);
                 return done.bytes;
             }
@@ -532,7 +551,7 @@ impl Channel {
         if address % DESCRIPTOR_SIZE as u64 != 0 {
             return Err(misaligned);
         }
-        let slot = dma::resolve(&*dev.memory, address, DESCRIPTOR_SIZE).ok_or(unmapped)?;
+        let slot = dma::resolve(&mut core.lookup(dev), address, DESCRIPTOR_SIZE).ok_or(unmapped)?;
         let descriptor = dma::read_descriptor(slot);
         if let Some(plan) = core.fail.as_mut() {
             plan.remaining -= 1;
@@ -557,10 +576,11 @@ impl Channel {
                     return Err(chanerr::LENGTH);
                 }
                 let len = size as usize;
-                let src = dma::resolve(&*dev.memory, descriptor.src_or_pattern, len)
+                let mut memory = core.lookup(dev);
+                let src = dma::resolve(&mut memory, descriptor.src_or_pattern, len)
                     .ok_or(chanerr::SRC_ADDR)?;
                 let dst =
-                    dma::resolve(&*dev.memory, descriptor.dest, len).ok_or(chanerr::DEST_ADDR)?;
+                    dma::resolve(&mut memory, descriptor.dest, len).ok_or(chanerr::DEST_ADDR)?;
                 dma::copy(src, dst);
                 size
             }
@@ -571,7 +591,7 @@ impl Channel {
                 if size == 0 {
                     return Err(chanerr::LENGTH);
                 }
-                let dst = dma::resolve(&*dev.memory, descriptor.dest, size as usize)
+                let dst = dma::resolve(&mut core.lookup(dev), descriptor.dest, size as usize)
                     .ok_or(chanerr::DEST_ADDR)?;
                 dma::fill(dst, descriptor.src_or_pattern);
                 size
@@ -586,7 +606,7 @@ impl Channel {
     }
 
     /// Writes a completion word to the CHANCMP address.
-    fn write_completion(&self, dev: &DeviceShared, value: u64) -> Result<(), u32> {
+    fn write_completion(&self, dev: &DeviceShared, core: &mut Core, value: u64) -> Result<(), u32> {
         if !dev.bus_master() {
             return Err(chanerr::WRITE_DATA);
         }
@@ -594,7 +614,8 @@ impl Channel {
         if address % 8 != 0 {
             return Err(chanerr::COMPLETION_ADDR);
         }
-        let word = dma::resolve(&*dev.memory, address, 8).ok_or(chanerr::COMPLETION_ADDR)?;
+        let word =
+            dma::resolve(&mut core.lookup(dev), address, 8).ok_or(chanerr::COMPLETION_ADDR)?;
         if !dma::store_completion(word, value) {
             return Err(chanerr::COMPLETION_ADDR);
         }
@@ -614,7 +635,7 @@ impl Channel {
         let report = self.chanctrl.load(Ordering::Acquire) & chanctrl::ERR_COMPLETION_EN != 0;
         // Without bus mastering the write is never issued, so it cannot fail either.
         if report && dev.bus_master() && !dev.is_dead() {
-            if let Err(also) = self.write_completion(dev, status) {
+            if let Err(also) = self.write_completion(dev, core, status) {
                 self.chanerr.fetch_or(also, Ordering::AcqRel);
                 dev.pci.raise(also);
             }

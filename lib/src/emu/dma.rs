@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::DeviceMemory;
+use super::memory::{DeviceMemory, Resolver};
 use crate::ioat::spec::{Descriptor, DESCRIPTOR_SIZE};
 
 /// Host bytes a device may access: `len` bytes at `addr`, contiguous in host memory.
@@ -19,9 +19,27 @@ pub(super) struct HostRange {
     len: usize,
 }
 
+/// Where a channel's lookups go: its own resolver when the memory offers one, else the
+/// shared memory. Either way the answer carries an `unsafe` trait's promise.
+pub(super) enum Lookup<'a> {
+    /// Through [`DeviceMemory::resolve`].
+    Shared(&'a dyn DeviceMemory),
+    /// Through the channel's own [`Resolver`].
+    Own(&'a mut dyn Resolver),
+}
+
+impl Lookup<'_> {
+    fn resolve(&mut self, iova: u64, len: usize) -> Option<(usize, usize)> {
+        match self {
+            Lookup::Shared(memory) => memory.resolve(iova, len),
+            Lookup::Own(resolver) => resolver.resolve(iova, len),
+        }
+    }
+}
+
 /// The host bytes behind `[iova, iova + len)`, provided the whole range is mapped and
 /// contiguous in host memory. IOVA 0 is never valid (drivers use it as "no address").
-pub(super) fn resolve(memory: &dyn DeviceMemory, iova: u64, len: usize) -> Option<HostRange> {
+pub(super) fn resolve(memory: &mut Lookup<'_>, iova: u64, len: usize) -> Option<HostRange> {
     if iova == 0 || len == 0 {
         return None;
     }
@@ -93,7 +111,7 @@ mod tests {
         let buffer = HostBuffer::new(64);
         let memory = mapped(&buffer);
         fill(
-            resolve(&memory, buffer.addr() + 1, 19).unwrap(),
+            resolve(&mut Lookup::Shared(&memory), buffer.addr() + 1, 19).unwrap(),
             0x8877_6655_4433_2211,
         );
         let out = buffer.read(0, 21);
@@ -111,8 +129,8 @@ mod tests {
         let memory = mapped(&buffer);
         let base = buffer.addr();
         copy(
-            resolve(&memory, base, 6).unwrap(),
-            resolve(&memory, base + 2, 6).unwrap(),
+            resolve(&mut Lookup::Shared(&memory), base, 6).unwrap(),
+            resolve(&mut Lookup::Shared(&memory), base + 2, 6).unwrap(),
         );
         assert_eq!(buffer.read(0, 8), b"ababcdef");
     }
@@ -121,11 +139,11 @@ mod tests {
     fn resolve_wants_the_whole_range_and_a_real_address() {
         let buffer = HostBuffer::new(4096);
         let memory = mapped(&buffer);
-        assert!(resolve(&memory, buffer.addr() + 4095, 1).is_some());
-        assert!(resolve(&memory, buffer.addr() + 4095, 2).is_none());
-        assert!(resolve(&memory, 0, 8).is_none());
-        assert!(resolve(&memory, buffer.addr(), 0).is_none());
-        let word = resolve(&memory, buffer.addr() + 4, 8).unwrap();
+        assert!(resolve(&mut Lookup::Shared(&memory), buffer.addr() + 4095, 1).is_some());
+        assert!(resolve(&mut Lookup::Shared(&memory), buffer.addr() + 4095, 2).is_none());
+        assert!(resolve(&mut Lookup::Shared(&memory), 0, 8).is_none());
+        assert!(resolve(&mut Lookup::Shared(&memory), buffer.addr(), 0).is_none());
+        let word = resolve(&mut Lookup::Shared(&memory), buffer.addr() + 4, 8).unwrap();
         assert!(!store_completion(word, 1), "a misaligned word is refused");
     }
 }

@@ -37,6 +37,23 @@ pub unsafe trait DeviceMemory: Send + Sync {
     /// The host address of `iova` and how many bytes from there are contiguous in host
     /// memory (at most `len`), or `None` if `iova` is not mapped.
     fn resolve(&self, iova: u64, len: usize) -> Option<(usize, usize)>;
+
+    /// A resolver for one channel's own use, which may keep state between calls (a cached
+    /// translation, say) to spare the shared lookup. `None`, the default, means each lookup
+    /// goes through [`DeviceMemory::resolve`].
+    fn resolver(&self) -> Option<Box<dyn Resolver>> {
+        None
+    }
+}
+
+/// A per-channel view of [`DeviceMemory`], used by one thread at a time.
+///
+/// # Safety
+///
+/// The same promise as [`DeviceMemory`]'s, for every answer of [`Resolver::resolve`].
+pub unsafe trait Resolver: Send {
+    /// As [`DeviceMemory::resolve`].
+    fn resolve(&mut self, iova: u64, len: usize) -> Option<(usize, usize)>;
 }
 
 /// A zeroed, page-aligned heap allocation for rings, completion words and data buffers.
