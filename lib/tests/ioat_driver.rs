@@ -773,6 +773,21 @@ fn a_partial_poll_followed_by_a_ring_lap_loses_no_completion() {
     assert_eq!(ids, (1..n).collect::<Vec<_>>());
 }
 
+/// Waits until channel 0 is ACTIVE (a long descriptor under way) or has written a completion
+/// since `writes_before` (it finished before this thread looked: on a loaded machine the
+/// waiting thread may not run for the whole descriptor; the checks that follow still hold).
+fn wait_until_under_way_or_done(
+    device: &Arc<EmulatedDevice>,
+    writes_before: u64,
+    deadline: Instant,
+) {
+    let regs = device.registers();
+    while regs.read64(0x88) & 0x7 != 0 && device.stats()[0].completion_writes == writes_before {
+        assert!(Instant::now() < deadline, "the copy never started");
+        std::thread::yield_now();
+    }
+}
+
 #[test]
 fn a_channel_the_device_will_not_release_keeps_its_memory_out_of_reuse() {
     // A descriptor that outlasts the suspend timeout: dropping the channel cannot stop the
@@ -805,18 +820,14 @@ fn a_channel_the_device_will_not_release_keeps_its_memory_out_of_reuse() {
     let len = 128 << 20;
     let src = pool.alloc(len, 4096).unwrap();
     let dst = pool.alloc(len, 4096).unwrap();
+    let writes_before = device.stats()[0].completion_writes;
     // SAFETY: `src` and `dst` live until the device has finished (waited for below).
     unsafe {
         chan.copy(dst.as_mut_ptr(), src.as_ptr(), len, 1, OpFlags::SUBMIT)
             .unwrap()
     };
-    let writes_before = device.stats()[0].completion_writes;
-    let regs = device.registers();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while regs.read64(0x88) & 0x7 != 0 {
-        assert!(Instant::now() < deadline, "the copy never started");
-        std::thread::yield_now(); // wait for ACTIVE: the descriptor is under way
-    }
+    wait_until_under_way_or_done(&device, writes_before, deadline);
     drop(chan);
     let reused: Vec<_> = (0..256).map(|_| pool.alloc(8, 8).unwrap()).collect();
     while device.stats()[0].completion_writes == writes_before {
@@ -855,17 +866,17 @@ fn once_the_driver_sees_a_surprise_removal_the_device_writes_nothing_more() {
     let mut src = pool.alloc(len, 4096).unwrap();
     src.fill(0xab);
     let dst = pool.alloc(len, 4096).unwrap();
+    let writes_before = device.stats()[0].completion_writes;
     // SAFETY: the blocks outlive the device's last access (the removal below waits for it).
     unsafe {
         chan.copy(dst.as_mut_ptr(), src.as_ptr(), len, 1, OpFlags::SUBMIT)
             .unwrap()
     };
-    let regs = device.registers();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while regs.read64(0x88) & 0x7 != 0 {
-        assert!(Instant::now() < deadline, "the copy never started");
-        std::thread::yield_now();
-    }
+    wait_until_under_way_or_done(
+        &device,
+        writes_before,
+        Instant::now() + Duration::from_secs(10),
+    );
     let remover = {
         let device = Arc::clone(&device);
         std::thread::spawn(move || device.inject(Fault::SurpriseRemoval).unwrap())
