@@ -933,3 +933,102 @@ fn registered_application_memory_is_dma_memory_until_unregistered() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn copies_work_on_physical_addresses_from_pagemap() {
+    // The hardware path without an IOMMU: IOVAs are physical addresses read from
+    // /proc/self/pagemap, and the emulated device resolves them back as an IOMMU would.
+    let config = DmaPoolConfig {
+        iova_mode: IovaMode::Physical,
+        ..DmaPoolConfig::default()
+    };
+    let pool = match DmaPool::new(config) {
+        Ok(pool) => pool,
+        Err(err) => {
+            println!("physical addresses unavailable here ({err}); nothing to check");
+            return;
+        }
+    };
+    let device = EmulatedDevice::new(EmuConfig::default(), device_memory(&pool)).unwrap();
+    let chan = IoatChannel::start(
+        device.registers(),
+        Some(device.config_space()),
+        0,
+        &pool,
+        ChannelConfig::default(),
+    )
+    .unwrap();
+    let mut r = Rig { pool, device, chan };
+    let mut rng = SplitMix(8);
+    for len in [1, 4096, 3 * 4096 + 7, 300_000] {
+        copy_and_check(&mut r, &mut rng, len);
+    }
+}
+
+#[test]
+fn a_reader_holding_an_ioat_channel_keeps_it_running_through_an_unregister() {
+    let quiet: LogHook = Arc::new(|_, _| {});
+    let engine = Engine::new(EngineConfig::with_cpus(1).log_hook(quiet)).unwrap();
+    let pool = pool(IovaMode::Va);
+    let probe = |name: &str| {
+        let device = EmulatedDevice::new(EmuConfig::default(), device_memory(&pool)).unwrap();
+        let ioat = IoatDevice::probe(
+            name,
+            device.registers(),
+            Some(device.config_space()),
+            pool.clone(),
+            ChannelConfig::default(),
+        )
+        .unwrap();
+        (device, ioat)
+    };
+    let (_first_device, first) = probe("first");
+    let (_second_device, second) = probe("second");
+    let first_id = engine.register_device(first.spec()).unwrap();
+    engine.register_device(second.spec()).unwrap();
+    engine.get_client();
+    let mut reader = engine.table_reader(0).unwrap();
+    let held = reader.lookup(Capability::Memcpy).unwrap();
+    assert_eq!(held.id().device, first_id);
+
+    // The table moves off the device at once...
+    engine.unregister_device(first_id).unwrap();
+    assert_ne!(
+        engine
+            .table_entry(Capability::Memcpy, 0)
+            .unwrap()
+            .unwrap()
+            .device,
+        first_id
+    );
+    // ...but the channel the reader holds stays started and usable until it is quiescent.
+    let backend = held
+        .backend()
+        .as_any()
+        .downcast_ref::<IoatChannelBackend>()
+        .unwrap();
+    {
+        let mut guard = backend.channel();
+        let chan = guard.as_mut().expect("not freed under a reader");
+        let src = pool.alloc(256, 64).unwrap();
+        let dst = pool.alloc(256, 64).unwrap();
+        // SAFETY: the blocks outlive the drained operation.
+        unsafe {
+            chan.copy(dst.as_mut_ptr(), src.as_ptr(), 256, 9, OpFlags::SUBMIT)
+                .unwrap()
+        };
+        assert_eq!(
+            drain(chan, 1)[0],
+            Completion {
+                user_data: 9,
+                result: Ok(())
+            }
+        );
+    }
+    reader.quiescent();
+    engine.synchronize(Duration::from_secs(5)).unwrap();
+    assert!(
+        first.channels()[0].channel().is_none(),
+        "freed once the reader let go"
+    );
+}
