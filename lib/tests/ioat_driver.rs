@@ -56,7 +56,11 @@ struct Rig {
 }
 
 fn rig_with(emu: EmuConfig, iova_mode: IovaMode, config: ChannelConfig) -> Rig {
-    let pool = pool(iova_mode);
+    rig_on(pool(iova_mode), emu, config)
+}
+
+/// An emulated device over `pool` and its channel 0, started.
+fn rig_on(pool: DmaPool, emu: EmuConfig, config: ChannelConfig) -> Rig {
     let device = EmulatedDevice::new(emu, device_memory(&pool)).unwrap();
     let chan = IoatChannel::start(
         device.registers(),
@@ -793,13 +797,11 @@ fn a_channel_the_device_will_not_release_keeps_its_memory_out_of_reuse() {
     // A descriptor that outlasts the suspend timeout: dropping the channel cannot stop the
     // device, so the ring and completion word must not go back to the pool, or the device's
     // completion write would land in whoever allocates them next.
-    let pool = pool(IovaMode::Va);
-    let emu = EmuConfig {
+    let long_copies = EmuConfig {
         mode: EmuMode::Threaded,
         xfercap: 30,
         ..EmuConfig::default()
     };
-    let device = EmulatedDevice::new(emu, device_memory(&pool)).unwrap();
     let timeouts = dmaplane::ioat::Timeouts {
         suspend: Duration::from_micros(100),
         ..dmaplane::ioat::Timeouts::default()
@@ -809,14 +811,11 @@ fn a_channel_the_device_will_not_release_keeps_its_memory_out_of_reuse() {
         timeouts,
         ..ChannelConfig::default()
     };
-    let mut chan = IoatChannel::start(
-        device.registers(),
-        Some(device.config_space()),
-        0,
-        &pool,
-        config,
-    )
-    .unwrap();
+    let Rig {
+        pool,
+        device,
+        mut chan,
+    } = rig_on(pool(IovaMode::Va), long_copies, config);
     let len = 128 << 20;
     let src = pool.alloc(len, 4096).unwrap();
     let dst = pool.alloc(len, 4096).unwrap();
@@ -843,25 +842,20 @@ fn a_channel_the_device_will_not_release_keeps_its_memory_out_of_reuse() {
 
 #[test]
 fn once_the_driver_sees_a_surprise_removal_the_device_writes_nothing_more() {
-    let pool = pool(IovaMode::Va);
-    let emu = EmuConfig {
+    let long_copies = EmuConfig {
         mode: EmuMode::Threaded,
         xfercap: 30,
         ..EmuConfig::default()
     };
-    let device = EmulatedDevice::new(emu, device_memory(&pool)).unwrap();
     let config = ChannelConfig {
         stall_check_polls: 1,
         ..ChannelConfig::default()
     };
-    let mut chan = IoatChannel::start(
-        device.registers(),
-        Some(device.config_space()),
-        0,
-        &pool,
-        config,
-    )
-    .unwrap();
+    let Rig {
+        pool,
+        device,
+        mut chan,
+    } = rig_on(pool(IovaMode::Va), long_copies, config);
     let len = 128 << 20;
     let mut src = pool.alloc(len, 4096).unwrap();
     src.fill(0xab);
@@ -949,16 +943,7 @@ fn copies_work_on_physical_addresses_from_pagemap() {
             return;
         }
     };
-    let device = EmulatedDevice::new(EmuConfig::default(), device_memory(&pool)).unwrap();
-    let chan = IoatChannel::start(
-        device.registers(),
-        Some(device.config_space()),
-        0,
-        &pool,
-        ChannelConfig::default(),
-    )
-    .unwrap();
-    let mut r = Rig { pool, device, chan };
+    let mut r = rig_on(pool, EmuConfig::default(), ChannelConfig::default());
     let mut rng = SplitMix(8);
     for len in [1, 4096, 3 * 4096 + 7, 300_000] {
         copy_and_check(&mut r, &mut rng, len);
