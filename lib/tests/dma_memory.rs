@@ -413,6 +413,50 @@ fn two_threads_allocate_and_free_concurrently() {
 }
 
 #[test]
+fn translators_answer_as_the_pool_does_including_from_their_recent_runs() {
+    // The translator answers repeated lookups from the runs it used last; every answer
+    // must still equal the pool's own, inside runs, across their ends, and after frees.
+    for mode in [IovaMode::Va, IovaMode::Scrambled { seed: 5 }] {
+        let pool = pool(mode);
+        let mut blocks: Vec<_> = [100, 5000, 70_000, 3 << 20]
+            .iter()
+            .map(|&len| pool.alloc(len, 64).unwrap())
+            .collect();
+        let mut translator = pool.translator();
+        let mut seed = 0x1234_5678_u64;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        for round in 0..4000 {
+            if round == 2000 {
+                blocks.remove(1); // a free changes the pool's generation
+            }
+            let block = &blocks[next(blocks.len())];
+            let offset = next(block.len() + 64); // sometimes past the end
+            let len = 1 + next(9000);
+            let va = block.va() + offset;
+            let expected = pool.translate(va, len);
+            assert_eq!(
+                translator.translate(va, len),
+                expected,
+                "{mode:?} va {va:#x}+{len}"
+            );
+            if let Ok((iova, _)) = expected {
+                let back = pool.iova_to_va(iova, len);
+                assert_eq!(
+                    translator.iova_to_va(iova, len),
+                    back,
+                    "{mode:?} iova {iova:#x}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn translators_follow_allocations_and_frees() {
     let pool = DmaPool::new(DmaPoolConfig {
         iova_mode: IovaMode::Scrambled { seed: 11 },

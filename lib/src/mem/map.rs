@@ -133,6 +133,27 @@ impl IovaMap {
         Some((iova, run_len.min(len)))
     }
 
+    /// The recorded run holding virtual address `va`.
+    pub(crate) fn run_at_va(&self, va: usize) -> Option<Run> {
+        let (&start, entry) = self.by_va.range(..=va).next_back()?;
+        (va - start < entry.len).then_some(Run {
+            va: start,
+            iova: entry.iova,
+            len: entry.len,
+        })
+    }
+
+    /// The recorded run holding `iova`.
+    pub(crate) fn run_at_iova(&self, iova: u64) -> Option<Run> {
+        let (&start, &va) = self.by_iova.range(..=iova).next_back()?;
+        let entry = &self.by_va[&va];
+        (iova - start < entry.len as u64).then_some(Run {
+            va,
+            iova: start,
+            len: entry.len,
+        })
+    }
+
     /// The device's view: the virtual address of `iova` and the length, at most `len`, over
     /// which both spaces stay contiguous; `None` if `iova` is not recorded.
     pub(crate) fn iova_to_va(&self, iova: u64, len: usize) -> Option<(usize, usize)> {

@@ -270,6 +270,8 @@ impl DmaPool {
             inner: Arc::clone(&self.inner),
             generation,
             map,
+            recent: [NO_RUN; RECENT_RUNS],
+            next_recent: 0,
         }
     }
 
@@ -683,14 +685,54 @@ pub struct Translator {
     inner: Arc<Inner>,
     generation: u64,
     map: Arc<IovaMap>,
+    /// Runs of the snapshot used lately (a zero length marks an empty entry): a lookup that
+    /// falls inside one of them is answered without walking the map's trees. A data path
+    /// touches few runs (its ring, its buffers), so a handful covers most lookups.
+    recent: [Run; RECENT_RUNS],
+    next_recent: usize,
 }
+
+/// How many runs a [`Translator`] remembers.
+const RECENT_RUNS: usize = 4;
+
+const NO_RUN: Run = Run {
+    va: 0,
+    iova: 0,
+    len: 0,
+};
 
 impl Translator {
     fn check(&mut self) {
         // Acquire pairs with the Release increment in `State::map_mut`.
         if self.inner.generation.load(Ordering::Acquire) != self.generation {
             (self.generation, self.map) = self.inner.snapshot();
+            self.recent = [NO_RUN; RECENT_RUNS];
         }
+    }
+
+    fn remember(&mut self, run: Option<Run>) {
+        if let Some(run) = run {
+            self.recent[self.next_recent] = run;
+            self.next_recent = (self.next_recent + 1) % RECENT_RUNS;
+        }
+    }
+
+    /// `va`'s IOVA from a remembered run, when the run covers all `len` bytes (a longer
+    /// request may continue into the next run, which only the map knows).
+    fn recent_translate(&self, va: usize, len: usize) -> Option<(u64, usize)> {
+        let run = self.recent.iter().find(|r| va.wrapping_sub(r.va) < r.len)?;
+        let skip = va - run.va;
+        (run.len - skip >= len).then(|| (run.iova + skip as u64, len))
+    }
+
+    /// As `recent_translate`, from the device's side.
+    fn recent_iova_to_va(&self, iova: u64, len: usize) -> Option<(usize, usize)> {
+        let run = self
+            .recent
+            .iter()
+            .find(|r| iova.wrapping_sub(r.iova) < r.len as u64)?;
+        let skip = (iova - run.iova) as usize;
+        (run.len - skip >= len).then(|| (run.va + skip, len))
     }
 
     /// As [`DmaPool::translate`].
@@ -699,9 +741,16 @@ impl Translator {
             return Err(MemError::ZeroLength);
         }
         self.check();
-        self.map
+        if let Some(hit) = self.recent_translate(va, len) {
+            return Ok(hit);
+        }
+        let found = self
+            .map
             .translate(va, len)
-            .ok_or(MemError::NotMapped { addr: va })
+            .ok_or(MemError::NotMapped { addr: va })?;
+        let run = self.map.run_at_va(va);
+        self.remember(run);
+        Ok(found)
     }
 
     /// As [`DmaPool::iova_to_va`].
@@ -710,9 +759,16 @@ impl Translator {
             return Err(MemError::ZeroLength);
         }
         self.check();
-        self.map
+        if let Some(hit) = self.recent_iova_to_va(iova, len) {
+            return Ok(hit);
+        }
+        let found = self
+            .map
             .iova_to_va(iova, len)
-            .ok_or(MemError::IovaNotMapped { iova })
+            .ok_or(MemError::IovaNotMapped { iova })?;
+        let run = self.map.run_at_iova(iova);
+        self.remember(run);
+        Ok(found)
     }
 }
 
