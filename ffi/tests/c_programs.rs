@@ -1,0 +1,93 @@
+//! The C side of the ABI: `include/dmaplane.h` compiles cleanly as C11 and as C++ with
+//! warnings as errors, and C programs under `examples/c/` build against the library and run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The directory holding the libraries cargo built alongside this test binary.
+fn artifacts() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf() // target/<profile>/deps/..
+}
+
+fn run(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn the_header_compiles_as_c11_and_as_cxx_without_warnings() {
+    let include = workspace().join("include");
+    let probe = std::env::temp_dir().join(format!("dmaplane-header-{}", std::process::id()));
+    std::fs::create_dir_all(&probe).unwrap();
+    let c = probe.join("header.c");
+    std::fs::write(
+        &c,
+        "#include \"dmaplane.h\"\nint main(void) { return dmaplane_version() == 0; }\n",
+    )
+    .unwrap();
+    run(Command::new("cc")
+        .args([
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-fsyntax-only",
+            "-I",
+        ])
+        .arg(&include)
+        .arg(&c));
+    let cxx = probe.join("header.cc");
+    std::fs::write(
+        &cxx,
+        "#include \"dmaplane.h\"\nint main() { return dmaplane_version() == nullptr; }\n",
+    )
+    .unwrap();
+    run(Command::new("c++")
+        .args([
+            "-std=c++11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-fsyntax-only",
+            "-I",
+        ])
+        .arg(&include)
+        .arg(&cxx));
+    std::fs::remove_dir_all(&probe).unwrap();
+}
+
+#[test]
+fn the_version_program_links_the_static_library_and_prints_the_crate_version() {
+    let libs = artifacts();
+    let staticlib = libs.join("libdmaplane_ffi.a");
+    assert!(staticlib.exists(), "{} was not built", staticlib.display());
+    let exe = std::env::temp_dir().join(format!("dmaplane-version-{}", std::process::id()));
+    run(Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(workspace().join("include"))
+        .arg(workspace().join("examples/c/version.c"))
+        .arg(&staticlib)
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(&exe));
+    let printed = run(&mut Command::new(&exe));
+    std::fs::remove_file(&exe).unwrap();
+    assert_eq!(
+        printed.trim(),
+        format!("dmaplane {}", env!("CARGO_PKG_VERSION"))
+    );
+}
