@@ -8,10 +8,16 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The directory holding the libraries cargo built alongside this test binary.
-fn artifacts() -> PathBuf {
+/// The static library cargo built with this test binary: beside it in `deps/` on a fresh
+/// build, or one level up where a plain `cargo build` copied it.
+fn static_library() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf() // target/<profile>/deps/..
+    let deps = exe.parent().unwrap();
+    [deps, deps.parent().unwrap()]
+        .iter()
+        .map(|dir| dir.join("libdmaplane_ffi.a"))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| panic!("libdmaplane_ffi.a was not built next to {}", exe.display()))
 }
 
 fn run(command: &mut Command) -> String {
@@ -73,9 +79,7 @@ fn the_header_compiles_as_c11_and_as_cxx_without_warnings() {
 
 #[test]
 fn the_version_program_links_the_static_library_and_prints_the_crate_version() {
-    let libs = artifacts();
-    let staticlib = libs.join("libdmaplane_ffi.a");
-    assert!(staticlib.exists(), "{} was not built", staticlib.display());
+    let staticlib = static_library();
     let exe = std::env::temp_dir().join(format!("dmaplane-version-{}", std::process::id()));
     run(Command::new("cc")
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
