@@ -89,6 +89,19 @@ fn the_version_program_links_the_static_library_and_prints_the_crate_version() {
         .args(["-lpthread", "-ldl", "-lm", "-o"])
         .arg(&exe));
     let printed = run(&mut Command::new(&exe));
+    // Under valgrind memcheck too, where it is installed: no invalid access, nothing leaked.
+    let has_valgrind = Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_valgrind {
+        run(Command::new("valgrind")
+            .args(["--quiet", "--error-exitcode=1", "--leak-check=full"])
+            .args(["--errors-for-leak-kinds=definite,indirect"])
+            .arg(&exe));
+    } else {
+        println!("valgrind is not installed; the program ran without it");
+    }
     std::fs::remove_file(&exe).unwrap();
     assert_eq!(
         printed.trim(),
