@@ -179,6 +179,38 @@ pub struct IoatChannel {
 /// One descriptor's worth of a transfer: destination, source (none for a fill), length.
 type Piece = (u64, Option<u64>, u32);
 
+/// What a function's device registers say about it, read once at probe and at channel start.
+pub(crate) struct Identity {
+    /// CBVER.
+    pub(crate) version: u8,
+    /// Usable channels: CHANCNT, capped at what v3 functions can expose.
+    pub(crate) channels: usize,
+    /// DMACAPABILITY offers block fill.
+    pub(crate) fill_supported: bool,
+    /// Largest transfer of one descriptor.
+    pub(crate) max_transfer: u64,
+}
+
+impl Identity {
+    /// Reads the registers; refuses a removed device and parts older than v3.
+    pub(crate) fn read(regs: &dyn RegisterWindow) -> Result<Identity, ChannelError> {
+        let version = regs.read8(device::CBVER);
+        if version == u8::MAX {
+            return Err(ChannelError::DeviceRemoved);
+        }
+        if version < cbver::V3_0 {
+            return Err(ChannelError::UnsupportedVersion(version));
+        }
+        Ok(Identity {
+            version,
+            channels: usize::from(regs.read8(device::CHANCNT) & device::CHANCNT_MASK)
+                .min(spec::MAX_CHANNELS),
+            fill_supported: regs.read32(device::DMACAPABILITY) & spec::dmacap::FILL != 0,
+            max_transfer: spec::max_transfer(regs.read8(device::XFERCAP)),
+        })
+    }
+}
+
 /// Reads all-ones: what a removed PCI device returns.
 fn all_ones_u64(value: u64) -> bool {
     value == u64::MAX
@@ -197,19 +229,18 @@ impl IoatChannel {
         if !(4..=16).contains(&config.ring_order) {
             return Err(ChannelError::BadRingOrder(config.ring_order));
         }
-        let version = regs.read8(device::CBVER);
-        if version == u8::MAX {
-            return Err(ChannelError::DeviceRemoved);
+        let Identity {
+            version,
+            channels,
+            fill_supported,
+            max_transfer,
+        } = Identity::read(&*regs)?;
+        if index >= channels {
+            return Err(ChannelError::NoSuchChannel {
+                index,
+                count: channels,
+            });
         }
-        if version < cbver::V3_0 {
-            return Err(ChannelError::UnsupportedVersion(version));
-        }
-        let count = usize::from(regs.read8(device::CHANCNT) & device::CHANCNT_MASK);
-        if index >= count.min(spec::MAX_CHANNELS) {
-            return Err(ChannelError::NoSuchChannel { index, count });
-        }
-        let fill_supported = regs.read32(device::DMACAPABILITY) & spec::dmacap::FILL != 0;
-        let max_transfer = spec::max_transfer(regs.read8(device::XFERCAP));
         if let Some(cs) = &config_space {
             let command = cs
                 .read16(spec::config::COMMAND)

@@ -8,8 +8,7 @@
 use std::any::Any;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::channel::{ChannelConfig, ChannelError, IoatChannel};
-use super::spec::{self, device};
+use super::channel::{ChannelConfig, ChannelError, Identity, IoatChannel};
 use crate::engine::{BackendError, ChannelBackend, DeviceSpec};
 use crate::mem::DmaPool;
 use crate::mmio::RegisterWindow;
@@ -40,20 +39,13 @@ impl IoatDevice {
         pool: DmaPool,
         channel_config: ChannelConfig,
     ) -> Result<IoatDevice, ChannelError> {
-        let version = registers.read8(device::CBVER);
-        if version == u8::MAX {
-            return Err(ChannelError::DeviceRemoved);
-        }
-        if version < spec::cbver::V3_0 {
-            return Err(ChannelError::UnsupportedVersion(version));
-        }
-        let count = usize::from(registers.read8(device::CHANCNT) & device::CHANCNT_MASK)
-            .min(spec::MAX_CHANNELS);
+        let identity = Identity::read(&*registers)?;
+        let count = identity.channels;
         if count == 0 {
             return Err(ChannelError::NoSuchChannel { index: 0, count });
         }
         let mut capabilities = CapMask::MEMCPY;
-        if registers.read32(device::DMACAPABILITY) & spec::dmacap::FILL != 0 {
+        if identity.fill_supported {
             capabilities = capabilities.with(Capability::Fill);
         }
         let function = Arc::new(Function {
