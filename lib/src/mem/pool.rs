@@ -710,11 +710,9 @@ impl Translator {
         }
     }
 
-    fn remember(&mut self, run: Option<Run>) {
-        if let Some(run) = run {
-            self.recent[self.next_recent] = run;
-            self.next_recent = (self.next_recent + 1) % RECENT_RUNS;
-        }
+    fn remember(&mut self, run: Run) {
+        self.recent[self.next_recent] = run;
+        self.next_recent = (self.next_recent + 1) % RECENT_RUNS;
     }
 
     /// `va`'s IOVA from a remembered run, when the run covers all `len` bytes (a longer
@@ -744,13 +742,20 @@ impl Translator {
         if let Some(hit) = self.recent_translate(va, len) {
             return Ok(hit);
         }
-        let found = self
+        // One tree walk finds the run; only a request running past its end needs the map's
+        // walk across the runs that continue it.
+        let run = self
             .map
-            .translate(va, len)
+            .run_at_va(va)
             .ok_or(MemError::NotMapped { addr: va })?;
-        let run = self.map.run_at_va(va);
         self.remember(run);
-        Ok(found)
+        match self.recent_translate(va, len) {
+            Some(hit) => Ok(hit),
+            None => self
+                .map
+                .translate(va, len)
+                .ok_or(MemError::NotMapped { addr: va }),
+        }
     }
 
     /// As [`DmaPool::iova_to_va`].
@@ -762,13 +767,18 @@ impl Translator {
         if let Some(hit) = self.recent_iova_to_va(iova, len) {
             return Ok(hit);
         }
-        let found = self
+        let run = self
             .map
-            .iova_to_va(iova, len)
+            .run_at_iova(iova)
             .ok_or(MemError::IovaNotMapped { iova })?;
-        let run = self.map.run_at_iova(iova);
         self.remember(run);
-        Ok(found)
+        match self.recent_iova_to_va(iova, len) {
+            Some(hit) => Ok(hit),
+            None => self
+                .map
+                .iova_to_va(iova, len)
+                .ok_or(MemError::IovaNotMapped { iova }),
+        }
     }
 }
 
