@@ -93,9 +93,8 @@ struct Core {
     /// Halted by an error: only a RESET makes the channel accept a chain again.
     needs_reset: bool,
     fail: Option<FailPlan>,
-    /// The channel's own view of memory, when the memory offers one (made on first use).
+    /// The channel's own view of memory, when the memory offers one.
     resolver: Option<Box<dyn Resolver>>,
-    resolver_made: bool,
     latency: Duration,
     /// When the descriptor at the cursor began waiting out its latency.
     started_at: Option<Instant>,
@@ -104,10 +103,6 @@ struct Core {
 impl Core {
     /// Where this channel's memory lookups go.
     fn lookup<'a>(&'a mut self, dev: &'a DeviceShared) -> dma::Lookup<'a> {
-        if !self.resolver_made {
-            self.resolver = dev.memory.resolver();
-            self.resolver_made = true;
-        }
         match self.resolver.as_deref_mut() {
             Some(resolver) => dma::Lookup::Own(resolver),
             None => dma::Lookup::Shared(&*dev.memory),
@@ -153,7 +148,7 @@ pub(super) struct Channel {
 
 impl Channel {
     /// A channel as after power-on: HALTED, count 0, no error.
-    pub(super) fn new(index: usize) -> Channel {
+    pub(super) fn new(index: usize, resolver: Option<Box<dyn Resolver>>) -> Channel {
         Channel {
             index,
             dmacount: CachePadded::new(AtomicU16::new(0)),
@@ -180,8 +175,7 @@ impl Channel {
                 last_completed: 0,
                 needs_reset: false,
                 fail: None,
-                resolver: None,
-                resolver_made: false,
+                resolver,
                 latency: Duration::ZERO,
                 started_at: None,
             }),

@@ -38,10 +38,13 @@ pub(super) struct DeviceShared {
 
 impl DeviceShared {
     fn new(config: EmuConfig, memory: Arc<dyn DeviceMemory>, wake: Option<Arc<Wake>>) -> Self {
+        let channels = (0..config.channels)
+            .map(|index| Channel::new(index, memory.resolver()))
+            .collect();
         DeviceShared {
             config,
             memory,
-            channels: (0..config.channels).map(Channel::new).collect(),
+            channels,
             pci: PciState::new(config.cbver),
             globals: GlobalRegisters::default(),
             leaving: AtomicBool::new(false),
