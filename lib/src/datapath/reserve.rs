@@ -21,7 +21,7 @@
 
 use crossbeam_utils::{Backoff, CachePadded};
 
-use crate::sync::{AtomicU32, Ordering};
+use crate::sync::{pause, AtomicU32, Ordering};
 
 /// Not enough free slots for a reservation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,24 +111,6 @@ impl SlotReservation {
     /// Ring size.
     pub fn size(&self) -> u32 {
         self.size
-    }
-}
-
-/// Waits a little in a spin loop: spins, then yields (under loom, always yields, so the model
-/// checker knows the thread waits on another).
-fn pause(backoff: &Backoff) {
-    #[cfg(loom)]
-    {
-        let _ = backoff;
-        loom::thread::yield_now();
-    }
-    #[cfg(not(loom))]
-    {
-        if backoff.is_completed() {
-            std::thread::yield_now();
-        } else {
-            backoff.snooze();
-        }
     }
 }
 

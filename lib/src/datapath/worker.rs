@@ -13,6 +13,8 @@ use std::thread::JoinHandle;
 
 use crossbeam_utils::Backoff;
 
+use crate::sync::pause;
+
 /// Size of the kernel CPU set `core_affinity` fills (glibc's `CPU_SETSIZE`).
 const MAX_PINNABLE_CPU: usize = 1024;
 
@@ -173,13 +175,7 @@ fn run<S>(stop: &AtomicBool, state: &mut S, body: &dyn Fn(&mut S) -> Step) {
     while !stop.load(Ordering::Relaxed) {
         match body(state) {
             Step::Busy => backoff.reset(),
-            Step::Idle => {
-                if backoff.is_completed() {
-                    std::thread::yield_now();
-                } else {
-                    backoff.snooze();
-                }
-            }
+            Step::Idle => pause(&backoff),
             Step::Done => break,
         }
     }

@@ -13,7 +13,9 @@
 //! descriptor under way. In inline mode the same code runs inside the register write.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::sync::lock_std;
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
@@ -184,7 +186,7 @@ impl Channel {
 
     fn lock(&self) -> MutexGuard<'_, Core> {
         // A panic on another thread (a failing test) must not wedge the device.
-        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+        lock_std(&self.core)
     }
 
     fn state(&self) -> u64 {

@@ -7,11 +7,12 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use super::EmulatedDevice;
 use crate::ioat::spec::{cbver, config};
 use crate::pci::{ConfigSpace, INTEL_VENDOR};
+use crate::sync::lock_std;
 
 /// Size of PCI Express extended configuration space.
 const CONFIG_SIZE: usize = 4096;
@@ -76,7 +77,7 @@ impl PciState {
                 self.chanerrmask_int.load(Ordering::Acquire).into(),
                 config::CHANERRMASK_INT,
             ),
-            _ => self.other.lock().unwrap_or_else(PoisonError::into_inner)[offset],
+            _ => lock_std(&self.other)[offset],
         }
     }
 
@@ -100,7 +101,7 @@ impl PciState {
                 let new = (old & !(0xff << shift)) | (u32::from(byte) << shift);
                 self.chanerrmask_int.store(new, Ordering::Release);
             }
-            _ => self.other.lock().unwrap_or_else(PoisonError::into_inner)[offset] = byte,
+            _ => lock_std(&self.other)[offset] = byte,
         }
     }
 }

@@ -15,7 +15,7 @@
 //! sees the write) and no wake-up is lost.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use crossbeam_utils::Backoff;
 use super::channel::Service;
 use super::device::DeviceShared;
 use super::EmuError;
+use crate::sync::lock_std as lock;
 
 /// How long the thread keeps yielding with nothing to do before it parks.
 const IDLE_BEFORE_PARK: Duration = Duration::from_micros(200);
@@ -64,10 +65,6 @@ impl Wake {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether the shared engine thread is running (it runs while a threaded device exists).

@@ -78,7 +78,7 @@ use table::TableSnapshot;
 
 use crate::cpu::system_cpus;
 use crate::log::{stderr_warnings, LogHook};
-use crate::sync::{lock, Mutex};
+use crate::sync::{lock, pause, Mutex};
 use crate::{CapMask, Capability, EngineError};
 
 /// Largest possible-CPU count an engine accepts.
@@ -477,11 +477,7 @@ impl Engine {
                 });
             }
             drop(state);
-            if backoff.is_completed() {
-                std::thread::yield_now();
-            } else {
-                backoff.snooze();
-            }
+            pause(&backoff);
         }
     }
 }

@@ -6,7 +6,9 @@
 //! sysfs) and the emulated device (its register and configuration models).
 
 use std::any::Any;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::sync::lock_std;
 
 use super::channel::{ChannelConfig, ChannelError, Identity, IoatChannel};
 use crate::engine::{BackendError, ChannelBackend, DeviceSpec};
@@ -109,7 +111,7 @@ impl IoatChannelBackend {
 
     /// The started channel, if the engine holds a reference to it.
     pub fn channel(&self) -> MutexGuard<'_, Option<IoatChannel>> {
-        self.channel.lock().unwrap_or_else(PoisonError::into_inner)
+        lock_std(&self.channel)
     }
 }
 

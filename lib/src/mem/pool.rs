@@ -19,6 +19,7 @@ use super::os::{self, Mapping};
 use super::procfs;
 use super::scramble::{Scrambler, SCRAMBLE_PAGE};
 use super::{Backing, BackingChoice, DmaPoolConfig, IovaMode, MemError};
+use crate::sync::lock_std;
 
 /// Blocks are carved in multiples of this (a cache line), so two blocks never share a line
 /// that the device and the CPU would both write.
@@ -418,7 +419,7 @@ impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Bookkeeping is never left half-changed by a panic (nothing in it panics between
         // paired updates), so a poisoned lock is still consistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock_std(&self.state)
     }
 
     fn snapshot(&self) -> (u64, Arc<IovaMap>) {
