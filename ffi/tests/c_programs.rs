@@ -33,48 +33,39 @@ fn run(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Compiles `source` (saved as `file`) with `compiler` and `std`, warnings as errors.
+fn syntax_check(compiler: &str, std: &str, file: &str, source: &str) {
+    let probe = std::env::temp_dir().join(format!("dmaplane-{}-{file}", std::process::id()));
+    std::fs::write(&probe, source).unwrap();
+    run(Command::new(compiler)
+        .arg(format!("-std={std}"))
+        .args([
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-fsyntax-only",
+            "-I",
+        ])
+        .arg(workspace().join("include"))
+        .arg(&probe));
+    std::fs::remove_file(&probe).unwrap();
+}
+
 #[test]
 fn the_header_compiles_as_c11_and_as_cxx_without_warnings() {
-    let include = workspace().join("include");
-    let probe = std::env::temp_dir().join(format!("dmaplane-header-{}", std::process::id()));
-    std::fs::create_dir_all(&probe).unwrap();
-    let c = probe.join("header.c");
-    std::fs::write(
-        &c,
+    syntax_check(
+        "cc",
+        "c11",
+        "header.c",
         "#include \"dmaplane.h\"\nint main(void) { return dmaplane_version() == 0; }\n",
-    )
-    .unwrap();
-    run(Command::new("cc")
-        .args([
-            "-std=c11",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-pedantic",
-            "-fsyntax-only",
-            "-I",
-        ])
-        .arg(&include)
-        .arg(&c));
-    let cxx = probe.join("header.cc");
-    std::fs::write(
-        &cxx,
+    );
+    syntax_check(
+        "c++",
+        "c++11",
+        "header.cc",
         "#include \"dmaplane.h\"\nint main() { return dmaplane_version() == nullptr; }\n",
-    )
-    .unwrap();
-    run(Command::new("c++")
-        .args([
-            "-std=c++11",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-pedantic",
-            "-fsyntax-only",
-            "-I",
-        ])
-        .arg(&include)
-        .arg(&cxx));
-    std::fs::remove_dir_all(&probe).unwrap();
+    );
 }
 
 #[test]

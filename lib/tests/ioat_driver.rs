@@ -112,6 +112,14 @@ fn guarded(pool: &DmaPool, offset: usize, len: usize, fill: impl Fn(usize) -> u8
     block
 }
 
+/// A source and a destination block of `len` bytes, aligned to `align`.
+fn pair(pool: &DmaPool, len: usize, align: usize) -> (DmaBlock, DmaBlock) {
+    (
+        pool.alloc(len, align).unwrap(),
+        pool.alloc(len, align).unwrap(),
+    )
+}
+
 fn assert_guards(block: &DmaBlock, offset: usize, len: usize, what: &str) {
     let bytes = block.to_vec();
     let body = GUARD + offset..GUARD + offset + len;
@@ -246,8 +254,7 @@ fn more_than_65536_descriptors_wrap_the_ring_and_the_doorbell() {
         ..ChannelConfig::default()
     };
     let mut r = rig_with(EmuConfig::default(), IovaMode::Va, config);
-    let src = r.pool.alloc(4096, 64).unwrap();
-    let dst = r.pool.alloc(4096, 64).unwrap();
+    let (src, dst) = pair(&r.pool, 4096, 64);
     let total = 70_000u64;
     let mut next_expected = 0u64;
     let mut submitted = 0u64;
@@ -435,8 +442,7 @@ fn a_full_ring_refuses_with_a_distinct_error_and_loses_nothing() {
         ..ChannelConfig::default()
     };
     let mut r = rig_with(EmuConfig::default(), IovaMode::Va, config);
-    let src = r.pool.alloc(1 << 16, 64).unwrap();
-    let dst = r.pool.alloc(1 << 16, 64).unwrap();
+    let (src, dst) = pair(&r.pool, 1 << 16, 64);
     r.device.inject(Fault::Stall { channel: 0 }).unwrap();
     let mut accepted = 0;
     loop {
@@ -525,8 +531,7 @@ fn surprise_removal_fails_everything_outstanding_and_later_submits() {
         ..ChannelConfig::default()
     };
     let mut r = rig_with(EmuConfig::default(), IovaMode::Va, config);
-    let src = r.pool.alloc(4096, 64).unwrap();
-    let dst = r.pool.alloc(4096, 64).unwrap();
+    let (src, dst) = pair(&r.pool, 4096, 64);
     r.device.inject(Fault::Stall { channel: 0 }).unwrap();
     for i in 0..5 {
         // SAFETY: the blocks outlive the drained operations.
@@ -661,8 +666,7 @@ fn the_engine_starts_channels_on_first_reference_and_frees_them_on_last() {
     {
         let mut guard = backend.channel();
         let ioat_chan = guard.as_mut().expect("started by the first reference");
-        let src = pool.alloc(128, 64).unwrap();
-        let dst = pool.alloc(128, 64).unwrap();
+        let (src, dst) = pair(&pool, 128, 64);
         // SAFETY: the blocks outlive the drained operation.
         unsafe {
             ioat_chan
@@ -704,8 +708,7 @@ fn a_channel_that_does_not_come_back_fails_everything_outstanding() {
     config.write16(0x04, command | 0x4).unwrap();
     let mut chan =
         IoatChannel::start(device.registers(), None, 0, &pool, ChannelConfig::default()).unwrap();
-    let src = pool.alloc(4096, 64).unwrap();
-    let dst = pool.alloc(4096, 64).unwrap();
+    let (src, dst) = pair(&pool, 4096, 64);
     device
         .inject(Fault::FailDescriptor {
             channel: 0,
@@ -817,8 +820,7 @@ fn a_channel_the_device_will_not_release_keeps_its_memory_out_of_reuse() {
         mut chan,
     } = rig_on(pool(IovaMode::Va), long_copies, config);
     let len = 128 << 20;
-    let src = pool.alloc(len, 4096).unwrap();
-    let dst = pool.alloc(len, 4096).unwrap();
+    let (src, dst) = pair(&pool, len, 4096);
     let writes_before = device.stats()[0].completion_writes;
     // SAFETY: `src` and `dst` live until the device has finished (waited for below).
     unsafe {
@@ -995,8 +997,7 @@ fn a_reader_holding_an_ioat_channel_keeps_it_running_through_an_unregister() {
     {
         let mut guard = backend.channel();
         let chan = guard.as_mut().expect("not freed under a reader");
-        let src = pool.alloc(256, 64).unwrap();
-        let dst = pool.alloc(256, 64).unwrap();
+        let (src, dst) = pair(&pool, 256, 64);
         // SAFETY: the blocks outlive the drained operation.
         unsafe {
             chan.copy(dst.as_mut_ptr(), src.as_ptr(), 256, 9, OpFlags::SUBMIT)
