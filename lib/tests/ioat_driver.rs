@@ -780,6 +780,15 @@ fn a_partial_poll_followed_by_a_ring_lap_loses_no_completion() {
     assert_eq!(ids, (1..n).collect::<Vec<_>>());
 }
 
+/// A threaded device whose descriptors may move up to 1 GiB: one copy outlasts any wait.
+const LONG_COPIES: EmuConfig = EmuConfig {
+    channels: 1,
+    cbver: 0x33,
+    xfercap: 30,
+    fill: true,
+    mode: EmuMode::Threaded,
+};
+
 /// Waits until channel 0 is ACTIVE (a long descriptor under way) or has written a completion
 /// since `writes_before` (it finished before this thread looked: on a loaded machine the
 /// waiting thread may not run for the whole descriptor; the checks that follow still hold).
@@ -800,11 +809,6 @@ fn a_channel_the_device_will_not_release_keeps_its_memory_out_of_reuse() {
     // A descriptor that outlasts the suspend timeout: dropping the channel cannot stop the
     // device, so the ring and completion word must not go back to the pool, or the device's
     // completion write would land in whoever allocates them next.
-    let long_copies = EmuConfig {
-        mode: EmuMode::Threaded,
-        xfercap: 30,
-        ..EmuConfig::default()
-    };
     let timeouts = dmaplane::ioat::Timeouts {
         suspend: Duration::from_micros(100),
         ..dmaplane::ioat::Timeouts::default()
@@ -818,7 +822,7 @@ fn a_channel_the_device_will_not_release_keeps_its_memory_out_of_reuse() {
         pool,
         device,
         mut chan,
-    } = rig_on(pool(IovaMode::Va), long_copies, config);
+    } = rig_on(pool(IovaMode::Va), LONG_COPIES, config);
     let len = 128 << 20;
     let (src, dst) = pair(&pool, len, 4096);
     let writes_before = device.stats()[0].completion_writes;
@@ -844,11 +848,6 @@ fn a_channel_the_device_will_not_release_keeps_its_memory_out_of_reuse() {
 
 #[test]
 fn once_the_driver_sees_a_surprise_removal_the_device_writes_nothing_more() {
-    let long_copies = EmuConfig {
-        mode: EmuMode::Threaded,
-        xfercap: 30,
-        ..EmuConfig::default()
-    };
     let config = ChannelConfig {
         stall_check_polls: 1,
         ..ChannelConfig::default()
@@ -857,7 +856,7 @@ fn once_the_driver_sees_a_surprise_removal_the_device_writes_nothing_more() {
         pool,
         device,
         mut chan,
-    } = rig_on(pool(IovaMode::Va), long_copies, config);
+    } = rig_on(pool(IovaMode::Va), LONG_COPIES, config);
     let len = 128 << 20;
     let mut src = pool.alloc(len, 4096).unwrap();
     src.fill(0xab);
