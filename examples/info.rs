@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dmaplane::datapath::client::{Client, ClientConfig};
 use dmaplane::emu::{EmuConfig, EmulatedDevice, PoolMemory};
-use dmaplane::ioat::{ChannelConfig, Completion, IoatChannelBackend, IoatDevice, OpFlags};
+use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpFlags};
 use dmaplane::mem::{DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, Engine, EngineConfig};
 
@@ -63,19 +64,13 @@ fn device_memory(pool: &DmaPool) -> Arc<PoolMemory> {
     Arc::new(unsafe { PoolMemory::new(pool.clone()) })
 }
 
-/// Copies 64 KiB through the memcpy channel `cpu` finds in the table and checks it.
+/// Copies 64 KiB through the memcpy channel `cpu`'s client finds in the table and checks it.
 fn copy_on(engine: &Engine, pool: &DmaPool, cpu: usize) -> Result<String, String> {
-    let reader = engine.table_reader(cpu).map_err(|e| e.to_string())?;
-    let Some(channel) = reader.lookup(Capability::Memcpy) else {
+    let mut client =
+        Client::new(engine, Some(cpu), ClientConfig::default()).map_err(|e| e.to_string())?;
+    let Some((channel, owned)) = client.channel(Capability::Memcpy) else {
         return Ok(format!("cpu{cpu}: no memcpy channel"));
     };
-    let backend = channel
-        .backend()
-        .as_any()
-        .downcast_ref::<IoatChannelBackend>()
-        .ok_or("not an IOAT channel")?;
-    let mut guard = backend.channel();
-    let ioat = guard.as_mut().ok_or("channel not started")?;
     let len = 64 * 1024;
     let mut src = pool.alloc(len, 64).map_err(|e| e.to_string())?;
     let dst = pool.alloc(len, 64).map_err(|e| e.to_string())?;
@@ -84,7 +79,7 @@ fn copy_on(engine: &Engine, pool: &DmaPool, cpu: usize) -> Result<String, String
     let started = Instant::now();
     // SAFETY: both blocks live until the copy has completed (polled below).
     unsafe {
-        ioat.copy(
+        client.copy(
             dst.as_mut_ptr(),
             src.as_ptr(),
             len,
@@ -93,15 +88,11 @@ fn copy_on(engine: &Engine, pool: &DmaPool, cpu: usize) -> Result<String, String
         )
     }
     .map_err(|e| e.to_string())?;
-    let mut done = [Completion {
-        user_data: 0,
-        result: Ok(()),
-    }];
-    while ioat.poll(&mut done) == 0 {
+    let mut done = [Completion::default()];
+    while client.poll(&mut done) == 0 {
         if started.elapsed() > Duration::from_secs(5) {
             return Err(format!(
-                "cpu{cpu}: copy did not complete on {}",
-                channel.name()
+                "cpu{cpu}: copy did not complete on channel {channel}"
             ));
         }
         std::thread::yield_now();
@@ -109,8 +100,8 @@ fn copy_on(engine: &Engine, pool: &DmaPool, cpu: usize) -> Result<String, String
     done[0].result.map_err(|e| e.to_string())?;
     let ok = dst.to_vec() == bytes;
     Ok(format!(
-        "cpu{cpu}: 64 KiB copy on {} in {:?}: {}",
-        channel.name(),
+        "cpu{cpu}: 64 KiB copy on channel {channel} ({}) in {:?}: {}",
+        if owned { "owned" } else { "shared" },
         started.elapsed(),
         if ok { "verified" } else { "MISMATCH" }
     ))
@@ -150,7 +141,7 @@ fn run(options: Options) -> Result<(), String> {
                 .map_err(|e| e.to_string())?,
         );
     }
-    engine.get_client();
+    engine.get_client(); // populates the table before the first dump
     println!("{}", engine.dump());
     let mut failed = false;
     for cpu in 0..cpus {

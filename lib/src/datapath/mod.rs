@@ -10,6 +10,23 @@
 //!
 //! The clients that use them arrive with the data path itself.
 
+pub mod client;
 pub mod reserve;
+pub mod route;
 pub mod spsc;
 pub mod worker;
+
+/// Atomic read-modify-writes the data path's lock-free protocols (slot reservation, doorbell
+/// combiner, retire token, route claims) have performed on the calling thread: counted in
+/// debug builds, `None` in release builds. A client that owns its channel performs none per
+/// operation; a test checks it.
+pub fn debug_rmw_count() -> Option<u64> {
+    #[cfg(debug_assertions)]
+    {
+        Some(crate::sync::rmw::count())
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        None
+    }
+}

@@ -71,6 +71,7 @@ impl SlotReservation {
             }
             // Relaxed on both outcomes: the claim needs only atomicity; the slots' contents
             // are ordered by `publish`.
+            crate::sync::rmw::note();
             match self.reserved.compare_exchange_weak(
                 start,
                 start.wrapping_add(n),
@@ -95,6 +96,14 @@ impl SlotReservation {
         // Release: our slot writes happen before any reader that observes the new index.
         self.published
             .store(start.wrapping_add(n), Ordering::Release);
+    }
+
+    /// Moves both indices to `index`, for a ring with one producer (the channel's owner),
+    /// which needs no reservation: plain stores, no read-modify-write.
+    pub fn advance_owned(&self, index: u32) {
+        self.reserved.store(index, Ordering::Relaxed);
+        // Release: the slot writes happen before a reader of the new index.
+        self.published.store(index, Ordering::Release);
     }
 
     /// Slots before this index are published.
@@ -148,21 +157,26 @@ impl Doorbell {
         // AcqRel: release pairs with the holder's acquire below (our publication happens
         // before it reads `published`); acquire pairs with the last holder's release, so
         // `announced` is its value when we become the holder.
+        crate::sync::rmw::note();
         if self.state.fetch_or(BUSY | DIRTY, Ordering::AcqRel) & BUSY != 0 {
             return;
         }
         loop {
             // Clear DIRTY before reading `published`: a publication after this sets it again.
             // AcqRel: acquire pairs with the publishers' fetch_or.
+            crate::sync::rmw::note();
             self.state.fetch_and(!DIRTY, Ordering::AcqRel);
             let target = slots.published();
             // Relaxed: only the holder of BUSY touches `announced`.
             if target != self.announced.load(Ordering::Relaxed) {
                 write(target);
-                self.announced.store(target, Ordering::Relaxed);
+                // Release: a retirer that reads the new value (acquire) also sees the slots
+                // published before it, whose publication we acquired above.
+                self.announced.store(target, Ordering::Release);
             }
             // Let go only if nothing was published meanwhile. Release pairs with the next
             // holder's acquire.
+            crate::sync::rmw::note();
             if self
                 .state
                 .compare_exchange(BUSY, 0, Ordering::AcqRel, Ordering::Acquire)
@@ -182,6 +196,7 @@ impl Doorbell {
         loop {
             let state = self.state.load(Ordering::Relaxed);
             // Acquire pairs with the previous holder's release.
+            crate::sync::rmw::note();
             if state & BUSY == 0
                 && self
                     .state
@@ -194,9 +209,17 @@ impl Doorbell {
         }
     }
 
-    /// The index last announced.
+    /// The index last announced; every slot before it is published and its writes visible.
     pub fn announced(&self) -> u32 {
-        self.announced.load(Ordering::Relaxed)
+        // Acquire pairs with the release stores of the announcing thread.
+        self.announced.load(Ordering::Acquire)
+    }
+
+    /// Records that the device was told of every slot before `index`, for a channel with one
+    /// producer that writes the doorbell itself (nobody else may ring it meanwhile).
+    pub fn announce_owned(&self, index: u32) {
+        // Release: see `ring`.
+        self.announced.store(index, Ordering::Release);
     }
 }
 
@@ -208,13 +231,15 @@ pub struct DoorbellGuard<'a> {
 impl DoorbellGuard<'_> {
     /// Records that the device now counts from `index` (after a restart).
     pub fn set_announced(&mut self, index: u32) {
-        self.doorbell.announced.store(index, Ordering::Relaxed);
+        // Release: see `Doorbell::ring`.
+        self.doorbell.announced.store(index, Ordering::Release);
     }
 }
 
 impl Drop for DoorbellGuard<'_> {
     fn drop(&mut self) {
         // Release pairs with the next holder's acquire. DIRTY stays for the next `ring`.
+        crate::sync::rmw::note();
         self.doorbell.state.fetch_and(!BUSY, Ordering::Release);
     }
 }

@@ -52,30 +52,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::sync::{Arc, AtomicU32, Ordering};
 
-#[cfg(loom)]
-use loom::cell::UnsafeCell;
-
-/// `std::cell::UnsafeCell` behind loom's closure API, so the slot accesses are written once
-/// and checked by loom under `--cfg loom`. The closures inline to plain pointer accesses.
-#[cfg(not(loom))]
-struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
-
-#[cfg(not(loom))]
-impl<T> UnsafeCell<T> {
-    fn new(value: T) -> Self {
-        UnsafeCell(std::cell::UnsafeCell::new(value))
-    }
-
-    #[inline(always)]
-    fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
-        f(self.0.get())
-    }
-
-    #[inline(always)]
-    fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
-        f(self.0.get())
-    }
-}
+use crate::sync::UnsafeCell;
 
 /// The largest capacity: with `u32` indices, `tail - head` must tell a full ring from an empty
 /// one, so it may range over at most 2^31 + 1 values.

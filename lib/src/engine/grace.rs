@@ -40,6 +40,18 @@ const OFFLINE: u64 = u64::MAX;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct GracePeriod(u64);
 
+impl GracePeriod {
+    /// The epoch this grace period began at.
+    pub fn epoch(self) -> u64 {
+        self.0
+    }
+
+    /// The grace period that began at `epoch`.
+    pub fn from_epoch(epoch: u64) -> GracePeriod {
+        GracePeriod(epoch)
+    }
+}
+
 /// The shared state of one reclamation domain: the epoch and the registered readers.
 pub struct GraceDomain {
     epoch: CachePadded<AtomicU64>,
@@ -103,6 +115,18 @@ impl GraceDomain {
         lock(&self.readers)
             .iter()
             .all(|s| s.observed.load(Ordering::Acquire) >= gp.0)
+    }
+
+    /// [`GraceDomain::elapsed`] without waiting: `None` when the reader list is locked by
+    /// someone else.
+    pub fn try_elapsed(&self, gp: GracePeriod) -> Option<bool> {
+        let readers = self.readers.try_lock().ok()?;
+        // Acquire: as in `elapsed`.
+        Some(
+            readers
+                .iter()
+                .all(|s| s.observed.load(Ordering::Acquire) >= gp.0),
+        )
     }
 
     /// Labels of the readers that have not yet let `gp` end.

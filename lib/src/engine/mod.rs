@@ -292,6 +292,9 @@ impl Engine {
         // under a grace period begun after the replacement; only `reclaim` drops it.
         let previous = unsafe { self.shared.table.replace(Box::new(state.build_snapshot())) };
         let grace_period = self.shared.grace.begin();
+        // SAFETY: the state lock is held, so the snapshot just published is still current and
+        // cannot be retired under us.
+        unsafe { self.shared.table.read() }.set_settle(grace_period);
         state.retire(grace_period, previous);
         state.reclaim(&self.shared.grace);
     }

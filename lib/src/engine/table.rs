@@ -10,7 +10,9 @@
 use std::cell::Cell;
 use std::marker::PhantomData;
 
-use super::grace::ReaderSlot;
+use std::collections::HashMap;
+
+use super::grace::{GracePeriod, ReaderSlot};
 use super::{Channel, EngineShared};
 use std::sync::Arc;
 
@@ -24,6 +26,12 @@ pub(crate) struct TableSnapshot {
     /// Row of each capability in `slots`, `None` for capabilities without a table.
     rows: [Option<u8>; Capability::COUNT],
     slots: Box<[Option<Arc<Channel>>]>,
+    /// Per slot: every slot naming this slot's channel belongs to the same CPU, so that CPU's
+    /// client may own the channel outright.
+    exclusive: Box<[bool]>,
+    /// Epoch of the grace period begun once this snapshot was published (0 until then); when
+    /// it has elapsed, every reader has seen this snapshot or a later one.
+    settle_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl TableSnapshot {
@@ -43,16 +51,54 @@ impl TableSnapshot {
         for (row, cap) in table_caps.iter().enumerate() {
             rows[cap.index()] = Some(row as u8);
         }
-        let slots = (0..table_caps.len())
+        let slots: Box<[Option<Arc<Channel>>]> = (0..table_caps.len())
             .flat_map(|row| (0..possible_cpus).map(move |cpu| (row, cpu)))
             .map(|(row, cpu)| slot(row, cpu))
+            .collect();
+        // For each channel: the one CPU whose slots name it, or `None` once a second appears.
+        let mut users: HashMap<ChannelId, Option<usize>> = HashMap::new();
+        for (i, channel) in slots.iter().enumerate() {
+            if let Some(channel) = channel {
+                let cpu = i % possible_cpus;
+                users
+                    .entry(channel.id())
+                    .and_modify(|only| {
+                        if *only != Some(cpu) {
+                            *only = None;
+                        }
+                    })
+                    .or_insert(Some(cpu));
+            }
+        }
+        let exclusive = slots
+            .iter()
+            .map(|c| c.as_ref().is_some_and(|c| users[&c.id()].is_some()))
             .collect();
         TableSnapshot {
             generation,
             possible_cpus,
             rows,
             slots,
+            exclusive,
+            settle_epoch: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Records the grace period begun after this snapshot was published.
+    pub(crate) fn set_settle(&self, gp: GracePeriod) {
+        self.settle_epoch
+            .store(gp.epoch(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// The channel of (`cap`, `cpu`) and whether it is exclusive to `cpu`.
+    #[inline]
+    pub(crate) fn entry(&self, cap: Capability, cpu: usize) -> Option<(&Arc<Channel>, bool)> {
+        debug_assert!(cpu < self.possible_cpus);
+        let row = usize::from(self.rows[cap.index()]?);
+        let index = row * self.possible_cpus + cpu;
+        self.slots[index]
+            .as_ref()
+            .map(|c| (c, self.exclusive[index]))
     }
 
     /// The channel of (`cap`, `cpu`); `cpu` must be below the possible count.
@@ -132,6 +178,32 @@ impl TableReader {
         self.snapshot()
             .and_then(|t| t.get(cap, self.cpu))
             .map(|c| &**c)
+    }
+
+    /// The channel the table gives this CPU for `cap`, and whether no other CPU's slot names
+    /// it (so this CPU's client may own it outright).
+    #[inline]
+    pub fn lookup_entry(&self, cap: Capability) -> Option<(&Channel, bool)> {
+        self.snapshot()
+            .and_then(|t| t.entry(cap, self.cpu))
+            .map(|(c, exclusive)| (&**c, exclusive))
+    }
+
+    /// Whether every reader of the engine has reported a quiescent state since the table this
+    /// reader sees was published, i.e. none of them still acts on an older table. `None` when
+    /// that cannot be told without waiting (the reader list is being changed) or the reader is
+    /// offline. Takes no lock that could block: meant for the rare moments a client migrates.
+    pub fn settled(&self) -> Option<bool> {
+        let snapshot = self.snapshot()?;
+        let epoch = snapshot
+            .settle_epoch
+            .load(std::sync::atomic::Ordering::Acquire);
+        if epoch == 0 {
+            return Some(false);
+        }
+        self.shared
+            .grace
+            .try_elapsed(GracePeriod::from_epoch(epoch))
     }
 
     /// Generation of the table this reader currently sees; it changes with every rebalance,

@@ -6,11 +6,12 @@
 //! sysfs) and the emulated device (its register and configuration models).
 
 use std::any::Any;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use crate::sync::lock_std;
 
-use super::channel::{ChannelConfig, ChannelError, Identity, IoatChannel};
+use super::channel::{ChannelConfig, ChannelError, Identity};
+use super::core::ChannelCore;
 use crate::engine::{BackendError, ChannelBackend, DeviceSpec};
 use crate::mem::DmaPool;
 use crate::mmio::RegisterWindow;
@@ -100,7 +101,7 @@ impl IoatDevice {
 pub struct IoatChannelBackend {
     function: Arc<Function>,
     index: usize,
-    channel: Mutex<Option<IoatChannel>>,
+    channel: Mutex<Option<Arc<ChannelCore>>>,
 }
 
 impl IoatChannelBackend {
@@ -109,30 +110,40 @@ impl IoatChannelBackend {
         self.index
     }
 
-    /// The started channel, if the engine holds a reference to it.
-    pub fn channel(&self) -> MutexGuard<'_, Option<IoatChannel>> {
-        lock_std(&self.channel)
+    /// The started channel, if the engine holds a reference to it. The data path's clients
+    /// take it once, when the table gives them the channel, never per operation.
+    pub fn core(&self) -> Option<Arc<ChannelCore>> {
+        lock_std(&self.channel).clone()
+    }
+
+    /// Whether the channel is started (the engine holds a reference to it).
+    pub fn is_started(&self) -> bool {
+        lock_std(&self.channel).is_some()
     }
 }
 
 impl ChannelBackend for IoatChannelBackend {
     fn allocate_resources(&self) -> Result<(), BackendError> {
         let f = &self.function;
-        let channel = IoatChannel::start(
+        let channel = ChannelCore::start(
             Arc::clone(&f.registers),
             f.config_space.clone(),
             self.index,
             &f.pool,
             f.channel_config,
         )?;
-        *self.channel() = Some(channel);
+        *lock_std(&self.channel) = Some(channel);
         Ok(())
     }
 
     fn free_resources(&self) {
-        // Dropping the channel resets it so the device stops reading the ring, then returns
-        // the ring and completion word to the pool.
-        self.channel().take();
+        // Shutting down resets the channel so the device stops reading the ring and refuses
+        // later submits; the ring and completion word go back to the pool with the last
+        // handle (normally this one: clients let go before they report the quiescent state
+        // that allowed this call).
+        if let Some(core) = lock_std(&self.channel).take() {
+            core.shut_down();
+        }
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -5,13 +5,16 @@
 
 mod channel;
 mod completion;
+pub(crate) mod core;
 mod device;
 mod error;
 mod ring;
 pub mod spec;
+pub(crate) mod submit;
 
 pub use channel::{
     ChannelConfig, ChannelError, ChannelStats, Completion, IoatChannel, OpError, OpFlags,
     SubmitError, Timeouts,
 };
+pub use core::{ChannelCore, MAX_CLIENTS_PER_CHANNEL};
 pub use device::{IoatChannelBackend, IoatDevice};

@@ -1,0 +1,515 @@
+//! The per-CPU client on the emulated device: owned and shared channels, completion routing,
+//! backpressure, fences, migration while clients submit, and the ledger of hundreds of
+//! thousands of operations from more threads than cores.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dmaplane::datapath::client::{Client, ClientConfig, ClientError};
+use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, PoolMemory};
+use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpFlags, SubmitError};
+use dmaplane::log::LogHook;
+use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
+use dmaplane::{Capability, DeviceId, Engine, EngineConfig};
+
+/// The pool as the emulated device's memory.
+fn device_memory(pool: &DmaPool) -> Arc<PoolMemory> {
+    // SAFETY: descriptors reach the device only through the clients' `unsafe` submit calls,
+    // whose callers keep the named buffers alive and untouched until completion.
+    Arc::new(unsafe { PoolMemory::new(pool.clone()) })
+}
+
+struct Rig {
+    engine: Engine,
+    pool: DmaPool,
+    devices: Vec<(Arc<EmulatedDevice>, IoatDevice, DeviceId)>,
+}
+
+fn quiet() -> LogHook {
+    Arc::new(|_, _| {})
+}
+
+/// An engine with `cpus` CPUs and the memcpy and fill tables.
+fn rig(cpus: usize) -> Rig {
+    Rig {
+        engine: Engine::new(EngineConfig::with_cpus(cpus).log_hook(quiet())).unwrap(),
+        pool: DmaPool::new(DmaPoolConfig::default()).unwrap(),
+        devices: Vec::new(),
+    }
+}
+
+impl Rig {
+    fn add_device(&mut self, channels: usize, mode: EmuMode, ring_order: u32) -> DeviceId {
+        let emu = EmuConfig {
+            channels,
+            mode,
+            ..EmuConfig::default()
+        };
+        let device = EmulatedDevice::new(emu, device_memory(&self.pool)).unwrap();
+        let ioat = IoatDevice::probe(
+            format!("emu{}", self.devices.len()),
+            device.registers(),
+            Some(device.config_space()),
+            self.pool.clone(),
+            ChannelConfig {
+                ring_order,
+                ..ChannelConfig::default()
+            },
+        )
+        .unwrap();
+        let id = self.engine.register_device(ioat.spec()).unwrap();
+        self.devices.push((device, ioat, id));
+        id
+    }
+
+    fn client(&self, cpu: usize) -> Client {
+        Client::new(&self.engine, Some(cpu), ClientConfig::default()).unwrap()
+    }
+}
+
+fn block(pool: &DmaPool, len: usize, seed: u8) -> DmaBlock {
+    let mut b = pool.alloc(len, 64).unwrap();
+    let bytes: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect();
+    b.write_at(0, &bytes).unwrap();
+    b
+}
+
+/// Polls `client` until `count` completions arrived (at most 10 s).
+fn collect(client: &mut Client, count: usize) -> Vec<Completion> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    let mut batch = [Completion::default(); 32];
+    while got.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} completions",
+            got.len()
+        );
+        let n = client.poll(&mut batch);
+        got.extend_from_slice(&batch[..n]);
+        if n == 0 {
+            std::thread::yield_now();
+        }
+    }
+    got
+}
+
+#[test]
+fn a_client_alone_on_its_channel_owns_it_and_moves_data() {
+    let mut r = rig(1);
+    r.add_device(1, EmuMode::Inline, 8);
+    let mut client = r.client(0);
+    let (_, owned) = client.channel(Capability::Memcpy).unwrap();
+    assert!(owned, "the only CPU owns its channel");
+    let src = block(&r.pool, 10_000, 1);
+    let dst = block(&r.pool, 10_000, 2);
+    let filled = block(&r.pool, 777, 3);
+    // SAFETY: the blocks outlive the collected operations.
+    unsafe {
+        client
+            .copy(dst.as_mut_ptr(), src.as_ptr(), 10_000, 1, OpFlags::NONE)
+            .unwrap();
+        client
+            .fill(
+                filled.as_mut_ptr(),
+                0x0102_0304_0506_0708,
+                777,
+                2,
+                OpFlags::SUBMIT,
+            )
+            .unwrap();
+    }
+    let done = collect(&mut client, 2);
+    assert_eq!(
+        done.iter()
+            .map(|c| (c.user_data, c.result))
+            .collect::<Vec<_>>(),
+        vec![(1, Ok(())), (2, Ok(()))]
+    );
+    assert_eq!(dst.to_vec(), src.to_vec());
+    let pattern = 0x0102_0304_0506_0708u64.to_le_bytes();
+    assert!(filled
+        .to_vec()
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern[i % 8]));
+    let stats = client.stats();
+    assert_eq!((stats.owned_ops, stats.shared_ops), (2, 0));
+}
+
+#[test]
+fn clients_sharing_a_channel_get_their_own_completions_whoever_polls() {
+    let mut r = rig(2);
+    r.add_device(1, EmuMode::Inline, 8);
+    let mut a = r.client(0);
+    let mut b = r.client(1);
+    assert_eq!(
+        a.channel(Capability::Memcpy).unwrap(),
+        b.channel(Capability::Memcpy).unwrap()
+    );
+    assert!(
+        !a.channel(Capability::Memcpy).unwrap().1,
+        "two CPUs share the one channel"
+    );
+    let src = block(&r.pool, 4096, 5);
+    let dsts: Vec<DmaBlock> = (0..6).map(|i| block(&r.pool, 4096, i)).collect();
+    for (i, dst) in dsts.iter().enumerate() {
+        let client = if i % 2 == 0 { &mut a } else { &mut b };
+        // SAFETY: the blocks outlive the collected operations.
+        unsafe {
+            client.copy(
+                dst.as_mut_ptr(),
+                src.as_ptr(),
+                4096,
+                i as u64,
+                OpFlags::SUBMIT,
+            )
+        }
+        .unwrap();
+    }
+    // `b` polls first: it retires everything and routes `a`'s completions to `a`.
+    let from_b = collect(&mut b, 3);
+    let from_a = collect(&mut a, 3);
+    let ids = |v: &[Completion]| v.iter().map(|c| c.user_data).collect::<Vec<_>>();
+    assert_eq!(ids(&from_a), vec![0, 2, 4]);
+    assert_eq!(ids(&from_b), vec![1, 3, 5]);
+    assert!(dsts.iter().all(|d| d.to_vec() == src.to_vec()));
+    assert_eq!(a.stats().shared_ops + b.stats().shared_ops, 6);
+}
+
+#[test]
+fn a_full_completion_ring_or_descriptor_ring_refuses_distinctly_and_loses_nothing() {
+    let mut r = rig(1);
+    r.add_device(1, EmuMode::Threaded, 4); // 16 slots: 15 usable
+    let mut small = Client::new(
+        &r.engine,
+        Some(0),
+        ClientConfig {
+            completion_ring: 8,
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let src = block(&r.pool, 64, 1);
+    let dst = block(&r.pool, 64, 2);
+    assert_eq!(small.capacity(Capability::Memcpy), 8);
+    for i in 0..8 {
+        // SAFETY: the blocks outlive the collected operations.
+        unsafe { small.copy(dst.as_mut_ptr(), src.as_ptr(), 64, i, OpFlags::NONE) }.unwrap();
+    }
+    // SAFETY: as above (refused, so never queued).
+    let refused = unsafe { small.copy(dst.as_mut_ptr(), src.as_ptr(), 64, 8, OpFlags::NONE) };
+    assert_eq!(
+        refused,
+        Err(ClientError::CompletionRingFull { in_flight: 8 })
+    );
+    assert_eq!(small.capacity(Capability::Memcpy), 0);
+    let done = collect(&mut small, 8);
+    assert_eq!(
+        done.iter().map(|c| c.user_data).collect::<Vec<_>>(),
+        (0..8).collect::<Vec<_>>()
+    );
+    drop(small);
+
+    let mut client = r.client(0);
+    let mut accepted = 0u64;
+    let refusal = loop {
+        // SAFETY: as above.
+        match unsafe { client.copy(dst.as_mut_ptr(), src.as_ptr(), 64, accepted, OpFlags::NONE) } {
+            Ok(()) => accepted += 1,
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(accepted, 15, "one slot of sixteen stays empty");
+    assert_eq!(
+        refusal,
+        ClientError::Submit(SubmitError::RingFull { needed: 1, free: 0 })
+    );
+    let done = collect(&mut client, 15);
+    assert_eq!(
+        done.iter().map(|c| c.user_data).collect::<Vec<_>>(),
+        (0..15).collect::<Vec<_>>()
+    );
+    assert_eq!(client.in_flight(), 0);
+}
+
+#[test]
+fn an_owned_channel_does_no_atomic_read_modify_write_per_operation() {
+    let Some(_) = dmaplane::datapath::debug_rmw_count() else {
+        println!("release build: read-modify-writes are not counted");
+        return;
+    };
+    /// Read-modify-writes this thread performs for 2,000 copies with batched doorbells.
+    fn run(client: &mut Client, pool: &DmaPool) -> u64 {
+        let src = block(pool, 256, 1);
+        let dst = block(pool, 256, 2);
+        let before = dmaplane::datapath::debug_rmw_count().unwrap();
+        for i in 0..2_000u64 {
+            let flags = if i % 16 == 15 {
+                OpFlags::SUBMIT
+            } else {
+                OpFlags::NONE
+            };
+            // SAFETY: the blocks outlive the collected operations.
+            unsafe { client.copy(dst.as_mut_ptr(), src.as_ptr(), 256, i, flags) }.unwrap();
+            if i % 64 == 63 {
+                collect(client, 64);
+            }
+        }
+        dmaplane::datapath::debug_rmw_count().unwrap() - before
+    }
+    let mut r = rig(2);
+    r.add_device(2, EmuMode::Threaded, 10);
+    let mut owner = r.client(0);
+    assert!(owner.channel(Capability::Memcpy).unwrap().1);
+    assert_eq!(
+        run(&mut owner, &r.pool),
+        0,
+        "owned: no read-modify-write at all"
+    );
+    drop(owner);
+
+    // The control: with one channel for two CPUs the same loop pays for sharing.
+    let mut r = rig(2);
+    r.add_device(1, EmuMode::Threaded, 10);
+    let mut sharer = r.client(0);
+    let _other = r.client(1);
+    assert!(!sharer.channel(Capability::Memcpy).unwrap().1);
+    assert!(
+        run(&mut sharer, &r.pool) >= 2_000,
+        "shared: at least one per operation"
+    );
+}
+
+/// A small deterministic generator, so failures reproduce.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const SLOT_BYTES: usize = 64 * 1024;
+const GUARD: u8 = 0xEE;
+
+/// What an operation in flight must leave in its destination slot.
+#[derive(Clone, Copy)]
+enum Expect {
+    Copy { src_offset: usize, len: usize },
+    Fill { pattern: u64, len: usize },
+}
+
+/// Sizes mostly small, some page-sized, a few up to a slot.
+fn random_len(rng: &mut SplitMix) -> usize {
+    match rng.below(20) {
+        0 => 1 + rng.below(SLOT_BYTES as u64 - 1) as usize,
+        1..=5 => 1 + rng.below(4096) as usize,
+        _ => 1 + rng.below(256) as usize,
+    }
+}
+
+/// What a driven client did.
+#[derive(Debug, Default)]
+struct Ledger {
+    completed: u64,
+    refusals: u64,
+}
+
+/// Submits `ops` random copies and fills (random flags) through `client`, keeping up to
+/// `depth` in flight, checks that each completes exactly once, successfully, with its data in
+/// place and nothing past it touched. Gives up with a panic at `deadline`.
+fn drive(
+    client: &mut Client,
+    pool: &DmaPool,
+    thread: u64,
+    ops: u64,
+    deadline: Instant,
+    progress: &std::sync::atomic::AtomicU64,
+) -> Ledger {
+    let depth = 24usize;
+    let mut rng = SplitMix(0x5eed ^ thread);
+    let mut src = pool.alloc(SLOT_BYTES, 64).unwrap();
+    let pattern: Vec<u8> = (0..SLOT_BYTES)
+        .map(|i| (i as u8) ^ (thread as u8).wrapping_mul(17))
+        .collect();
+    src.write_at(0, &pattern).unwrap();
+    let mut slots: Vec<DmaBlock> = (0..depth)
+        .map(|_| {
+            let mut b = pool.alloc(SLOT_BYTES, 64).unwrap();
+            b.fill(GUARD);
+            b
+        })
+        .collect();
+    let mut free: Vec<usize> = (0..depth).collect();
+    let mut expect: Vec<Option<(u64, Expect)>> = vec![None; depth];
+    let mut seen = vec![false; ops as usize];
+    let mut ledger = Ledger::default();
+    let mut scratch = vec![0u8; SLOT_BYTES + 1];
+    let mut batch = [Completion::default(); 32];
+    let mut next = 0u64;
+    while ledger.completed < ops {
+        assert!(
+            Instant::now() < deadline,
+            "thread {thread}: {} of {ops} completed, {} in flight, {client:?}",
+            ledger.completed,
+            client.in_flight()
+        );
+        if next < ops {
+            if let Some(&slot) = free.last() {
+                let len = random_len(&mut rng);
+                let mut flags = OpFlags::NONE;
+                if rng.below(10) == 0 {
+                    flags = flags | OpFlags::FENCE;
+                }
+                if rng.below(4) == 0 {
+                    flags = flags | OpFlags::SUBMIT;
+                }
+                let user_data = thread << 48 | next << 8 | slot as u64;
+                let dst = slots[slot].as_mut_ptr();
+                let op = if rng.below(5) == 0 {
+                    Expect::Fill {
+                        pattern: rng.next(),
+                        len,
+                    }
+                } else {
+                    Expect::Copy {
+                        src_offset: rng.below((SLOT_BYTES - len) as u64 + 1) as usize,
+                        len,
+                    }
+                };
+                // SAFETY: the slot and the source stay allocated and untouched until the
+                // completion is polled below.
+                let result = unsafe {
+                    match op {
+                        Expect::Copy { src_offset, len } => {
+                            client.copy(dst, src.as_ptr().add(src_offset), len, user_data, flags)
+                        }
+                        Expect::Fill { pattern, len } => {
+                            client.fill(dst, pattern, len, user_data, flags)
+                        }
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        free.pop();
+                        expect[slot] = Some((next, op));
+                        next += 1;
+                    }
+                    Err(
+                        ClientError::Migrating
+                        | ClientError::NoChannel(_)
+                        | ClientError::CompletionRingFull { .. }
+                        | ClientError::Submit(SubmitError::RingFull { .. }),
+                    ) => {
+                        ledger.refusals += 1;
+                        client.submit();
+                    }
+                    Err(err) => panic!("thread {thread}: refused: {err}"),
+                }
+            }
+        }
+        let n = client.poll(&mut batch);
+        for c in &batch[..n] {
+            assert_eq!(c.result, Ok(()), "thread {thread}: {c:?}");
+            assert_eq!(c.user_data >> 48, thread, "routed to the wrong client");
+            let seq = (c.user_data >> 8) & 0xff_ffff_ffff;
+            let slot = (c.user_data & 0xff) as usize;
+            assert!(
+                !seen[seq as usize],
+                "thread {thread}: op {seq} completed twice"
+            );
+            seen[seq as usize] = true;
+            let (expected_seq, op) = expect[slot].take().expect("a completion for an idle slot");
+            assert_eq!(expected_seq, seq);
+            let len = match op {
+                Expect::Copy { len, .. } | Expect::Fill { len, .. } => len,
+            };
+            let checked = (len + 1).min(SLOT_BYTES);
+            slots[slot].read_at(0, &mut scratch[..checked]).unwrap();
+            match op {
+                Expect::Copy { src_offset, len } => {
+                    assert!(
+                        scratch[..len] == pattern[src_offset..src_offset + len],
+                        "thread {thread}: op {seq}: copy of {len} bytes wrong"
+                    );
+                }
+                Expect::Fill { pattern, len } => {
+                    let bytes = pattern.to_le_bytes();
+                    assert!(
+                        scratch[..len]
+                            .iter()
+                            .enumerate()
+                            .all(|(i, &b)| b == bytes[i % 8]),
+                        "thread {thread}: op {seq}: fill of {len} bytes wrong"
+                    );
+                }
+            }
+            if len < SLOT_BYTES {
+                assert_eq!(
+                    scratch[len], GUARD,
+                    "thread {thread}: op {seq} wrote past its end"
+                );
+            }
+            slots[slot].write_at(0, &vec![GUARD; len]).unwrap();
+            free.push(slot);
+            ledger.completed += 1;
+            progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if n == 0 {
+            std::thread::yield_now();
+        }
+    }
+    assert!(seen.iter().all(|&s| s));
+    ledger
+}
+
+/// `threads` clients, one per CPU, share the `channels` of one threaded device.
+fn ledger(threads: u64, channels: usize, ops: u64) {
+    let mut r = rig(threads as usize);
+    r.add_device(channels, EmuMode::Threaded, 6); // 64 slots: fewer than the depth wants
+    let engine = r.engine.clone();
+    let progress = std::sync::atomic::AtomicU64::new(0);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let ledgers: Vec<Ledger> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (engine, pool, progress) = (&engine, &r.pool, &progress);
+                s.spawn(move || {
+                    let mut client =
+                        Client::new(engine, Some(t as usize), ClientConfig::default()).unwrap();
+                    let (_, owned) = client.channel(Capability::Memcpy).unwrap();
+                    assert!(!owned, "{threads} CPUs share {channels} channel(s)");
+                    drive(&mut client, pool, t, ops, deadline, progress)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let total: u64 = ledgers.iter().map(|l| l.completed).sum();
+    assert_eq!(total, threads * ops);
+    println!(
+        "{total} operations, {} refusals retried",
+        ledgers.iter().map(|l| l.refusals).sum::<u64>()
+    );
+}
+
+#[test]
+fn every_operation_of_six_threads_on_two_shared_channels_completes_once_with_its_data() {
+    ledger(6, 2, 40_000);
+}
+
+#[test]
+fn every_operation_of_four_threads_on_one_shared_channel_completes_once_with_its_data() {
+    ledger(4, 1, 40_000);
+}
