@@ -513,3 +513,169 @@ fn every_operation_of_six_threads_on_two_shared_channels_completes_once_with_its
 fn every_operation_of_four_threads_on_one_shared_channel_completes_once_with_its_data() {
     ledger(4, 1, 40_000);
 }
+
+/// Waits until `progress` has moved by `by` since the call (at most 60 s).
+fn wait_progress(progress: &std::sync::atomic::AtomicU64, by: u64) {
+    let start = progress.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress.load(std::sync::atomic::Ordering::Relaxed) < start + by {
+        assert!(Instant::now() < deadline, "clients stopped making progress");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn clients_follow_rebalances_without_losing_or_repeating_an_operation() {
+    let threads = 4u64;
+    let mut r = rig(threads as usize);
+    let first = r.add_device(1, EmuMode::Threaded, 6);
+    let engine = r.engine.clone();
+    let progress = std::sync::atomic::AtomicU64::new(0);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let first_channels: Vec<_> = r.devices[0].1.channels().to_vec();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (engine, pool, progress) = (&engine, &r.pool, &progress);
+                // Thread 0 leaves early: a client going away is one of the moves.
+                let ops = if t == 0 { 15_000 } else { 60_000 };
+                s.spawn(move || {
+                    let mut client =
+                        Client::new(engine, Some(t as usize), ClientConfig::default()).unwrap();
+                    let ledger = drive(&mut client, pool, t, ops, deadline, progress);
+                    (ledger, client.stats())
+                })
+            })
+            .collect();
+
+        // A second device arrives: the four CPUs spread over three channels.
+        wait_progress(&progress, 5_000);
+        let second = {
+            let emu = EmuConfig {
+                channels: 2,
+                mode: EmuMode::Threaded,
+                ..EmuConfig::default()
+            };
+            let device = EmulatedDevice::new(emu, device_memory(&r.pool)).unwrap();
+            let ioat = IoatDevice::probe(
+                "emu-late",
+                device.registers(),
+                Some(device.config_space()),
+                r.pool.clone(),
+                ChannelConfig {
+                    ring_order: 6,
+                    ..ChannelConfig::default()
+                },
+            )
+            .unwrap();
+            let id = engine.register_device(ioat.spec()).unwrap();
+            (device, ioat, id)
+        };
+        // A CPU goes offline and comes back: its client finds no channel meanwhile.
+        wait_progress(&progress, 5_000);
+        engine.set_cpu_online(3, false).unwrap();
+        wait_progress(&progress, 5_000);
+        engine.set_cpu_online(3, true).unwrap();
+        // The first device leaves while its channel has operations in flight; it is released
+        // once they have drained, while the clients carry on elsewhere.
+        wait_progress(&progress, 5_000);
+        engine.unregister_device(first).unwrap();
+        let released_by = Instant::now() + Duration::from_secs(60);
+        while first_channels.iter().any(|c| c.is_started()) {
+            assert!(
+                Instant::now() < released_by,
+                "the removed device's channel was never released"
+            );
+            engine.reclaim();
+            std::thread::yield_now();
+        }
+        let still_running = handles.iter().filter(|h| !h.is_finished()).count();
+        println!("first device released while {still_running} client(s) still ran");
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        for (t, (ledger, stats)) in results.iter().enumerate() {
+            println!("client {t}: {ledger:?} {stats:?}");
+            assert_eq!(stats.submitted, stats.completed);
+            assert!(stats.migrations >= 2, "client {t} followed the table");
+        }
+        drop(second);
+    });
+    engine.synchronize(Duration::from_secs(5)).unwrap();
+}
+
+/// Checks the device's record of one channel: every descriptor of `fenced_len` bytes (the
+/// fenced operations) follows a descriptor carrying the fence bit, and starts only after every
+/// descriptor before it has finished. Returns how many fenced operations it found.
+fn check_fences(trace: &[dmaplane::emu::TraceEvent], fenced_len: impl Fn(u64) -> bool) -> usize {
+    let mut found = 0;
+    for (i, event) in trace.iter().enumerate() {
+        if !fenced_len(event.bytes) {
+            continue;
+        }
+        found += 1;
+        assert!(i > 0, "a fenced operation ran first");
+        assert!(
+            trace[i - 1].fence,
+            "the descriptor before a fenced operation carries no fence: {:?}",
+            &trace[i.saturating_sub(3)..=i]
+        );
+        let latest_finish = trace[..i].iter().map(|e| e.finish).max().unwrap();
+        assert!(
+            event.start > latest_finish,
+            "a fenced operation started before earlier ones finished"
+        );
+    }
+    found
+}
+
+#[test]
+fn a_fenced_operation_starts_only_after_everything_before_it_finished() {
+    // Owned (the fence rides on the previous unannounced descriptor, or on a null one after
+    // a doorbell) and shared (always a null descriptor of its own, from either client).
+    for shared in [false, true] {
+        let mut r = rig(2);
+        r.add_device(if shared { 1 } else { 2 }, EmuMode::Threaded, 10);
+        let device = Arc::clone(&r.devices[0].0);
+        let mut a = r.client(0);
+        let mut b = r.client(1);
+        assert_eq!(a.channel(Capability::Memcpy).unwrap().1, !shared);
+        device.enable_trace(true);
+        let src = block(&r.pool, 8192, 1);
+        let dsts: Vec<DmaBlock> = (0..4).map(|i| block(&r.pool, 8192, i)).collect();
+        let mut fenced = 0;
+        for i in 0..400u64 {
+            let client = if shared && i % 3 == 2 { &mut b } else { &mut a };
+            let fence = i % 7 == 3;
+            // Fenced operations have lengths no other operation has.
+            let len = if fence {
+                4097 + (i % 5) as usize
+            } else {
+                64 + (i % 64) as usize
+            };
+            let flags = match (fence, i % 4 == 0) {
+                (true, true) => OpFlags::FENCE | OpFlags::SUBMIT,
+                (true, false) => OpFlags::FENCE,
+                (false, true) => OpFlags::SUBMIT,
+                (false, false) => OpFlags::NONE,
+            };
+            let dst = &dsts[(i % 4) as usize];
+            // SAFETY: the blocks outlive the operations, drained below.
+            unsafe { client.copy(dst.as_mut_ptr(), src.as_ptr(), len, i, flags) }.unwrap();
+            fenced += u64::from(fence);
+            // Drain now and then, but never right before a fenced operation: with nothing
+            // outstanding, an owner rightly leaves the fence out.
+            if i % 50 == 49 && (i + 1) % 7 != 3 {
+                a.drain(Duration::from_secs(10));
+                b.drain(Duration::from_secs(10));
+            }
+        }
+        a.drain(Duration::from_secs(10));
+        b.drain(Duration::from_secs(10));
+        assert_eq!(a.in_flight() + b.in_flight(), 0);
+        let trace = device.take_trace();
+        let found = check_fences(&trace, |bytes| (4097..4102).contains(&bytes));
+        assert_eq!(
+            found as u64, fenced,
+            "every fenced operation ran (shared: {shared})"
+        );
+    }
+}

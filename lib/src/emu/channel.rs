@@ -513,6 +513,7 @@ impl Channel {
                 start,
                 finish: dev.trace_sequence().unwrap_or(start),
                 fence: done.control & ctl::FENCE != 0,
+                bytes: done.bytes,
             });
         }
         let state = if core.count == self.dmacount.load(Ordering::Acquire) {

@@ -230,6 +230,8 @@ pub struct TraceEvent {
     pub finish: u64,
     /// Whether the descriptor carried `ctl::FENCE`.
     pub fence: bool,
+    /// Bytes it copied or filled (0 for a null descriptor).
+    pub bytes: u64,
 }
 
 /// What a channel has done since the device was created.
