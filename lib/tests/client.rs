@@ -679,3 +679,113 @@ fn a_fenced_operation_starts_only_after_everything_before_it_finished() {
         );
     }
 }
+
+#[test]
+fn owned_buffers_come_back_with_their_completion_or_their_refusal() {
+    use dmaplane::datapath::buffers::{BufferClient, Buffers};
+    let mut r = rig(1);
+    r.add_device(1, EmuMode::Threaded, 8);
+    let mut buffers = BufferClient::new(r.client(0));
+    // Too long for its buffer: refused, the buffers handed back untouched.
+    let small = block(&r.pool, 100, 1);
+    let refused = buffers
+        .fill(small, 0, 101, 7, OpFlags::SUBMIT)
+        .expect_err("longer than the buffer");
+    assert_eq!(
+        refused.error,
+        ClientError::BufferTooSmall {
+            len: 101,
+            capacity: 100
+        }
+    );
+    let Buffers::Fill { dst: small } = refused.buffers else {
+        panic!("a fill's buffers")
+    };
+    assert_eq!(small.to_vec(), block(&r.pool, 100, 1).to_vec());
+    // Memory that is not DMA memory is refused too, buffers back.
+    let other_pool = DmaPool::new(DmaPoolConfig::default()).unwrap();
+    let foreign = other_pool.alloc(64, 64).unwrap();
+    let refused = buffers
+        .fill(foreign, 0, 64, 8, OpFlags::SUBMIT)
+        .unwrap_err();
+    assert!(matches!(
+        refused.error,
+        ClientError::Submit(SubmitError::Unmapped(_))
+    ));
+
+    let mut done = Vec::new();
+    for i in 0..100u64 {
+        let src = block(&r.pool, 1000, i as u8);
+        let dst = block(&r.pool, 1000, 0);
+        buffers.copy(dst, src, 1000, i, OpFlags::SUBMIT).unwrap();
+        if i % 10 == 9 {
+            buffers.poll(&mut done, 64);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while done.len() < 100 {
+        assert!(Instant::now() < deadline);
+        buffers.poll(&mut done, 64);
+    }
+    for (i, finished) in done.iter().enumerate() {
+        assert_eq!(finished.user_data, i as u64);
+        assert_eq!(finished.result, Ok(()));
+        let Buffers::Copy { dst, src } = &finished.buffers else {
+            panic!("a copy's buffers")
+        };
+        assert_eq!(dst.to_vec(), src.to_vec());
+    }
+    assert_eq!(buffers.in_flight(), 0);
+}
+
+#[test]
+fn pinned_workers_each_drive_their_own_client_and_stop_cleanly() {
+    use dmaplane::datapath::worker::{Step, WorkerError, Workers};
+    let cpus = 2usize;
+    let mut r = rig(cpus);
+    r.add_device(2, EmuMode::Threaded, 8);
+    let pool = r.pool.clone();
+    assert_eq!(
+        Workers::spawn_clients(
+            &r.engine,
+            &[cpus],
+            ClientConfig::default(),
+            |_| (),
+            |_| Step::Done
+        )
+        .err(),
+        Some(WorkerError::UnknownCpu(cpus))
+    );
+    let workers = Workers::spawn_clients(
+        &r.engine,
+        &(0..cpus).collect::<Vec<_>>(),
+        ClientConfig::default(),
+        move |cpu| (block(&pool, 512, cpu as u8), block(&pool, 512, 0), 0u64),
+        |w| {
+            let (src, dst, copied) = &mut w.state;
+            let mut batch = [Completion::default(); 8];
+            *copied += w.client.poll(&mut batch) as u64;
+            if *copied >= 1_000 {
+                return Step::Done;
+            }
+            if w.client.in_flight() == 0 {
+                // SAFETY: the blocks live in the worker's state until it is joined, and one
+                // copy at a time is in flight.
+                unsafe {
+                    w.client
+                        .copy(dst.as_mut_ptr(), src.as_ptr(), 512, 0, OpFlags::SUBMIT)
+                }
+                .unwrap();
+            }
+            Step::Busy
+        },
+    )
+    .unwrap();
+    let states = workers.join().unwrap();
+    assert_eq!(states.len(), cpus);
+    for (cpu, w) in &states {
+        assert_eq!(w.client.cpu(), *cpu);
+        assert_eq!(w.state.2, 1_000);
+        assert_eq!(w.state.1.to_vec(), w.state.0.to_vec());
+    }
+}

@@ -87,6 +87,13 @@ pub enum ClientError {
     /// The channel refused the operation (ring full, bad buffer, zero length, failed or
     /// removed channel).
     Submit(SubmitError),
+    /// The operation is longer than its buffer.
+    BufferTooSmall {
+        /// Bytes asked for.
+        len: usize,
+        /// Bytes the buffer holds.
+        capacity: usize,
+    },
     /// Every route of the channel is taken by other clients.
     TooManyClients(ChannelId),
     /// The engine refused (unknown CPU).
@@ -109,6 +116,9 @@ impl fmt::Display for ClientError {
                 "completion ring full: {in_flight} operation(s) in flight on this channel"
             ),
             ClientError::Submit(err) => err.fmt(f),
+            ClientError::BufferTooSmall { len, capacity } => {
+                write!(f, "{len} bytes asked of a {capacity}-byte buffer")
+            }
             ClientError::TooManyClients(id) => {
                 write!(f, "channel {id} has no free completion route")
             }

@@ -1,15 +1,19 @@
-//! Building blocks of the data path (per-CPU clients submitting through lock-free rings and
-//! polling their completions): the lock-free protocols, each small enough to model-check.
+//! The data path: per-CPU clients that submit copies and fills through lock-free rings and
+//! poll their completions, and the lock-free protocols underneath, each small enough to
+//! model-check.
 //!
+//! - [`client`]: the per-CPU [`client::Client`]: owned and shared channels, migration when the
+//!   table moves, backpressure;
+//! - [`buffers`]: the safe [`buffers::BufferClient`], whose operations own their DMA buffers;
+//! - [`worker`]: pinned polling threads, one per chosen CPU, each with its own client;
 //! - [`spsc`]: a bounded single-producer, single-consumer ring, used to route each completion
 //!   to the client that submitted the operation;
+//! - [`route`]: the retire token and the per-client completion routes of a shared channel;
 //! - [`reserve`]: multi-producer reservation of descriptor slots with in-order publication,
 //!   and the doorbell combiner that keeps the 16-bit doorbell monotonic when several CPUs share
-//!   a channel;
-//! - [`worker`]: pinned polling threads, one per chosen CPU, with a clean stop.
-//!
-//! The clients that use them arrive with the data path itself.
+//!   a channel.
 
+pub mod buffers;
 pub mod client;
 pub mod reserve;
 pub mod route;

@@ -13,7 +13,9 @@ use std::thread::JoinHandle;
 
 use crossbeam_utils::Backoff;
 
+use super::client::{Client, ClientConfig};
 use crate::sync::pause;
+use crate::Engine;
 
 /// Size of the kernel CPU set `core_affinity` fills (glibc's `CPU_SETSIZE`).
 const MAX_PINNABLE_CPU: usize = 1024;
@@ -39,6 +41,8 @@ pub enum WorkerError {
     },
     /// The same CPU was asked for twice.
     DuplicateCpu(usize),
+    /// The engine has no such CPU.
+    UnknownCpu(usize),
     /// The thread could not be created.
     Spawn(String),
     /// The worker on this CPU panicked.
@@ -53,6 +57,7 @@ impl fmt::Display for WorkerError {
         match self {
             WorkerError::Pin { cpu } => write!(f, "cannot pin a thread to cpu {cpu}"),
             WorkerError::DuplicateCpu(cpu) => write!(f, "cpu {cpu} was given twice"),
+            WorkerError::UnknownCpu(cpu) => write!(f, "the engine has no cpu {cpu}"),
             WorkerError::Spawn(why) => write!(f, "cannot start a worker thread: {why}"),
             WorkerError::Panicked { cpu } => write!(f, "the worker on cpu {cpu} panicked"),
         }
@@ -157,6 +162,49 @@ impl<S: Send + 'static> Workers<S> {
     /// The CPUs the workers run on.
     pub fn cpus(&self) -> Vec<usize> {
         self.threads.iter().map(|(cpu, _)| *cpu).collect()
+    }
+}
+
+/// A pinned worker's client and the caller's own state beside it.
+pub struct ClientWorker<T> {
+    /// The worker's client, for its CPU.
+    pub client: Client,
+    /// What `init` built.
+    pub state: T,
+}
+
+impl<T: Send + 'static> Workers<ClientWorker<T>> {
+    /// Starts one pinned thread per CPU in `cpus`, each with its own [`Client`] of `engine`
+    /// and a state from `init(cpu)`, calling `body(&mut worker)` in a poll loop until stopped
+    /// or `Step::Done`. The clients are dropped (draining what they have in flight) with the
+    /// states handed back by [`Workers::stop`] or [`Workers::join`].
+    pub fn spawn_clients<I, B>(
+        engine: &Engine,
+        cpus: &[usize],
+        config: ClientConfig,
+        init: I,
+        body: B,
+    ) -> Result<Workers<ClientWorker<T>>, WorkerError>
+    where
+        I: Fn(usize) -> T + Send + Sync + 'static,
+        B: Fn(&mut ClientWorker<T>) -> Step + Send + Sync + 'static,
+    {
+        if let Some(&cpu) = cpus
+            .iter()
+            .find(|&&cpu| engine.table_entry(crate::Capability::Memcpy, cpu).is_err())
+        {
+            return Err(WorkerError::UnknownCpu(cpu));
+        }
+        let engine = engine.clone();
+        Workers::spawn(
+            cpus,
+            move |cpu| ClientWorker {
+                client: Client::new(&engine, Some(cpu), config)
+                    .expect("the CPU was checked against the engine"),
+                state: init(cpu),
+            },
+            body,
+        )
     }
 }
 
