@@ -27,6 +27,10 @@ pub enum EngineError {
         /// The engine's count of possible CPUs.
         possible: usize,
     },
+    /// The channel has no reference to add to (its resources are not allocated).
+    ChannelNotReferenced(ChannelId),
+    /// A data-path client for this CPU exists already.
+    CpuHasClient(usize),
     /// `put_client` was called with no client registered.
     NoClients,
     /// No registered device offers a free channel with these capabilities (and passing the
@@ -66,6 +70,10 @@ impl fmt::Display for EngineError {
                     "cpu {cpu} is out of range (the engine has {possible} possible cpus)"
                 )
             }
+            EngineError::ChannelNotReferenced(id) => {
+                write!(f, "channel {id} is not referenced, so it cannot be held")
+            }
+            EngineError::CpuHasClient(cpu) => write!(f, "cpu {cpu} already has a client"),
             EngineError::NoClients => f.write_str("no client is registered"),
             EngineError::NoChannelAvailable(mask) => {
                 write!(f, "no free channel offers capabilities {mask}")

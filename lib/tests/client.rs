@@ -789,3 +789,84 @@ fn pinned_workers_each_drive_their_own_client_and_stop_cleanly() {
         assert_eq!(w.state.1.to_vec(), w.state.0.to_vec());
     }
 }
+
+#[test]
+fn a_removed_devices_channel_lives_until_the_operations_on_it_drain_while_the_client_moves_on() {
+    use dmaplane::emu::Fault;
+    let mut r = rig(1);
+    let first = r.add_device(1, EmuMode::Threaded, 8);
+    r.add_device(1, EmuMode::Threaded, 8);
+    let mut client = r.client(0);
+    assert_eq!(client.channel(Capability::Memcpy).unwrap().0.device, first);
+    let (old_device, old_ioat) = (Arc::clone(&r.devices[0].0), &r.devices[0].1);
+    old_device.inject(Fault::Stall { channel: 0 }).unwrap();
+    let src = block(&r.pool, 4096, 1);
+    let dsts: Vec<DmaBlock> = (0..4).map(|i| block(&r.pool, 4096, i)).collect();
+    for (i, dst) in dsts.iter().take(3).enumerate() {
+        // SAFETY: the blocks outlive the collected operations.
+        unsafe {
+            client.copy(
+                dst.as_mut_ptr(),
+                src.as_ptr(),
+                4096,
+                i as u64,
+                OpFlags::SUBMIT,
+            )
+        }
+        .unwrap();
+    }
+
+    r.engine.unregister_device(first).unwrap();
+    // The client moves on: its next operation goes to the other device once the table has
+    // settled, while the three stay in flight on the stalled one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // SAFETY: as above.
+        match unsafe { client.copy(dsts[3].as_mut_ptr(), src.as_ptr(), 4096, 3, OpFlags::SUBMIT) } {
+            Ok(()) => break,
+            Err(ClientError::Migrating) => {
+                assert!(Instant::now() < deadline, "never settled");
+                client.poll(&mut []);
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+    assert_ne!(client.channel(Capability::Memcpy).unwrap().0.device, first);
+    let moved = collect(&mut client, 1);
+    assert_eq!(moved[0].user_data, 3);
+    // Every table reference to the old channel is gone (the client keeps reporting quiescent
+    // states), yet the channel stays started: the client holds it for its three operations.
+    r.engine.synchronize(Duration::from_secs(5)).unwrap();
+    assert!(old_ioat.channels()[0].is_started());
+    assert_eq!(client.in_flight(), 3);
+
+    old_device.inject(Fault::Unstall { channel: 0 }).unwrap();
+    let drained = collect(&mut client, 3);
+    assert_eq!(
+        drained.iter().map(|c| c.user_data).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert!(dsts.iter().all(|d| d.to_vec() == src.to_vec()));
+    assert!(
+        !old_ioat.channels()[0].is_started(),
+        "released once drained"
+    );
+}
+
+#[test]
+fn a_cpu_has_one_client_at_a_time() {
+    let mut r = rig(1);
+    r.add_device(1, EmuMode::Inline, 8);
+    let first = r.client(0);
+    let second = Client::new(&r.engine, Some(0), ClientConfig::default());
+    assert_eq!(
+        second.err(),
+        Some(ClientError::Engine(dmaplane::EngineError::CpuHasClient(0)))
+    );
+    drop(first);
+    let mut again = r.client(0);
+    assert!(
+        again.channel(Capability::Memcpy).unwrap().1,
+        "owned once alone again"
+    );
+}

@@ -23,13 +23,15 @@
 //!   table (its grace period has elapsed), so nobody still treats the channel as theirs alone;
 //!   until then submits are refused with [`ClientError::Migrating`];
 //! - operations already in flight on the old channel are still polled there until they have all
-//!   completed; meanwhile the client withholds its quiescent state, which keeps the old table,
-//!   and with it the old channel, from being released under them;
+//!   completed; the client holds an engine reference on the old channel meanwhile, so its
+//!   resources outlive the old table without the client having to stop reporting quiescent
+//!   states;
 //! - an owned channel turns shared the moment another CPU's slot names it; a shared channel
-//!   turns owned once its grace period has elapsed.
+//!   turns owned once its grace period has elapsed and no other client is attached to it (one
+//!   still draining there, say).
 //!
-//! [`Client::poll`] reports the quiescent state when the client holds nothing from an older
-//! table, after ringing the doorbell for anything queued without [`OpFlags::SUBMIT`].
+//! [`Client::poll`] reports the quiescent state, after ringing the doorbell for anything queued
+//! without [`OpFlags::SUBMIT`]. A CPU has at most one client.
 //!
 //! # Backpressure
 //!
@@ -42,6 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::spsc::Consumer;
+use crate::engine::{ChannelHold, CpuClaim};
 use crate::ioat::submit::{Mode, Submitter};
 use crate::ioat::{ChannelCore, Completion, IoatChannelBackend, OpFlags, SubmitError};
 use crate::{Capability, ChannelId, Engine, EngineError, TableReader};
@@ -169,11 +172,21 @@ struct Attachment {
     pending: bool,
     /// No other CPU's slot names it: may be owned once the grace period has elapsed.
     exclusive: bool,
+    /// The engine reference that keeps the channel while operations drain from it after the
+    /// table moved off it.
+    hold: Option<ChannelHold>,
 }
 
 impl Attachment {
     fn core(&self) -> &ChannelCore {
         &self.submitter.core
+    }
+
+    /// Shared now, but the table names it for this CPU alone and nobody else is attached.
+    fn may_own(&self) -> bool {
+        self.exclusive
+            && self.submitter.mode() == Mode::Shared
+            && self.core().routes.attached() == 1
     }
 }
 
@@ -221,6 +234,7 @@ pub struct Client {
     attachments: Vec<Attachment>,
     config: ClientConfig,
     stats: ClientStats,
+    _cpu: CpuClaim,
 }
 
 impl Client {
@@ -235,6 +249,7 @@ impl Client {
             Some(cpu) => cpu,
             None => crate::cpu::current_cpu().ok_or(ClientError::Pin(usize::MAX))?,
         };
+        let claim = engine.claim_client_cpu(cpu)?;
         let reader = engine.labelled_table_reader(cpu, format!("client@cpu{cpu}"))?;
         engine.get_client();
         let mut client = Client {
@@ -246,6 +261,7 @@ impl Client {
             attachments: Vec::new(),
             config,
             stats: ClientStats::default(),
+            _cpu: claim,
         };
         client.wait_settled(config.settle_timeout);
         Ok(client)
@@ -346,6 +362,13 @@ impl Client {
             if att.submitter.mode() == Mode::Owned && !(att.current && att.exclusive) {
                 att.submitter.make_shared();
             }
+            if att.current {
+                att.hold = None;
+            } else if att.in_flight > 0 && att.hold.is_none() {
+                // The old table still references the channel: this client has not reported a
+                // quiescent state since it saw the new one.
+                att.hold = self.engine.hold_channel(att.id).ok();
+            }
         }
         self.release_drained();
         for (_, id, exclusive, core) in &mut wanted {
@@ -367,6 +390,7 @@ impl Client {
                 current: true,
                 pending: true,
                 exclusive: *exclusive,
+                hold: None,
             });
         }
         self.lane_ids = [None; Capability::COUNT];
@@ -412,9 +436,10 @@ impl Client {
     /// Activates pending channels, and turns exclusive shared ones owned, once the current
     /// table has settled.
     fn activate_settled(&mut self) {
-        let waiting = self.attachments.iter().any(|a| {
-            a.current && (a.pending || (a.exclusive && a.submitter.mode() == Mode::Shared))
-        });
+        let waiting = self
+            .attachments
+            .iter()
+            .any(|a| a.current && (a.pending || a.may_own()));
         if !waiting || self.reader.settled() != Some(true) {
             return;
         }
@@ -423,11 +448,12 @@ impl Client {
                 continue;
             }
             att.pending = false;
-            if att.exclusive && att.submitter.mode() == Mode::Shared {
+            if att.may_own() {
                 // SAFETY: every reader has seen the current table, in which no other CPU's
-                // slot names this channel; the clients that used it before have drained and
-                // let go (they withhold their quiescent state until then), and nobody enters
-                // it before the next table settles.
+                // slot names this channel (and a CPU has one client), and this is the only
+                // client attached to it: those that used it before have drained and let go.
+                // Nobody enters it before a later table settles, and this client leaves owned
+                // mode as soon as it sees that table.
                 unsafe { att.submitter.make_owned() };
             }
         }
@@ -565,7 +591,9 @@ impl Client {
             }
             att.in_flight -= got as u32;
             filled += got;
-            draining |= !att.current && att.in_flight > 0;
+            // Without a hold (the engine refused one) the old table's reference is all that
+            // keeps the channel: keep it by not reporting a quiescent state.
+            draining |= !att.current && att.in_flight > 0 && att.hold.is_none();
         }
         self.stats.completed += filled as u64;
         if self.attachments.iter().any(|a| !a.current) {
@@ -603,18 +631,14 @@ impl Drop for Client {
     fn drop(&mut self) {
         let timeout = self.config.drain_timeout;
         self.drain(timeout);
-        let stuck: u64 = self.in_flight();
-        if stuck > 0 {
-            // The device may still write where these operations point: keep their channels'
-            // routes claimed rather than let another client inherit their completions.
-            for att in std::mem::take(&mut self.attachments) {
-                if att.in_flight > 0 {
-                    std::mem::forget(att.completions);
-                }
-            }
-        } else {
-            for att in &self.attachments {
-                // SAFETY: nothing is in flight.
+        for att in std::mem::take(&mut self.attachments) {
+            if att.in_flight > 0 {
+                // The device may still write where these operations point: keep the channel
+                // referenced and its route claimed for good rather than let its memory be
+                // reused or another client inherit the completions.
+                std::mem::forget(att);
+            } else {
+                // SAFETY: nothing of ours is in flight there: every completion was popped.
                 unsafe { att.core().routes.detach(att.submitter.route) };
             }
         }

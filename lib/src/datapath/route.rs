@@ -16,7 +16,7 @@
 use crossbeam_utils::CachePadded;
 
 use super::spsc::{self, Consumer, Full, Producer};
-use crate::sync::{AtomicBool, Ordering, UnsafeCell};
+use crate::sync::{AtomicBool, AtomicU32, Ordering, UnsafeCell};
 
 /// The right to retire a shared channel's finished slots, held by one poller at a time.
 pub struct RetireToken {
@@ -74,6 +74,8 @@ struct RouteCell<T> {
 /// The completion rings of the clients attached to one channel, indexed by route number.
 pub struct Routes<T> {
     cells: Box<[RouteCell<T>]>,
+    /// Routes claimed now.
+    attached: AtomicU32,
 }
 
 // SAFETY: a cell's producer is touched by the client that claimed it (at attach and detach)
@@ -98,7 +100,15 @@ impl<T> Routes<T> {
                     producer: UnsafeCell::new(None),
                 })
                 .collect(),
+            attached: AtomicU32::new(0),
         }
+    }
+
+    /// How many routes are claimed. Acquire pairs with the release in `detach`: a client that
+    /// reads 1 after its own attach knows every earlier client's use of the channel happened
+    /// before.
+    pub fn attached(&self) -> u32 {
+        self.attached.load(Ordering::Acquire)
     }
 
     /// Claims a free route with a ring of at least `capacity` completions; `None` when every
@@ -114,6 +124,8 @@ impl<T> Routes<T> {
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
+                crate::sync::rmw::note();
+                self.attached.fetch_add(1, Ordering::AcqRel);
                 let (producer, consumer) = spsc::channel(capacity);
                 // SAFETY: the claim gives us the cell; no retirer reads it before an operation
                 // naming this route is published, which happens after this write.
@@ -167,8 +179,10 @@ impl<T> Routes<T> {
         let cell = &self.cells[usize::from(route)];
         // SAFETY: no delivery can race with this (contract).
         cell.producer.with_mut(|slot| unsafe { *slot = None });
-        // Release pairs with the acquire in `attach`.
+        // Release pairs with the acquire in `attach` and in `attached`.
         cell.claimed.store(false, Ordering::Release);
+        crate::sync::rmw::note();
+        self.attached.fetch_sub(1, Ordering::Release);
     }
 
     /// How many routes exist.

@@ -241,7 +241,53 @@ impl std::fmt::Debug for PrivateChannel {
     }
 }
 
+/// A reference on a channel held by a data-path client that still has operations in flight
+/// there after the table moved off it: the channel's resources stay until this is dropped.
+pub(crate) struct ChannelHold {
+    shared: Arc<EngineShared>,
+    id: ChannelId,
+}
+
+impl Drop for ChannelHold {
+    fn drop(&mut self) {
+        let mut state = lock(&self.shared.state);
+        state.unhold(self.id);
+        state.reclaim(&self.shared.grace);
+    }
+}
+
+/// One data-path client per CPU, for as long as this lives.
+pub(crate) struct CpuClaim {
+    shared: Arc<EngineShared>,
+    cpu: usize,
+}
+
+impl Drop for CpuClaim {
+    fn drop(&mut self) {
+        lock(&self.shared.state).release_client_cpu(self.cpu);
+    }
+}
+
 impl Engine {
+    /// Takes a reference on channel `id`, which must be referenced already. For the data
+    /// path's migration, never per operation.
+    pub(crate) fn hold_channel(&self, id: ChannelId) -> Result<ChannelHold, EngineError> {
+        self.state().hold(id)?;
+        Ok(ChannelHold {
+            shared: Arc::clone(&self.shared),
+            id,
+        })
+    }
+
+    /// Reserves `cpu` for one data-path client.
+    pub(crate) fn claim_client_cpu(&self, cpu: usize) -> Result<CpuClaim, EngineError> {
+        self.state().claim_client_cpu(cpu)?;
+        Ok(CpuClaim {
+            shared: Arc::clone(&self.shared),
+            cpu,
+        })
+    }
+
     /// An engine with no device and no client.
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
         if config.possible_cpus == 0 || config.possible_cpus > MAX_CPUS {

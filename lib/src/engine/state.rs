@@ -83,6 +83,8 @@ pub(crate) struct EngineState {
     pub(crate) generation: u64,
     retired: Vec<Retired>,
     pub(crate) log: LogHook,
+    /// CPUs that have a data-path client (at most one each).
+    client_cpus: Vec<bool>,
 }
 
 impl EngineState {
@@ -104,7 +106,47 @@ impl EngineState {
             generation: 0,
             retired: Vec::new(),
             log,
+            client_cpus: vec![false; possible_cpus],
         }
+    }
+
+    /// Marks `cpu` as having a data-path client; refuses a second one.
+    pub(crate) fn claim_client_cpu(&mut self, cpu: usize) -> Result<(), EngineError> {
+        let possible = self.possible_cpus;
+        let taken = self
+            .client_cpus
+            .get_mut(cpu)
+            .ok_or(EngineError::UnknownCpu { cpu, possible })?;
+        if *taken {
+            return Err(EngineError::CpuHasClient(cpu));
+        }
+        *taken = true;
+        Ok(())
+    }
+
+    /// Ends `claim_client_cpu`.
+    pub(crate) fn release_client_cpu(&mut self, cpu: usize) {
+        if let Some(taken) = self.client_cpus.get_mut(cpu) {
+            *taken = false;
+        }
+    }
+
+    /// One more reference on a channel that is referenced already (by a table, retired or
+    /// current): a client keeps it while operations it submitted there are in flight.
+    pub(crate) fn hold(&mut self, id: ChannelId) -> Result<(), EngineError> {
+        let (dev, index) = self.channel_position(id)?;
+        let entry = &mut self.devices[dev].channels[index];
+        if entry.client_count == 0 {
+            return Err(EngineError::ChannelNotReferenced(id));
+        }
+        entry.client_count += 1;
+        Ok(())
+    }
+
+    /// Ends `hold`: the last reference frees the channel.
+    pub(crate) fn unhold(&mut self, id: ChannelId) {
+        self.chan_put(id);
+        self.forget_released_devices();
     }
 
     pub(crate) fn warn(&self, message: &str) {
