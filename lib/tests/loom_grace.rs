@@ -103,3 +103,60 @@ fn reader_going_offline_and_back_never_sees_a_freed_table() {
 fn freeing_without_a_grace_period_is_caught() {
     model(false, false, |_, published, _| use_current(published));
 }
+
+/// A reader that acts on the table it read (a data-path client following the table) and
+/// reports quiescent states, with the one check `quiescent_if` adds or without it. The writer
+/// publishes a second table and, if its grace period is seen to have ended, asserts that the
+/// reader acts on the second table by then: the client protocol's "nobody still follows an
+/// older table" that `TableReader::settled_at` promises.
+fn follower_model(checked: bool) {
+    loom::model(move || {
+        let domain = Arc::new(GraceDomain::new());
+        let published = Arc::new(Published::new(Box::new(1u64)));
+        let slot = domain.register("follower".into());
+        let follows = Arc::new(loom::sync::atomic::AtomicU64::new(0));
+        let thread = {
+            let (domain, published, follows) = (domain.clone(), published.clone(), follows.clone());
+            let slot = slot.clone();
+            thread::spawn(move || {
+                for _ in 0..2 {
+                    // SAFETY: online, and no borrow lives past the quiescent state below.
+                    let seen = *unsafe { published.read() };
+                    follows.store(seen, loom::sync::atomic::Ordering::Relaxed);
+                    if checked {
+                        // SAFETY: as above.
+                        slot.quiescent_if(&domain, || *unsafe { published.read() } == seen);
+                    } else {
+                        slot.quiescent(&domain);
+                    }
+                }
+            })
+        };
+        // SAFETY: one writer; the first table is leaked rather than freed, this model is about
+        // what the reader follows, not about reclamation.
+        std::mem::forget(unsafe { published.replace(Box::new(2)) });
+        let gp = domain.begin();
+        if domain.elapsed(gp) {
+            assert_eq!(
+                follows.load(loom::sync::atomic::Ordering::Relaxed),
+                2,
+                "a grace period ended while the reader still followed the old table"
+            );
+        }
+        thread.join().unwrap();
+        // Only now: a reader that leaves (offline) stops following, and the model would
+        // rightly let the grace period end without it.
+        domain.unregister(&slot);
+    });
+}
+
+#[test]
+fn a_follower_lets_a_grace_period_end_only_once_it_follows_the_new_table() {
+    follower_model(true);
+}
+
+#[test]
+#[should_panic(expected = "still followed the old table")]
+fn an_unconditional_quiescent_state_lets_it_end_too_early() {
+    follower_model(false);
+}

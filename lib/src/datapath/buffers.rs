@@ -38,12 +38,10 @@
 //! assert_eq!(dst.to_vec(), vec![9u8; 256]);
 //! ```
 
-use std::fmt;
-use std::time::Duration;
-
 use super::client::{Client, ClientError};
 use crate::ioat::{Completion, OpError, OpFlags};
 use crate::mem::DmaBlock;
+use std::fmt;
 
 /// The buffers an operation owns while it is in flight.
 #[derive(Debug)]
@@ -110,9 +108,15 @@ impl BufferClient {
         }
     }
 
-    /// The client underneath, for its statistics and channel.
-    pub fn client(&mut self) -> &mut Client {
-        &mut self.client
+    /// The client underneath, for its statistics. Never `&mut`: swapping the client out
+    /// would let this wrapper free buffers the other client's operations still use.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The channel `cap` operations go to, and whether it is owned (see [`Client::channel`]).
+    pub fn channel(&mut self, cap: crate::Capability) -> Option<(crate::ChannelId, bool)> {
+        self.client.channel(cap)
     }
 
     /// Operations in flight.
@@ -226,7 +230,7 @@ impl BufferClient {
 
 impl Drop for BufferClient {
     fn drop(&mut self) {
-        let drained = self.client.drain(Duration::from_secs(5));
+        let drained = self.client.drain(self.client.config().drain_timeout);
         for c in drained {
             self.unpark(c.user_data as usize);
         }

@@ -284,6 +284,11 @@ impl Client {
         self.reader.cpu()
     }
 
+    /// The client's settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
     /// What the client has done.
     pub fn stats(&self) -> ClientStats {
         self.stats
@@ -365,8 +370,8 @@ impl Client {
             if att.current {
                 att.hold = None;
             } else if att.in_flight > 0 && att.hold.is_none() {
-                // The old table still references the channel: this client has not reported a
-                // quiescent state since it saw the new one.
+                // The old table still references the channel: this client reports quiescent
+                // states only for the table it follows, and it follows the new one only now.
                 att.hold = self.engine.hold_channel(att.id).ok();
             }
         }
@@ -409,7 +414,7 @@ impl Client {
             let keep = att.current || att.in_flight > 0;
             if !keep {
                 // SAFETY: nothing of ours is in flight there: every completion was popped.
-                unsafe { att.core().routes.detach(att.submitter.route) };
+                unsafe { att.core().detach_route(att.submitter.route) };
             }
             keep
         });
@@ -440,7 +445,7 @@ impl Client {
             .attachments
             .iter()
             .any(|a| a.current && (a.pending || a.may_own()));
-        if !waiting || self.reader.settled() != Some(true) {
+        if !waiting || !self.reader.settled_at(self.generation) {
             return;
         }
         for att in &mut self.attachments {
@@ -449,11 +454,13 @@ impl Client {
             }
             att.pending = false;
             if att.may_own() {
-                // SAFETY: every reader has seen the current table, in which no other CPU's
-                // slot names this channel (and a CPU has one client), and this is the only
-                // client attached to it: those that used it before have drained and let go.
-                // Nobody enters it before a later table settles, and this client leaves owned
-                // mode as soon as it sees that table.
+                // SAFETY: the current table is settled: every client has acted on it (clients
+                // report quiescent states only for the table they follow, `quiescent_at`). In
+                // it no other CPU's slot names this channel (and a CPU has one client), and
+                // this is the only client attached to it: those that used it before have
+                // drained and let go. Nobody enters it before a later table settles, and this
+                // client leaves owned mode as soon as it sees that table, before its next
+                // quiescent state.
                 unsafe { att.submitter.make_owned() };
             }
         }
@@ -604,7 +611,9 @@ impl Client {
             // Nothing built may stay unannounced past the quiescent state: once the table
             // settles, another CPU may start reserving where this client's owned head was.
             self.submit();
-            self.reader.quiescent();
+            // Only for the table this client follows: if another was published meanwhile,
+            // the next call follows it first.
+            self.reader.quiescent_at(self.generation);
         }
         filled
     }
@@ -639,7 +648,7 @@ impl Drop for Client {
                 std::mem::forget(att);
             } else {
                 // SAFETY: nothing of ours is in flight there: every completion was popped.
-                unsafe { att.core().routes.detach(att.submitter.route) };
+                unsafe { att.core().detach_route(att.submitter.route) };
             }
         }
         let _ = self.engine.put_client();

@@ -156,6 +156,23 @@ impl ReaderSlot {
         self.observed.store(epoch, Ordering::Release);
     }
 
+    /// Reports a quiescent state only if `still_current()`, called after the epoch is read,
+    /// says the reader has caught up with the table: the epoch's acquire makes every table
+    /// published before that grace period began visible to the check. A reader that acts on
+    /// what it read (a data-path client following the table) thereby never lets a grace period
+    /// end for a table it has not acted on yet. Returns whether it reported.
+    #[inline]
+    pub fn quiescent_if(&self, domain: &GraceDomain, still_current: impl FnOnce() -> bool) -> bool {
+        // Acquire: as in `quiescent`.
+        let epoch = domain.epoch.load(Ordering::Acquire);
+        if !still_current() {
+            return false;
+        }
+        // Release: as in `quiescent`.
+        self.observed.store(epoch, Ordering::Release);
+        true
+    }
+
     /// Promises not to read until [`ReaderSlot::online`]; writers stop waiting for this reader.
     pub fn offline(&self) {
         self.observed.store(OFFLINE, Ordering::Release);

@@ -189,21 +189,46 @@ impl TableReader {
             .map(|(c, exclusive)| (&**c, exclusive))
     }
 
-    /// Whether every reader of the engine has reported a quiescent state since the table this
-    /// reader sees was published, i.e. none of them still acts on an older table. `None` when
-    /// that cannot be told without waiting (the reader list is being changed) or the reader is
-    /// offline. Takes no lock that could block: meant for the rare moments a client migrates.
-    pub fn settled(&self) -> Option<bool> {
-        let snapshot = self.snapshot()?;
+    /// Whether the table of `generation` is still the current one and every reader of the
+    /// engine has reported a quiescent state since it was published, i.e. no reader still acts
+    /// on an older table. `false` also when that cannot be told without waiting (the reader
+    /// list is being changed) or the reader is offline. Takes no lock that could block: meant
+    /// for the rare moments a client migrates.
+    pub fn settled_at(&self, generation: Option<u64>) -> bool {
+        let Some(snapshot) = self.snapshot() else {
+            return false;
+        };
+        if Some(snapshot.generation()) != generation {
+            return false;
+        }
         let epoch = snapshot
             .settle_epoch
             .load(std::sync::atomic::Ordering::Acquire);
-        if epoch == 0 {
-            return Some(false);
+        if epoch == 0
+            || self
+                .shared
+                .grace
+                .try_elapsed(GracePeriod::from_epoch(epoch))
+                != Some(true)
+        {
+            return false;
         }
-        self.shared
-            .grace
-            .try_elapsed(GracePeriod::from_epoch(epoch))
+        // A reader counted above may already act on a table published after `generation`
+        // (its grace period not begun yet): the scan's acquire loads make that table visible
+        // here, and then `generation` is not settled but superseded.
+        self.generation() == generation
+    }
+
+    /// Reports a quiescent state if the table is still the one of `generation`, the one the
+    /// caller acts on; otherwise reports nothing (the caller follows the table first). Returns
+    /// whether it reported. See [`TableReader::quiescent`].
+    #[inline]
+    pub fn quiescent_at(&mut self, generation: Option<u64>) -> bool {
+        if !self.online {
+            return false;
+        }
+        self.slot
+            .quiescent_if(&self.shared.grace, || self.generation() == generation)
     }
 
     /// Generation of the table this reader currently sees; it changes with every rebalance,

@@ -160,6 +160,8 @@ pub struct ChannelCore {
     token: RetireToken,
     retire: std::cell::UnsafeCell<RetireState>,
     health: AtomicU8,
+    /// `shut_down` reset the hardware channel; `Drop` must not touch it again.
+    reset_done: std::sync::atomic::AtomicBool,
     pub(crate) routes: Routes<Completion>,
 }
 
@@ -230,6 +232,7 @@ impl ChannelCore {
             token: RetireToken::new(),
             retire: std::cell::UnsafeCell::new(RetireState::default()),
             health: AtomicU8::new(RUNNING),
+            reset_done: std::sync::atomic::AtomicBool::new(false),
             routes: Routes::new(MAX_CLIENTS_PER_CHANNEL),
         };
         core.reset()?;
@@ -242,6 +245,15 @@ impl ChannelCore {
     #[inline]
     pub(crate) fn health(&self) -> u8 {
         self.health.load(Ordering::Acquire)
+    }
+
+    /// Moves a running channel to `health`; a channel that stopped running keeps its first
+    /// cause. The caller holds the doorbell.
+    fn set_health(&self, health: u8) {
+        crate::sync::rmw::note();
+        let _ = self
+            .health
+            .compare_exchange(RUNNING, health, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Ring slots.
@@ -471,8 +483,29 @@ impl ChannelCore {
     pub(crate) fn shut_down(&self) {
         let _doorbell = self.doorbell.exclusive();
         let previous = self.health.swap(CLOSED, Ordering::AcqRel);
-        if previous == RUNNING {
-            let _ = self.reset();
+        if previous == RUNNING && self.reset().is_ok() {
+            // Dropping the core must not reset the hardware channel again: by then the
+            // engine may have started a new core on it.
+            self.reset_done.store(true, Ordering::Release);
+        }
+    }
+
+    /// Gives a client's route back, once no retirer can be inside a delivery to it.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Routes::detach`].
+    pub(crate) unsafe fn detach_route(&self, route: u16) {
+        // The token keeps a retirer from still being inside `deliver` (holding the route's
+        // producer) when the producer is dropped; detaching is rare, so waiting is fine.
+        let backoff = crossbeam_utils::Backoff::new();
+        loop {
+            if let Some(_guard) = self.token.try_acquire() {
+                // SAFETY: forwarded contract.
+                unsafe { self.routes.detach(route) };
+                return;
+            }
+            crate::sync::pause(&backoff);
         }
     }
 
@@ -490,7 +523,9 @@ impl Drop for ChannelCore {
         // The device must stop using the ring and the completion word before they go back to
         // the pool. If it cannot be stopped (a reset that times out), the memory is leaked:
         // better a lost ring than a device writing into someone else's allocation.
-        let stopped = self.reset().is_ok() || self.device_stopped();
+        let stopped = self.reset_done.load(Ordering::Acquire)
+            || self.reset().is_ok()
+            || self.device_stopped();
         if stopped {
             // SAFETY: the fields are dropped exactly once, here, and the device no longer
             // accesses them (reset done, or CHANSTS shows it gone or not running).
@@ -653,6 +688,11 @@ impl Retirer<'_> {
             return;
         }
         let mut doorbell = core.doorbell.exclusive();
+        if core.health() != RUNNING {
+            // Shut down (or failed) meanwhile: nothing may re-arm it.
+            drop(doorbell);
+            return self.poll(sink);
+        }
         let announced = core.doorbell.announced();
         let tail = self.state.tail;
         // The failing operation runs from `tail` to the first descriptor that ends an
@@ -688,11 +728,15 @@ impl Retirer<'_> {
                     }
                 });
             }
+            // The health changes while the doorbell is still held, so no producer that saw the
+            // channel running can ring it after its operations are failed.
             Err(ChannelError::DeviceRemoved) => {
+                core.set_health(REMOVED);
                 drop(doorbell);
                 self.abandon(OpError::DeviceRemoved, REMOVED, sink)
             }
             Err(_) => {
+                core.set_health(FAILED);
                 drop(doorbell);
                 self.abandon(OpError::ChannelFailed, FAILED, sink)
             }
@@ -705,11 +749,12 @@ impl Retirer<'_> {
     /// are caught by the next poll.
     fn abandon(&mut self, cause: OpError, health: u8, sink: &mut Sink<'_>) {
         let core = self.core;
-        // A closed channel stays closed; otherwise the first cause sticks.
-        crate::sync::rmw::note();
-        let _ = core
-            .health
-            .compare_exchange(RUNNING, health, Ordering::AcqRel, Ordering::Acquire);
+        if core.health() == RUNNING {
+            // Under the doorbell: a producer that saw the channel running finishes its
+            // doorbell write before this, and none writes one after.
+            let _doorbell = core.doorbell.exclusive();
+            core.set_health(health);
+        }
         let published = core.slots.published();
         if self.state.tail == published || !core.device_stopped() {
             return;

@@ -139,8 +139,8 @@ impl ChannelBackend for IoatChannelBackend {
     fn free_resources(&self) {
         // Shutting down resets the channel so the device stops reading the ring and refuses
         // later submits; the ring and completion word go back to the pool with the last
-        // handle (normally this one: clients let go before they report the quiescent state
-        // that allowed this call).
+        // handle (normally this one: a client lets go of a channel once it neither follows a
+        // table naming it nor has operations there, and then holds no engine reference).
         if let Some(core) = lock_std(&self.channel).take() {
             core.shut_down();
         }

@@ -58,7 +58,9 @@ impl Submitter {
     /// # Safety
     ///
     /// In [`Mode::Owned`], nobody else builds into or retires from the channel until this
-    /// submitter leaves owned mode; in [`Mode::Shared`], nobody uses the channel in owned mode.
+    /// submitter leaves owned mode; in [`Mode::Shared`], nobody uses the channel in owned mode
+    /// whenever this submitter builds or submits (a client may create it earlier, while it
+    /// waits for the table to settle, as long as it does neither meanwhile).
     pub(crate) unsafe fn new(core: Arc<ChannelCore>, route: u16, mode: Mode) -> Submitter {
         let head = core.slots.reserved();
         Submitter {
