@@ -5,10 +5,9 @@
 //! - `datapath_copy/<size>` for 64 B, 4 KiB and 64 KiB: end-to-end operations per second at
 //!   queue depth 1, 32 and 256 (`owned/qd<n>`, `shared/qd<n>`), a doorbell every
 //!   min(depth, 32) operations and completions polled to refill the window, next to `memcpy`
-//!   of the same size on the calling CPU. At depth 32 the window is a single doorbell batch, and
-//!   an owned channel asks for a completion write only on a batch's last descriptor: the client
-//!   sees nothing until the whole window is done and refills it while the device idles, so
-//!   `owned/qd32` trails `shared/qd32`, whose every operation writes its completion;
+//!   of the same size on the calling CPU. At depth 32 the window is a single doorbell batch;
+//!   an owned channel asks for a completion write every 16 operations as well as at a batch's
+//!   end, so the client sees progress and refills while the device is still busy;
 //! - `datapath_driver_cost`: submitting-CPU time per 64-byte copy at batch 1 and 32
 //!   (`owned/batch<n>`, `shared/batch<n>`): building, the doorbell share, and harvesting
 //!   completions, with the time spent waiting for the device left out, next to one 64-byte

@@ -23,6 +23,9 @@ use crate::mem::Translator;
 /// One descriptor's worth of a transfer: destination, source (none for a fill), length.
 type Piece = (u64, Option<u64>, u32);
 
+/// An owner asks for a completion write at least this often (in operations) within a batch.
+const OWNED_COMPLETION_WRITE_EVERY: u32 = 16;
+
 /// How a submitter uses its channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -46,6 +49,8 @@ pub(crate) struct Submitter {
     submitted: u32,
     /// Shared mode: something was published since the last ring.
     unrung: bool,
+    /// Owned mode: operations built since the last one that asks for a completion write.
+    since_completion_write: u32,
     /// Descriptors this submitter handed to the device (data and null).
     pub(crate) descriptors: u64,
     /// Doorbell rings this submitter asked for.
@@ -72,6 +77,7 @@ impl Submitter {
             head,
             submitted: head,
             unrung: false,
+            since_completion_write: 0,
             descriptors: 0,
             doorbells: 0,
         }
@@ -294,9 +300,19 @@ impl Submitter {
             self.write(&mut at, &null, None);
         }
         // In shared mode each operation asks for a completion write: the doorbell may announce
-        // any producer's slot last.
+        // any producer's slot last. An owner asks at the end of each batch (in `submit`) and
+        // also every few operations within one, so a window of a single batch still shows
+        // progress to the poller before the whole batch is done.
         let last_bits = match self.mode {
-            Mode::Owned => 0,
+            Mode::Owned => {
+                self.since_completion_write += 1;
+                if self.since_completion_write >= OWNED_COMPLETION_WRITE_EVERY {
+                    self.since_completion_write = 0;
+                    ctl::COMPLETION_UPDATE
+                } else {
+                    0
+                }
+            }
             Mode::Shared => ctl::COMPLETION_UPDATE,
         };
         if pieces.is_empty() {
@@ -369,6 +385,7 @@ impl Submitter {
                 }
                 core.ring
                     .set_control_bits(self.head.wrapping_sub(1), ctl::COMPLETION_UPDATE);
+                self.since_completion_write = 0;
                 core.slots.advance_owned(self.head);
                 self.submitted = self.head;
                 if core.health() == RUNNING {
