@@ -6,18 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dmaplane::datapath::client::{Client, ClientConfig, ClientError};
-use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, PoolMemory};
+use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice};
 use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpFlags, SubmitError};
 use dmaplane::log::LogHook;
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, DeviceId, Engine, EngineConfig};
 
-/// The pool as the emulated device's memory.
-fn device_memory(pool: &DmaPool) -> Arc<PoolMemory> {
-    // SAFETY: descriptors reach the device only through the clients' `unsafe` submit calls,
-    // whose callers keep the named buffers alive and untouched until completion.
-    Arc::new(unsafe { PoolMemory::new(pool.clone()) })
-}
+mod common;
+use common::{device_memory, SplitMix};
 
 struct Rig {
     engine: Engine,
@@ -283,23 +279,6 @@ fn an_owned_channel_does_no_atomic_read_modify_write_per_operation() {
     );
 }
 
-/// A small deterministic generator, so failures reproduce.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 const SLOT_BYTES: usize = 64 * 1024;
 const GUARD: u8 = 0xEE;
 
@@ -313,9 +292,9 @@ enum Expect {
 /// Sizes mostly small, some page-sized, a few up to a slot.
 fn random_len(rng: &mut SplitMix) -> usize {
     match rng.below(20) {
-        0 => 1 + rng.below(SLOT_BYTES as u64 - 1) as usize,
-        1..=5 => 1 + rng.below(4096) as usize,
-        _ => 1 + rng.below(256) as usize,
+        0 => 1 + rng.below(SLOT_BYTES - 1),
+        1..=5 => 1 + rng.below(4096),
+        _ => 1 + rng.below(256),
     }
 }
 
@@ -384,7 +363,7 @@ fn drive(
                     }
                 } else {
                     Expect::Copy {
-                        src_offset: rng.below((SLOT_BYTES - len) as u64 + 1) as usize,
+                        src_offset: rng.below(SLOT_BYTES - len + 1),
                         len,
                     }
                 };

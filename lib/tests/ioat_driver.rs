@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault, PoolMemory};
+use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault};
 use dmaplane::ioat::spec::chanerr;
 use dmaplane::ioat::{
     ChannelConfig, Completion, IoatChannel, IoatChannelBackend, IoatDevice, OpError, OpFlags,
@@ -16,29 +16,8 @@ use dmaplane::log::LogHook;
 use dmaplane::mem::{BackingChoice, DmaBlock, DmaPool, DmaPoolConfig, IovaMode};
 use dmaplane::{Capability, Engine, EngineConfig};
 
-/// A small deterministic generator, so failures reproduce.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-/// The pool as the emulated device's memory.
-fn device_memory(pool: &DmaPool) -> Arc<PoolMemory> {
-    // SAFETY: descriptors reach the device only through the driver's `unsafe` submit calls,
-    // whose callers keep the named buffers alive and untouched until completion.
-    Arc::new(unsafe { PoolMemory::new(pool.clone()) })
-}
+mod common;
+use common::{device_memory, SplitMix};
 
 fn pool(iova_mode: IovaMode) -> DmaPool {
     DmaPool::new(DmaPoolConfig {
