@@ -41,8 +41,8 @@ mod sync;
 pub use capability::{CapMask, Capability};
 pub use engine::{
     BackendError, Channel, ChannelBackend, ChannelCounts, ChannelDump, ChannelId, DeviceDump,
-    DeviceId, DeviceSpec, Engine, EngineConfig, EngineDump, NullChannel, PrivateChannel,
-    TableReader, UnregisterReport, MAX_CPUS,
+    DeviceId, DeviceSpec, Engine, EngineConfig, EngineDump, NullChannel, OpCounts, PrivateChannel,
+    RemovalKind, RemovalOptions, RemovalReport, TableReader, UnregisterReport, MAX_CPUS,
 };
 pub use error::EngineError;
 

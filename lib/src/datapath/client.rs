@@ -60,6 +60,10 @@ pub struct ClientConfig {
     /// How long [`Client::new`] waits for the other clients to see the table (after that,
     /// submits are refused with [`ClientError::Migrating`] until they have).
     pub settle_timeout: Duration,
+    /// When the table gives this CPU no channel (the last device went away), do copies and
+    /// fills on the calling CPU instead of refusing them with [`ClientError::NoChannel`];
+    /// they complete at the next poll like any other operation.
+    pub cpu_fallback: bool,
 }
 
 impl Default for ClientConfig {
@@ -68,6 +72,7 @@ impl Default for ClientConfig {
             completion_ring: 4096,
             drain_timeout: Duration::from_secs(5),
             settle_timeout: Duration::from_millis(200),
+            cpu_fallback: false,
         }
     }
 }
@@ -158,6 +163,8 @@ pub struct ClientStats {
     pub owned_ops: u64,
     /// Operations accepted on a shared channel.
     pub shared_ops: u64,
+    /// Operations done on the calling CPU for want of a channel ([`ClientConfig::cpu_fallback`]).
+    pub cpu_ops: u64,
 }
 
 /// A channel the client submits to or still drains.
@@ -234,6 +241,8 @@ pub struct Client {
     attachments: Vec<Attachment>,
     config: ClientConfig,
     stats: ClientStats,
+    /// Completions of operations done on the CPU, returned by the next poll.
+    done_on_cpu: Vec<Completion>,
     _cpu: CpuClaim,
 }
 
@@ -261,6 +270,7 @@ impl Client {
             attachments: Vec::new(),
             config,
             stats: ClientStats::default(),
+            done_on_cpu: Vec::new(),
             _cpu: claim,
         };
         client.wait_settled(config.settle_timeout);
@@ -299,7 +309,8 @@ impl Client {
         self.attachments
             .iter()
             .map(|a| u64::from(a.in_flight))
-            .sum()
+            .sum::<u64>()
+            + self.done_on_cpu.len() as u64
     }
 
     /// The channel the client submits `cap` operations to, and whether it owns it.
@@ -519,7 +530,15 @@ impl Client {
         user_data: u64,
         flags: OpFlags,
     ) -> Result<(), ClientError> {
-        let att = self.lane(Capability::Memcpy)?;
+        let fallback = self.config.cpu_fallback;
+        let att = match self.lane(Capability::Memcpy) {
+            Ok(att) => att,
+            Err(ClientError::NoChannel(_)) if fallback => {
+                // SAFETY: forwarded contract; the CPU is done with the buffers on return.
+                return self.on_cpu(len, user_data, || unsafe { std::ptr::copy(src, dst, len) });
+            }
+            Err(err) => return Err(err),
+        };
         // SAFETY: forwarded contract.
         unsafe { att.submitter.copy(dst, src, len, user_data, flags) }?;
         self.accepted(Capability::Memcpy);
@@ -540,10 +559,48 @@ impl Client {
         user_data: u64,
         flags: OpFlags,
     ) -> Result<(), ClientError> {
-        let att = self.lane(Capability::Fill)?;
+        let fallback = self.config.cpu_fallback;
+        let att = match self.lane(Capability::Fill) {
+            Ok(att) => att,
+            Err(ClientError::NoChannel(_)) if fallback => {
+                let bytes = pattern.to_le_bytes();
+                return self.on_cpu(len, user_data, || {
+                    for i in 0..len {
+                        // SAFETY: forwarded contract: `dst` is valid for `len` bytes.
+                        unsafe { dst.add(i).write(bytes[i % 8]) };
+                    }
+                });
+            }
+            Err(err) => return Err(err),
+        };
         // SAFETY: forwarded contract.
         unsafe { att.submitter.fill(dst, pattern, len, user_data, flags) }?;
         self.accepted(Capability::Fill);
+        Ok(())
+    }
+
+    /// Does an operation on the calling CPU, its completion queued for the next poll.
+    fn on_cpu(
+        &mut self,
+        len: usize,
+        user_data: u64,
+        work: impl FnOnce(),
+    ) -> Result<(), ClientError> {
+        if len == 0 {
+            return Err(ClientError::Submit(SubmitError::ZeroLength));
+        }
+        if self.done_on_cpu.len() >= self.config.completion_ring {
+            return Err(ClientError::CompletionRingFull {
+                in_flight: self.done_on_cpu.len() as u32,
+            });
+        }
+        work();
+        self.done_on_cpu.push(Completion {
+            user_data,
+            result: Ok(()),
+        });
+        self.stats.submitted += 1;
+        self.stats.cpu_ops += 1;
         Ok(())
     }
 
@@ -573,7 +630,10 @@ impl Client {
     /// and reports the client's quiescent state when it holds nothing from an older table.
     pub fn poll(&mut self, out: &mut [Completion]) -> usize {
         self.refresh();
-        let mut filled = 0;
+        let mut filled = self.done_on_cpu.len().min(out.len());
+        for (slot, done) in out.iter_mut().zip(self.done_on_cpu.drain(..filled)) {
+            *slot = done;
+        }
         let mut draining = false;
         for att in &mut self.attachments {
             let mut got = att.completions.pop_into(&mut out[filled..]);

@@ -53,6 +53,55 @@ pub trait ChannelBackend: Send + Sync + 'static {
 
     /// The backend's concrete type, for the data path to reach its driver.
     fn as_any(&self) -> &dyn Any;
+
+    /// A removal begins: refuse new work ("device removed") and let what was accepted run
+    /// on. `surprise`: the device is gone already, so stop at once and fail everything with
+    /// "device removed". Default: nothing to do.
+    fn begin_removal(&self, surprise: bool) {
+        let _ = surprise;
+    }
+
+    /// Descriptors (or operations) accepted and not yet completed. Default: 0.
+    fn in_flight(&self) -> u64 {
+        0
+    }
+
+    /// The removal's drain time is up: stop the device so whatever it has not finished
+    /// completes with "device removed". Default: nothing to do.
+    fn fail_in_flight(&self) {}
+
+    /// Operations completed on the channel over its life. Default: none.
+    fn completed(&self) -> OpCounts {
+        OpCounts::default()
+    }
+
+    /// Whether the device still answers (a removed PCI function reads all-ones). Default:
+    /// always.
+    fn is_present(&self) -> bool {
+        true
+    }
+}
+
+/// Operations a channel completed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpCounts {
+    /// Successfully.
+    pub ok: u64,
+    /// With any error.
+    pub failed: u64,
+    /// Of those, with "device removed".
+    pub removed: u64,
+}
+
+impl std::ops::Add for OpCounts {
+    type Output = OpCounts;
+    fn add(self, other: OpCounts) -> OpCounts {
+        OpCounts {
+            ok: self.ok + other.ok,
+            failed: self.failed + other.failed,
+            removed: self.removed + other.removed,
+        }
+    }
 }
 
 /// A channel as table readers and private holders see it.

@@ -57,6 +57,7 @@
 mod device;
 mod dump;
 pub(crate) mod grace;
+mod removal;
 mod state;
 mod table;
 
@@ -66,9 +67,10 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::{Backoff, CachePadded};
 
 pub use device::{
-    BackendError, Channel, ChannelBackend, ChannelId, DeviceId, DeviceSpec, NullChannel,
+    BackendError, Channel, ChannelBackend, ChannelId, DeviceId, DeviceSpec, NullChannel, OpCounts,
 };
 pub use dump::{ChannelDump, DeviceDump, EngineDump};
+pub use removal::{RemovalKind, RemovalOptions, RemovalReport};
 pub use state::UnregisterReport;
 pub use table::TableReader;
 

@@ -169,6 +169,36 @@ impl EngineState {
             })
     }
 
+    /// A device's name and its channels' backends, registered or departing.
+    pub(crate) fn device_backends(
+        &self,
+        id: DeviceId,
+    ) -> Result<(String, Vec<Arc<dyn ChannelBackend>>), EngineError> {
+        let device = &self.devices[self.device_position(id)?];
+        Ok((
+            device.name.clone(),
+            device
+                .channels
+                .iter()
+                .map(|c| Arc::clone(&c.backend))
+                .collect(),
+        ))
+    }
+
+    /// Whether a device id is still known (registered, or departing with channels held).
+    pub(crate) fn is_listed(&self, id: DeviceId) -> bool {
+        self.device_position(id).is_ok()
+    }
+
+    /// The registered devices, in registration order.
+    pub(crate) fn registered_devices(&self) -> Vec<(DeviceId, String)> {
+        self.devices
+            .iter()
+            .filter(|d| d.registered)
+            .map(|d| (d.id, d.name.clone()))
+            .collect()
+    }
+
     /// Position of a channel, on a registered or a departing device.
     fn channel_position(&self, id: ChannelId) -> Result<(usize, usize), EngineError> {
         let dev = self.device_position(id.device)?;

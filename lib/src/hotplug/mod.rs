@@ -1,5 +1,6 @@
-//! Hot-removal and hot-add. So far: learning of PCI removals and unbinds from kernel uevents
-//! ([`uevent`]). The monitor that drains, unregisters and rebalances arrives with the data
-//! path's clients.
+//! Hot-removal and hot-add: learning of PCI removals and unbinds from kernel uevents
+//! ([`uevent`]), and the monitor thread that runs the removal sequence for each removal and
+//! registers devices that arrive ([`monitor`]).
 
+pub mod monitor;
 pub mod uevent;

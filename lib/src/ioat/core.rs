@@ -67,6 +67,14 @@ pub(crate) const FAILED: u8 = 1;
 pub(crate) const REMOVED: u8 = 2;
 /// Shut down by its backend (the engine freed it); nothing more may be submitted.
 pub(crate) const CLOSED: u8 = 3;
+/// Being removed: new work is refused ("device removed"), work already accepted runs on.
+pub(crate) const DRAINING: u8 = 4;
+
+/// Whether a channel in `health` still works through what it has accepted (and rings for it).
+#[inline]
+pub(crate) fn works(health: u8) -> bool {
+    health == RUNNING || health == DRAINING
+}
 
 /// The retire side's own state: touched by the token holder, or by the owner.
 #[derive(Default)]
@@ -76,8 +84,6 @@ pub(crate) struct RetireState {
     /// The completion address last acted on.
     last_completed: u64,
     stalled_polls: u32,
-    pub(crate) ops_ok: u64,
-    pub(crate) ops_failed: u64,
     pub(crate) recoveries: u64,
 }
 
@@ -160,6 +166,11 @@ pub struct ChannelCore {
     token: RetireToken,
     retire: std::cell::UnsafeCell<RetireState>,
     health: AtomicU8,
+    /// Operations completed successfully and with an error. Written by the retirer alone
+    /// (load and store, no read-modify-write), read by anyone (the hotplug monitor).
+    ops_ok: std::sync::atomic::AtomicU64,
+    ops_failed: std::sync::atomic::AtomicU64,
+    ops_removed: std::sync::atomic::AtomicU64,
     /// `shut_down` reset the hardware channel; `Drop` must not touch it again.
     reset_done: std::sync::atomic::AtomicBool,
     pub(crate) routes: Routes<Completion>,
@@ -232,6 +243,9 @@ impl ChannelCore {
             token: RetireToken::new(),
             retire: std::cell::UnsafeCell::new(RetireState::default()),
             health: AtomicU8::new(RUNNING),
+            ops_ok: std::sync::atomic::AtomicU64::new(0),
+            ops_failed: std::sync::atomic::AtomicU64::new(0),
+            ops_removed: std::sync::atomic::AtomicU64::new(0),
             reset_done: std::sync::atomic::AtomicBool::new(false),
             routes: Routes::new(MAX_CLIENTS_PER_CHANNEL),
         };
@@ -247,13 +261,22 @@ impl ChannelCore {
         self.health.load(Ordering::Acquire)
     }
 
-    /// Moves a running channel to `health`; a channel that stopped running keeps its first
-    /// cause. The caller holds the doorbell.
-    fn set_health(&self, health: u8) {
-        crate::sync::rmw::note();
-        let _ = self
-            .health
-            .compare_exchange(RUNNING, health, Ordering::AcqRel, Ordering::Acquire);
+    /// Moves a working channel (running or draining) to `health`; a channel that stopped
+    /// keeps its first cause. Returns whether this call stopped it. The caller holds the
+    /// doorbell.
+    fn set_health(&self, health: u8) -> bool {
+        let mut current = self.health();
+        while works(current) {
+            crate::sync::rmw::note();
+            match self
+                .health
+                .compare_exchange(current, health, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => current = now,
+            }
+        }
+        false
     }
 
     /// Ring slots.
@@ -475,15 +498,50 @@ impl ChannelCore {
     pub(crate) unsafe fn retire_counters_exclusive(&self) -> (u64, u64, u64) {
         // SAFETY: exclusive use (contract).
         let state = unsafe { &*self.retire.get() };
-        (state.ops_ok, state.ops_failed, state.recoveries)
+        let counts = self.completed();
+        (counts.ok, counts.failed, state.recoveries)
+    }
+
+    /// Operations completed so far.
+    pub(crate) fn completed(&self) -> crate::OpCounts {
+        crate::OpCounts {
+            ok: self.ops_ok.load(Ordering::Relaxed),
+            failed: self.ops_failed.load(Ordering::Relaxed),
+            removed: self.ops_removed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Descriptors published and not yet retired.
+    pub(crate) fn in_flight_descriptors(&self) -> u32 {
+        self.slots
+            .published()
+            .wrapping_sub(self.retired.load(Ordering::Acquire))
+    }
+
+    /// Starts an orderly removal: new submits are refused with "device removed", work
+    /// already accepted is still rung, run and completed.
+    pub(crate) fn begin_draining(&self) {
+        let _ =
+            self.health
+                .compare_exchange(RUNNING, DRAINING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The device is gone, or its work did not drain in time: stop it, so whatever it had not
+    /// finished completes with "device removed" at its submitters' next polls.
+    pub(crate) fn remove(&self) {
+        let _doorbell = self.doorbell.exclusive();
+        if self.set_health(REMOVED) && self.reset().is_ok() {
+            // See `shut_down`.
+            self.reset_done.store(true, Ordering::Release);
+        }
     }
 
     /// Stops the channel for good (its engine reference is gone): later submits are refused,
     /// and the device is reset so it stops reading the ring.
     pub(crate) fn shut_down(&self) {
         let _doorbell = self.doorbell.exclusive();
-        let previous = self.health.swap(CLOSED, Ordering::AcqRel);
-        if previous == RUNNING && self.reset().is_ok() {
+        // A channel that already stopped keeps its cause (a removal's "device removed").
+        if self.set_health(CLOSED) && self.reset().is_ok() {
             // Dropping the core must not reset the hardware channel again: by then the
             // engine may have started a new core on it.
             self.reset_done.store(true, Ordering::Release);
@@ -561,7 +619,7 @@ struct Retirer<'a> {
 impl Retirer<'_> {
     fn poll(&mut self, sink: &mut Sink<'_>) {
         match self.core.health() {
-            RUNNING => {}
+            RUNNING | DRAINING => {}
             FAILED | CLOSED => return self.abandon(OpError::ChannelFailed, FAILED, sink),
             _ => return self.abandon(OpError::DeviceRemoved, REMOVED, sink),
         }
@@ -618,9 +676,18 @@ impl Retirer<'_> {
                 }
             }
         }
+        // Load and store: the retirer is the only writer.
+        let bump = |counter: &std::sync::atomic::AtomicU64| {
+            counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed)
+        };
         match result {
-            Ok(()) => self.state.ops_ok += 1,
-            Err(_) => self.state.ops_failed += 1,
+            Ok(()) => bump(&self.core.ops_ok),
+            Err(cause) => {
+                bump(&self.core.ops_failed);
+                if cause == OpError::DeviceRemoved {
+                    bump(&self.core.ops_removed);
+                }
+            }
         }
         true
     }
@@ -688,7 +755,7 @@ impl Retirer<'_> {
             return;
         }
         let mut doorbell = core.doorbell.exclusive();
-        if core.health() != RUNNING {
+        if !works(core.health()) {
             // Shut down (or failed) meanwhile: nothing may re-arm it.
             drop(doorbell);
             return self.poll(sink);
@@ -723,7 +790,7 @@ impl Retirer<'_> {
                 drop(doorbell);
                 // Publications made while we held the doorbell were left to us.
                 core.doorbell.ring(&core.slots, |target| {
-                    if core.health() == RUNNING {
+                    if works(core.health()) {
                         core.write_dmacount(target);
                     }
                 });
@@ -749,7 +816,7 @@ impl Retirer<'_> {
     /// are caught by the next poll.
     fn abandon(&mut self, cause: OpError, health: u8, sink: &mut Sink<'_>) {
         let core = self.core;
-        if core.health() == RUNNING {
+        if works(core.health()) {
             // Under the doorbell: a producer that saw the channel running finishes its
             // doorbell write before this, and none writes one after.
             let _doorbell = core.doorbell.exclusive();

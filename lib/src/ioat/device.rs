@@ -63,6 +63,7 @@ impl IoatDevice {
                     function: Arc::clone(&function),
                     index,
                     channel: Mutex::new(None),
+                    earlier: Mutex::new(crate::OpCounts::default()),
                 })
             })
             .collect();
@@ -102,6 +103,8 @@ pub struct IoatChannelBackend {
     function: Arc<Function>,
     index: usize,
     channel: Mutex<Option<Arc<ChannelCore>>>,
+    /// What the channel's earlier starts completed, so counts outlive each core.
+    earlier: Mutex<crate::OpCounts>,
 }
 
 impl IoatChannelBackend {
@@ -143,10 +146,45 @@ impl ChannelBackend for IoatChannelBackend {
         // table naming it nor has operations there, and then holds no engine reference).
         if let Some(core) = lock_std(&self.channel).take() {
             core.shut_down();
+            let mut earlier = lock_std(&self.earlier);
+            *earlier = *earlier + core.completed();
         }
     }
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+
+    fn begin_removal(&self, surprise: bool) {
+        if let Some(core) = self.core() {
+            if surprise {
+                core.remove();
+            } else {
+                core.begin_draining();
+            }
+        }
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.core()
+            .map_or(0, |core| u64::from(core.in_flight_descriptors()))
+    }
+
+    fn fail_in_flight(&self) {
+        if let Some(core) = self.core() {
+            core.remove();
+        }
+    }
+
+    fn completed(&self) -> crate::OpCounts {
+        let current = self.core().map(|core| core.completed()).unwrap_or_default();
+        *lock_std(&self.earlier) + current
+    }
+
+    fn is_present(&self) -> bool {
+        self.function
+            .registers
+            .read8(crate::ioat::spec::device::CBVER)
+            != u8::MAX
     }
 }

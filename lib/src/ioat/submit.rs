@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::channel::OpFlags;
-use super::core::{ChannelCore, SlotMeta, RUNNING};
+use super::core::{works, ChannelCore, SlotMeta, DRAINING, REMOVED, RUNNING};
 use super::error::SubmitError;
 use super::spec::{ctl, op, Descriptor, NULL_DESCRIPTOR_SIZE};
 use crate::mem::Translator;
@@ -128,7 +128,7 @@ impl Submitter {
     fn accepting(&self) -> Result<(), SubmitError> {
         match self.core.health() {
             RUNNING => Ok(()),
-            super::core::REMOVED => Err(SubmitError::DeviceRemoved),
+            REMOVED | DRAINING => Err(SubmitError::DeviceRemoved),
             _ => Err(SubmitError::ChannelFailed),
         }
     }
@@ -388,7 +388,7 @@ impl Submitter {
                 self.since_completion_write = 0;
                 core.slots.advance_owned(self.head);
                 self.submitted = self.head;
-                if core.health() == RUNNING {
+                if works(core.health()) {
                     core.doorbell.announce_owned(self.head);
                     core.write_dmacount(self.head);
                     self.doorbells += 1;
@@ -401,7 +401,7 @@ impl Submitter {
                 self.unrung = false;
                 self.doorbells += 1;
                 core.doorbell.ring(&core.slots, |target| {
-                    if core.health() == RUNNING {
+                    if works(core.health()) {
                         core.write_dmacount(target);
                     }
                 });
