@@ -19,7 +19,7 @@ use dmaplane::{
 };
 
 mod common;
-use common::{device_memory, SplitMix};
+use common::device_memory;
 
 fn quiet() -> LogHook {
     Arc::new(|_, _| {})
@@ -60,15 +60,17 @@ fn block(pool: &DmaPool, len: usize, seed: u8) -> DmaBlock {
     b
 }
 
-/// Waits for the monitor's report of `device`'s removal.
-fn removal_of(monitor: &Monitor, device: DeviceId) -> RemovalReport {
+/// Waits for the monitor's report of `device`'s removal, polling `client` meanwhile (a client
+/// that stops polling holds up the release, as another test shows).
+fn removal_of(monitor: &Monitor, device: DeviceId, client: &mut Client) -> RemovalReport {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         assert!(
             Instant::now() < deadline,
             "no removal reported for {device}"
         );
-        match monitor.next_event(Duration::from_millis(50)) {
+        client.poll(&mut []);
+        match monitor.next_event(Duration::from_millis(1)) {
             Some(HotplugEvent::Removed(report)) if report.device == device => return report,
             Some(HotplugEvent::Failed { device: d, error }) if d == device => {
                 panic!("removal failed: {error}")
@@ -139,7 +141,7 @@ fn an_orderly_removal_lets_in_flight_operations_drain_to_success() {
     let done = collect(&mut client, 40);
     assert!(done.iter().all(|c| c.result == Ok(())), "{done:?}");
     assert!(dsts.iter().all(|d| d.to_vec() == src.to_vec()));
-    let report = removal_of(&monitor, first_id);
+    let report = removal_of(&monitor, first_id, &mut client);
     println!("{report}");
     assert_eq!(report.kind, RemovalKind::Orderly);
     assert!(!report.forced);
@@ -195,7 +197,7 @@ fn a_surprise_removal_fails_what_was_in_flight_with_device_removed() {
         done.iter().all(|c| c.result == Err(OpError::DeviceRemoved)),
         "{done:?}"
     );
-    let report = removal_of(&monitor, first_id);
+    let report = removal_of(&monitor, first_id, &mut client);
     println!("{report}");
     assert_eq!(report.kind, RemovalKind::Surprise);
     assert_eq!((report.ops_drained, report.ops_failed), (0, 8));
