@@ -398,3 +398,334 @@ fn without_devices_submits_say_no_channel_or_run_on_the_cpu() {
         .all(|(i, &b)| b == pattern[i % 8]));
     assert_eq!(fallback.stats().cpu_ops, 2);
 }
+
+/// Bytes of each destination slot in the stress run.
+const STRESS_SLOT: usize = 4096;
+/// What a destination slot holds outside an operation's bytes.
+const POISON: u8 = 0xa5;
+
+/// What one stress client did.
+#[derive(Debug, Default)]
+struct StressLedger {
+    submitted: u64,
+    succeeded: u64,
+    removed: u64,
+    refusals: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum StressOp {
+    Copy { src_offset: usize, len: usize },
+    Fill { pattern: u64, len: usize },
+}
+
+/// Submits random copies and fills through `client` until `stop`, then collects every
+/// completion. Each operation owns a destination slot until its completion arrives: exactly
+/// one completion per operation, successes carry the right bytes and nothing past them,
+/// failures say "device removed"; refusals while devices come and go are retried.
+fn stress_client(
+    client: &mut Client,
+    pool: &DmaPool,
+    thread: u64,
+    stop: &std::sync::atomic::AtomicBool,
+    deadline: Instant,
+) -> StressLedger {
+    use std::sync::atomic::Ordering;
+    const DEPTH: usize = 32;
+    let mut rng = common::SplitMix(0xfeed ^ thread);
+    let mut src = pool.alloc(STRESS_SLOT, 64).unwrap();
+    let pattern: Vec<u8> = (0..STRESS_SLOT)
+        .map(|i| (i as u8).wrapping_mul(7) ^ (thread as u8))
+        .collect();
+    src.write_at(0, &pattern).unwrap();
+    let mut slots: Vec<DmaBlock> = (0..DEPTH)
+        .map(|_| {
+            let mut b = pool.alloc(STRESS_SLOT, 64).unwrap();
+            b.fill(POISON);
+            b
+        })
+        .collect();
+    let mut free: Vec<usize> = (0..DEPTH).collect();
+    let mut pending: Vec<Option<(u64, StressOp)>> = vec![None; DEPTH];
+    let mut ledger = StressLedger::default();
+    let mut scratch = vec![0u8; STRESS_SLOT];
+    let mut batch = [Completion::default(); 32];
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        if stopping && free.len() == DEPTH {
+            return ledger;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "thread {thread}: {} operation(s) never completed: {client:?}",
+            DEPTH - free.len()
+        );
+        if !stopping {
+            if let Some(&slot) = free.last() {
+                let len = 1 + rng.below(STRESS_SLOT);
+                let op = if rng.below(4) == 0 {
+                    StressOp::Fill {
+                        pattern: rng.next(),
+                        len,
+                    }
+                } else {
+                    StressOp::Copy {
+                        src_offset: rng.below(STRESS_SLOT - len + 1),
+                        len,
+                    }
+                };
+                let flags = if rng.below(3) == 0 {
+                    OpFlags::NONE
+                } else {
+                    OpFlags::SUBMIT
+                };
+                let user_data = thread << 48 | ledger.submitted << 8 | slot as u64;
+                let dst = slots[slot].as_mut_ptr();
+                // SAFETY: the slot and the source stay allocated and untouched until the
+                // operation's completion is polled below.
+                let result = unsafe {
+                    match op {
+                        StressOp::Copy { src_offset, len } => {
+                            client.copy(dst, src.as_ptr().add(src_offset), len, user_data, flags)
+                        }
+                        StressOp::Fill { pattern, len } => {
+                            client.fill(dst, pattern, len, user_data, flags)
+                        }
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        free.pop();
+                        pending[slot] = Some((ledger.submitted, op));
+                        ledger.submitted += 1;
+                    }
+                    Err(
+                        ClientError::Migrating
+                        | ClientError::NoChannel(_)
+                        | ClientError::CompletionRingFull { .. }
+                        | ClientError::Submit(
+                            SubmitError::RingFull { .. } | SubmitError::DeviceRemoved,
+                        ),
+                    ) => {
+                        ledger.refusals += 1;
+                        client.submit();
+                    }
+                    Err(err) => panic!("thread {thread}: refused: {err}"),
+                }
+            }
+        } else {
+            client.submit();
+        }
+        let n = client.poll(&mut batch);
+        for c in &batch[..n] {
+            assert_eq!(c.user_data >> 48, thread, "routed to the wrong client");
+            let seq = (c.user_data >> 8) & 0xff_ffff_ffff;
+            let slot = (c.user_data & 0xff) as usize;
+            let (expected_seq, op) = pending[slot]
+                .take()
+                .unwrap_or_else(|| panic!("thread {thread}: op {seq} completed twice"));
+            assert_eq!(expected_seq, seq, "thread {thread}: slot {slot}");
+            let len = match op {
+                StressOp::Copy { len, .. } | StressOp::Fill { len, .. } => len,
+            };
+            match c.result {
+                Ok(()) => {
+                    slots[slot].read_at(0, &mut scratch).unwrap();
+                    let right = match op {
+                        StressOp::Copy { src_offset, len } => {
+                            scratch[..len] == pattern[src_offset..src_offset + len]
+                        }
+                        StressOp::Fill { pattern, len } => {
+                            let bytes = pattern.to_le_bytes();
+                            scratch[..len]
+                                .iter()
+                                .enumerate()
+                                .all(|(i, &b)| b == bytes[i % 8])
+                        }
+                    };
+                    assert!(right, "thread {thread}: op {seq} ({op:?}) has wrong data");
+                    assert!(
+                        scratch[len..].iter().all(|&b| b == POISON),
+                        "thread {thread}: op {seq} ({op:?}) wrote past its end"
+                    );
+                    ledger.succeeded += 1;
+                }
+                Err(OpError::DeviceRemoved) => ledger.removed += 1,
+                Err(err) => panic!("thread {thread}: op {seq} failed: {err}"),
+            }
+            // Whatever a failed operation left behind is overwritten too: a device that wrote
+            // after reporting the failure would show up at the slot's next check.
+            slots[slot].fill(POISON);
+            free.push(slot);
+        }
+        if n == 0 {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// A device of the stress run: the emulator, its driver, its engine id.
+struct StressDevice {
+    emu: Arc<EmulatedDevice>,
+    ioat: IoatDevice,
+    id: DeviceId,
+}
+
+fn stress_add(monitor: &Monitor, pool: &DmaPool, serial: usize) -> StressDevice {
+    let (emu, ioat) = device(pool, &format!("emu{serial}"), 1);
+    let id = monitor.add(ioat.spec()).unwrap();
+    StressDevice { emu, ioat, id }
+}
+
+/// The monitor's report of `device`'s removal.
+fn stress_removal(monitor: &Monitor, device: DeviceId) -> RemovalReport {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no removal reported for {device}"
+        );
+        match monitor.next_event(Duration::from_millis(10)) {
+            Some(HotplugEvent::Removed(report)) if report.device == device => return report,
+            Some(HotplugEvent::Failed { device: d, error }) if d == device => {
+                panic!("removal of {d} failed: {error}")
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn removing_and_re_adding_devices_under_four_clients_loses_nothing_and_leaks_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const CLIENTS: usize = 4;
+    const DEVICES: usize = 3;
+    const CYCLES: usize = 600;
+    let pool = DmaPool::new(DmaPoolConfig::default()).unwrap();
+    let engine = engine(CLIENTS);
+    let config = MonitorConfig {
+        presence_interval: Duration::from_millis(1),
+        removal: RemovalOptions {
+            drain_timeout: Duration::from_millis(2),
+            release_timeout: Duration::from_millis(5),
+        },
+        ..MonitorConfig::default()
+    };
+    let monitor = Monitor::start(&engine, config).unwrap();
+    let mut serial = 0;
+    let mut live: Vec<StressDevice> = (0..DEVICES)
+        .map(|_| {
+            serial += 1;
+            stress_add(&monitor, &pool, serial)
+        })
+        .collect();
+    let mut gone: Vec<IoatDevice> = Vec::new();
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(90);
+    let mut rng = common::SplitMix(0xc0ffee);
+    let (mut orderly, mut surprise, mut drained, mut failed) = (0usize, 0usize, 0u64, 0u64);
+    let mut table_moves = Vec::new();
+    let ledgers: Vec<StressLedger> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|cpu| {
+                let (engine, pool, stop) = (&engine, &pool, &stop);
+                s.spawn(move || {
+                    let mut client =
+                        Client::new(engine, Some(cpu), ClientConfig::default()).unwrap();
+                    stress_client(&mut client, pool, cpu as u64, stop, deadline)
+                })
+            })
+            .collect();
+        for cycle in 0..CYCLES {
+            // Now and then every device leaves before they come back: the clients see "no
+            // channel" meanwhile.
+            let leaving = if cycle % 20 == 19 { live.len() } else { 1 };
+            for _ in 0..leaving {
+                let victim = live.swap_remove(rng.below(live.len()));
+                let kind = if rng.below(2) == 0 {
+                    victim.emu.inject(Fault::SurpriseRemoval).unwrap();
+                    surprise += 1;
+                    RemovalKind::Surprise
+                } else {
+                    monitor.remove(victim.id);
+                    orderly += 1;
+                    RemovalKind::Orderly
+                };
+                let report = stress_removal(&monitor, victim.id);
+                assert_eq!(report.kind, kind, "{report}");
+                drained += report.ops_drained;
+                failed += report.ops_failed;
+                table_moves.push(report.table_moved_after);
+                gone.push(victim.ioat);
+            }
+            while live.len() < DEVICES {
+                serial += 1;
+                live.push(stress_add(&monitor, &pool, serial));
+            }
+            if cycle % 100 == 99 {
+                println!(
+                    "{} cycles in {:?}: {orderly} orderly, {surprise} surprise removals",
+                    cycle + 1,
+                    started.elapsed()
+                );
+            }
+        }
+        stop.store(true, Ordering::Release);
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for device in live.drain(..) {
+        monitor.remove(device.id);
+        stress_removal(&monitor, device.id);
+        gone.push(device.ioat);
+    }
+    engine.synchronize(Duration::from_secs(10)).unwrap();
+    monitor.stop();
+
+    let total = |f: fn(&StressLedger) -> u64| ledgers.iter().map(f).sum::<u64>();
+    let (submitted, succeeded, removed) = (
+        total(|l| l.submitted),
+        total(|l| l.succeeded),
+        total(|l| l.removed),
+    );
+    table_moves.sort();
+    println!(
+        "{CYCLES} cycles ({orderly} orderly, {surprise} surprise) in {:?}: {submitted} ops, \
+         {succeeded} succeeded, {removed} device removed, {} refusals retried; removals \
+         reported {drained} drained, {failed} failed; table moved in {:?} median, {:?} max",
+        started.elapsed(),
+        total(|l| l.refusals),
+        table_moves[table_moves.len() / 2],
+        table_moves[table_moves.len() - 1],
+    );
+    // Exactly one completion per operation (a second one panics in the client thread).
+    assert_eq!(submitted, succeeded + removed);
+    assert!(submitted > CYCLES as u64 * 10, "the clients barely ran");
+    assert!(orderly > 0 && surprise > 0);
+    // The drivers saw the same outcomes the clients did.
+    let device_counts = gone
+        .iter()
+        .flat_map(|d| d.channels())
+        .fold(dmaplane::OpCounts::default(), |sum, c| {
+            sum + dmaplane::ChannelBackend::completed(&**c)
+        });
+    assert_eq!(
+        (
+            device_counts.ok,
+            device_counts.removed,
+            device_counts.failed
+        ),
+        (succeeded, removed, removed)
+    );
+    // Nothing leaked: no device is listed, no retired table waits, every channel stopped, and
+    // the only live DMA blocks are the clients' buffers until they go.
+    let dump = engine.dump();
+    assert!(dump.devices.is_empty(), "{dump}");
+    assert_eq!(dump.retired_tables, 0);
+    assert!(gone
+        .iter()
+        .flat_map(|d| d.channels())
+        .all(|c| !c.is_started()));
+    drop(gone);
+    assert_eq!(pool.live_blocks(), 0, "DMA blocks leaked");
+}
