@@ -8,21 +8,16 @@ use std::time::{Duration, Instant};
 use dmaplane::datapath::client::{Client, ClientConfig, ClientError};
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice};
 use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpFlags, SubmitError};
-use dmaplane::log::LogHook;
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, DeviceId, Engine, EngineConfig};
 
 mod common;
-use common::{device_memory, SplitMix};
+use common::{block, collect, device_memory, quiet, SplitMix};
 
 struct Rig {
     engine: Engine,
     pool: DmaPool,
     devices: Vec<(Arc<EmulatedDevice>, IoatDevice, DeviceId)>,
-}
-
-fn quiet() -> LogHook {
-    Arc::new(|_, _| {})
 }
 
 /// An engine with `cpus` CPUs and the memcpy and fill tables.
@@ -61,35 +56,6 @@ impl Rig {
     fn client(&self, cpu: usize) -> Client {
         Client::new(&self.engine, Some(cpu), ClientConfig::default()).unwrap()
     }
-}
-
-fn block(pool: &DmaPool, len: usize, seed: u8) -> DmaBlock {
-    let mut b = pool.alloc(len, 64).unwrap();
-    let bytes: Vec<u8> = (0..len)
-        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
-        .collect();
-    b.write_at(0, &bytes).unwrap();
-    b
-}
-
-/// Polls `client` until `count` completions arrived (at most 10 s).
-fn collect(client: &mut Client, count: usize) -> Vec<Completion> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut got = Vec::new();
-    let mut batch = [Completion::default(); 32];
-    while got.len() < count {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {count} completions",
-            got.len()
-        );
-        let n = client.poll(&mut batch);
-        got.extend_from_slice(&batch[..n]);
-        if n == 0 {
-            std::thread::yield_now();
-        }
-    }
-    got
 }
 
 #[test]

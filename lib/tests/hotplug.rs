@@ -11,7 +11,6 @@ use dmaplane::datapath::client::{Client, ClientConfig, ClientError};
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault};
 use dmaplane::hotplug::monitor::{HotplugEvent, Monitor, MonitorConfig};
 use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpError, OpFlags, SubmitError};
-use dmaplane::log::LogHook;
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
 use dmaplane::{
     CapMask, Capability, DeviceId, DeviceSpec, Engine, EngineConfig, NullChannel, RemovalKind,
@@ -19,11 +18,7 @@ use dmaplane::{
 };
 
 mod common;
-use common::device_memory;
-
-fn quiet() -> LogHook {
-    Arc::new(|_, _| {})
-}
+use common::{block, collect, device_memory, quiet, SplitMix};
 
 fn engine(cpus: usize) -> Engine {
     Engine::new(EngineConfig::with_cpus(cpus).log_hook(quiet())).unwrap()
@@ -51,25 +46,22 @@ fn device(pool: &DmaPool, name: &str, channels: usize) -> (Arc<EmulatedDevice>, 
     (device, ioat)
 }
 
-fn block(pool: &DmaPool, len: usize, seed: u8) -> DmaBlock {
-    let mut b = pool.alloc(len, 64).unwrap();
-    let bytes: Vec<u8> = (0..len)
-        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
-        .collect();
-    b.write_at(0, &bytes).unwrap();
-    b
-}
-
-/// Waits for the monitor's report of `device`'s removal, polling `client` meanwhile (a client
-/// that stops polling holds up the release, as another test shows).
-fn removal_of(monitor: &Monitor, device: DeviceId, client: &mut Client) -> RemovalReport {
+/// Waits for the monitor's report of `device`'s removal, polling `client` meanwhile if given (a
+/// client that stops polling holds up the release, as another test shows).
+fn removal_of(
+    monitor: &Monitor,
+    device: DeviceId,
+    mut client: Option<&mut Client>,
+) -> RemovalReport {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         assert!(
             Instant::now() < deadline,
             "no removal reported for {device}"
         );
-        client.poll(&mut []);
+        if let Some(client) = client.as_deref_mut() {
+            client.poll(&mut []);
+        }
         match monitor.next_event(Duration::from_millis(1)) {
             Some(HotplugEvent::Removed(report)) if report.device == device => return report,
             Some(HotplugEvent::Failed { device: d, error }) if d == device => {
@@ -78,26 +70,6 @@ fn removal_of(monitor: &Monitor, device: DeviceId, client: &mut Client) -> Remov
             _ => {}
         }
     }
-}
-
-/// Polls until `count` completions arrived (at most 10 s).
-fn collect(client: &mut Client, count: usize) -> Vec<Completion> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut got = Vec::new();
-    let mut batch = [Completion::default(); 32];
-    while got.len() < count {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {count} completions",
-            got.len()
-        );
-        let n = client.poll(&mut batch);
-        got.extend_from_slice(&batch[..n]);
-        if n == 0 {
-            std::thread::yield_now();
-        }
-    }
-    got
 }
 
 #[test]
@@ -141,7 +113,7 @@ fn an_orderly_removal_lets_in_flight_operations_drain_to_success() {
     let done = collect(&mut client, 40);
     assert!(done.iter().all(|c| c.result == Ok(())), "{done:?}");
     assert!(dsts.iter().all(|d| d.to_vec() == src.to_vec()));
-    let report = removal_of(&monitor, first_id, &mut client);
+    let report = removal_of(&monitor, first_id, Some(&mut client));
     println!("{report}");
     assert_eq!(report.kind, RemovalKind::Orderly);
     assert!(!report.forced);
@@ -197,7 +169,7 @@ fn a_surprise_removal_fails_what_was_in_flight_with_device_removed() {
         done.iter().all(|c| c.result == Err(OpError::DeviceRemoved)),
         "{done:?}"
     );
-    let report = removal_of(&monitor, first_id, &mut client);
+    let report = removal_of(&monitor, first_id, Some(&mut client));
     println!("{report}");
     assert_eq!(report.kind, RemovalKind::Surprise);
     assert_eq!((report.ops_drained, report.ops_failed), (0, 8));
@@ -432,7 +404,7 @@ fn stress_client(
 ) -> StressLedger {
     use std::sync::atomic::Ordering;
     const DEPTH: usize = 32;
-    let mut rng = common::SplitMix(0xfeed ^ thread);
+    let mut rng = SplitMix(0xfeed ^ thread);
     let mut src = pool.alloc(STRESS_SLOT, 64).unwrap();
     let pattern: Vec<u8> = (0..STRESS_SLOT)
         .map(|i| (i as u8).wrapping_mul(7) ^ (thread as u8))
@@ -577,24 +549,6 @@ fn stress_add(monitor: &Monitor, pool: &DmaPool, serial: usize) -> StressDevice 
     StressDevice { emu, ioat, id }
 }
 
-/// The monitor's report of `device`'s removal.
-fn stress_removal(monitor: &Monitor, device: DeviceId) -> RemovalReport {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no removal reported for {device}"
-        );
-        match monitor.next_event(Duration::from_millis(10)) {
-            Some(HotplugEvent::Removed(report)) if report.device == device => return report,
-            Some(HotplugEvent::Failed { device: d, error }) if d == device => {
-                panic!("removal of {d} failed: {error}")
-            }
-            _ => {}
-        }
-    }
-}
-
 #[test]
 fn removing_and_re_adding_devices_under_four_clients_loses_nothing_and_leaks_nothing() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -623,7 +577,7 @@ fn removing_and_re_adding_devices_under_four_clients_loses_nothing_and_leaks_not
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(90);
-    let mut rng = common::SplitMix(0xc0ffee);
+    let mut rng = SplitMix(0xc0ffee);
     let (mut orderly, mut surprise, mut drained, mut failed) = (0usize, 0usize, 0u64, 0u64);
     let mut table_moves = Vec::new();
     let ledgers: Vec<StressLedger> = std::thread::scope(|s| {
@@ -652,7 +606,7 @@ fn removing_and_re_adding_devices_under_four_clients_loses_nothing_and_leaks_not
                     orderly += 1;
                     RemovalKind::Orderly
                 };
-                let report = stress_removal(&monitor, victim.id);
+                let report = removal_of(&monitor, victim.id, None);
                 assert_eq!(report.kind, kind, "{report}");
                 drained += report.ops_drained;
                 failed += report.ops_failed;
@@ -676,7 +630,7 @@ fn removing_and_re_adding_devices_under_four_clients_loses_nothing_and_leaks_not
     });
     for device in live.drain(..) {
         monitor.remove(device.id);
-        stress_removal(&monitor, device.id);
+        removal_of(&monitor, device.id, None);
         gone.push(device.ioat);
     }
     engine.synchronize(Duration::from_secs(10)).unwrap();

@@ -3,9 +3,13 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use dmaplane::datapath::client::Client;
 use dmaplane::emu::PoolMemory;
-use dmaplane::mem::DmaPool;
+use dmaplane::ioat::Completion;
+use dmaplane::log::LogHook;
+use dmaplane::mem::{DmaBlock, DmaPool};
 
 /// A small deterministic generator, so failures reproduce.
 pub struct SplitMix(pub u64);
@@ -31,4 +35,39 @@ pub fn device_memory(pool: &DmaPool) -> Arc<PoolMemory> {
     // `unsafe` submit calls, whose callers keep the named buffers alive and untouched until
     // completion.
     Arc::new(unsafe { PoolMemory::new(pool.clone()) })
+}
+
+/// A log hook that drops every message.
+pub fn quiet() -> LogHook {
+    Arc::new(|_, _| {})
+}
+
+/// A block of `len` bytes holding a pattern that depends on `seed`.
+pub fn block(pool: &DmaPool, len: usize, seed: u8) -> DmaBlock {
+    let mut b = pool.alloc(len, 64).unwrap();
+    let bytes: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect();
+    b.write_at(0, &bytes).unwrap();
+    b
+}
+
+/// Polls `client` until `count` completions arrived (at most 10 s).
+pub fn collect(client: &mut Client, count: usize) -> Vec<Completion> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    let mut batch = [Completion::default(); 32];
+    while got.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} completions",
+            got.len()
+        );
+        let n = client.poll(&mut batch);
+        got.extend_from_slice(&batch[..n]);
+        if n == 0 {
+            std::thread::yield_now();
+        }
+    }
+    got
 }
