@@ -63,7 +63,7 @@ fn a_client_alone_on_its_channel_owns_it_and_moves_data() {
     let mut r = rig(1);
     r.add_device(1, EmuMode::Inline, 8);
     let mut client = r.client(0);
-    let (_, owned) = client.channel(Capability::Memcpy).unwrap();
+    let (channel, owned) = client.channel(Capability::Memcpy).unwrap();
     assert!(owned, "the only CPU owns its channel");
     let src = block(&r.pool, 10_000, 1);
     let dst = block(&r.pool, 10_000, 2);
@@ -99,6 +99,9 @@ fn a_client_alone_on_its_channel_owns_it_and_moves_data() {
         .all(|(i, &b)| b == pattern[i % 8]));
     let stats = client.stats();
     assert_eq!((stats.owned_ops, stats.shared_ops), (2, 0));
+    // The engine's view of the channel: both operations and every byte they moved.
+    let counts = r.engine.channel_stats(channel).unwrap();
+    assert_eq!((counts.ok, counts.failed, counts.bytes), (2, 0, 10_777));
 }
 
 #[test]

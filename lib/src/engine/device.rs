@@ -91,6 +91,8 @@ pub struct OpCounts {
     pub failed: u64,
     /// Of those, with "device removed".
     pub removed: u64,
+    /// Bytes the channel moved (descriptors that completed successfully).
+    pub bytes: u64,
 }
 
 impl std::ops::Add for OpCounts {
@@ -100,6 +102,7 @@ impl std::ops::Add for OpCounts {
             ok: self.ok + other.ok,
             failed: self.failed + other.failed,
             removed: self.removed + other.removed,
+            bytes: self.bytes + other.bytes,
         }
     }
 }

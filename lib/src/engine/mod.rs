@@ -493,6 +493,13 @@ impl Engine {
         })
     }
 
+    /// What a channel has completed so far: operations by outcome and bytes moved, summed
+    /// over each time its backend was started.
+    pub fn channel_stats(&self, id: ChannelId) -> Result<OpCounts, EngineError> {
+        let backend = Arc::clone(&self.state().channel(id)?.backend);
+        Ok(backend.completed())
+    }
+
     /// The capabilities that have a table, in walk order.
     pub fn table_order(&self) -> Vec<Capability> {
         self.state().table_caps.clone()

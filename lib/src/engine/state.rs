@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 pub(crate) struct ChannelEntry {
     pub(crate) channel: Arc<Channel>,
-    backend: Arc<dyn ChannelBackend>,
+    pub(crate) backend: Arc<dyn ChannelBackend>,
     /// Holders: table slots (current and not yet reclaimed) plus a private holder.
     pub(crate) client_count: u32,
     /// Slots of the current table that name this channel.

@@ -55,6 +55,8 @@ pub(crate) struct SlotMeta {
     pub(crate) ends_op: bool,
     /// The route (client) the operation's completion goes to.
     pub(crate) route: u16,
+    /// Bytes the slot's descriptor moves.
+    pub(crate) bytes: u32,
     /// What the submitter passed in.
     pub(crate) user_data: u64,
 }
@@ -171,6 +173,7 @@ pub struct ChannelCore {
     ops_ok: std::sync::atomic::AtomicU64,
     ops_failed: std::sync::atomic::AtomicU64,
     ops_removed: std::sync::atomic::AtomicU64,
+    bytes_moved: std::sync::atomic::AtomicU64,
     /// `shut_down` reset the hardware channel; `Drop` must not touch it again.
     reset_done: std::sync::atomic::AtomicBool,
     pub(crate) routes: Routes<Completion>,
@@ -246,6 +249,7 @@ impl ChannelCore {
             ops_ok: std::sync::atomic::AtomicU64::new(0),
             ops_failed: std::sync::atomic::AtomicU64::new(0),
             ops_removed: std::sync::atomic::AtomicU64::new(0),
+            bytes_moved: std::sync::atomic::AtomicU64::new(0),
             reset_done: std::sync::atomic::AtomicBool::new(false),
             routes: Routes::new(MAX_CLIENTS_PER_CHANNEL),
         };
@@ -508,6 +512,7 @@ impl ChannelCore {
             ok: self.ops_ok.load(Ordering::Relaxed),
             failed: self.ops_failed.load(Ordering::Relaxed),
             removed: self.ops_removed.load(Ordering::Relaxed),
+            bytes: self.bytes_moved.load(Ordering::Relaxed),
         }
     }
 
@@ -696,14 +701,25 @@ impl Retirer<'_> {
     /// and stops early when a sink is full. Returns how many slots it retired.
     fn retire(&mut self, count: u32, sink: &mut Sink<'_>, result: Result<(), OpError>) -> u32 {
         let mut retired = 0;
+        let mut moved = 0u64;
         while retired < count {
             // SAFETY: the slot is announced, hence published, and we are the retirer.
             let meta = unsafe { self.core.meta(self.state.tail) };
             if meta.ends_op && !self.deliver(sink, meta, result) {
                 break;
             }
+            if result.is_ok() {
+                moved += u64::from(meta.bytes);
+            }
             self.state.tail = self.state.tail.wrapping_add(1);
             retired += 1;
+        }
+        if moved > 0 {
+            // Load and store, as in `deliver`: the retirer is the only writer.
+            let total = self.core.bytes_moved.load(Ordering::Relaxed);
+            self.core
+                .bytes_moved
+                .store(total + moved, Ordering::Relaxed);
         }
         // Release pairs with the reservers' acquire: our reads of these slots happen before
         // they are overwritten.

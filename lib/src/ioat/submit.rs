@@ -365,6 +365,7 @@ impl Submitter {
         let meta = SlotMeta {
             ends_op: ends_op.is_some(),
             route: self.route,
+            bytes: descriptor.size,
             user_data: ends_op.unwrap_or(0),
         };
         // SAFETY: slot `at` is ours: reserved in shared mode, past our head in owned mode,
