@@ -10,14 +10,619 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The version this header belongs to; dmaplane_version() gives the library's. */
+#define DMAPLANE_VERSION_MAJOR 0
+#define DMAPLANE_VERSION_MINOR 1
+#define DMAPLANE_VERSION_PATCH 0
+#define DMAPLANE_VERSION_STRING "0.1.0"
+
+/*
+ `dmaplane_client_create` flag: pin the calling thread to the client's CPU.
+ */
+#define DMAPLANE_CLIENT_PIN (1 << 0)
+
+/*
+ `dmaplane_client_create` flag: when the table gives the CPU no channel (every device
+ gone), run copies and fills on the CPU instead of failing with `DMAPLANE_ENODEV`.
+ */
+#define DMAPLANE_CLIENT_CPU_FALLBACK (1 << 1)
+
+/*
+ Operation flag: start only after every operation queued before it on the channel has
+ finished.
+ */
+#define DMAPLANE_FLAG_FENCE (1 << 0)
+
+/*
+ Operation flag: ring the doorbell now (otherwise at `dmaplane_submit`).
+ */
+#define DMAPLANE_FLAG_SUBMIT (1 << 1)
+
+/*
+ `dmaplane_options.backend`: emulated IOAT devices (the default).
+ */
+#define DMAPLANE_BACKEND_EMULATED 0
+
+/*
+ `dmaplane_options.backend`: the IOAT functions in `/sys/bus/pci/devices` (unbound from
+ `ioatdma`; needs root for BAR access and physical addresses).
+ */
+#define DMAPLANE_BACKEND_HARDWARE 1
+
+/*
+ Capability bit: memory-to-memory copy.
+ */
+#define DMAPLANE_CAP_MEMCPY (1 << 0)
+
+/*
+ Capability bit: fill with a 64-bit pattern.
+ */
+#define DMAPLANE_CAP_FILL (1 << 1)
+
+/*
+ `dmaplane_device_remove`: an orderly removal; operations in flight drain first.
+ */
+#define DMAPLANE_REMOVE_ORDERLY 0
+
+/*
+ `dmaplane_device_remove`: the emulated device leaves the bus at once; operations in flight
+ complete with `DMAPLANE_EREMOVED`.
+ */
+#define DMAPLANE_REMOVE_SURPRISE 1
+
+/*
+ `dmaplane_event.kind`: a device was removed.
+ */
+#define DMAPLANE_EVENT_REMOVED 1
+
+/*
+ `dmaplane_event.kind`: a device was added and the table rebalanced onto it.
+ */
+#define DMAPLANE_EVENT_ADDED 2
+
+/*
+ `dmaplane_event.kind`: a removal could not be carried out (`error` says why).
+ */
+#define DMAPLANE_EVENT_FAILED 3
+
+/*
+ `dmaplane_event.kind`: a PCI function appeared (`pci_address`); it may be added.
+ */
+#define DMAPLANE_EVENT_PCI_APPEARED 4
+
+/*
+ A table entry or channel id meaning "no channel".
+ */
+#define DMAPLANE_NO_CHANNEL UINT64_MAX
+
+/*
+ Success.
+ */
+#define DMAPLANE_OK 0
+
+/*
+ No such device (an unknown or already removed device id) or channel.
+ */
+#define DMAPLANE_ENOENT (-2)
+
+/*
+ The device reported an error for the operation, or its channel failed for good.
+ */
+#define DMAPLANE_EIO (-5)
+
+/*
+ The device was removed: the operation did not run (or did not finish); resubmit it.
+ */
+#define DMAPLANE_EREMOVED (-6)
+
+/*
+ The handle is not a live one: a client used after its release, or an engine after its
+ destruction.
+ */
+#define DMAPLANE_EBADF (-9)
+
+/*
+ The descriptor ring is full: poll, then retry.
+ */
+#define DMAPLANE_EAGAIN (-11)
+
+/*
+ Out of memory (DMA memory or the process's).
+ */
+#define DMAPLANE_ENOMEM (-12)
+
+/*
+ A buffer is not DMA memory allocated by this engine.
+ */
+#define DMAPLANE_EFAULT (-14)
+
+/*
+ The client still has operations in flight: poll them first.
+ */
+#define DMAPLANE_EBUSY (-16)
+
+/*
+ The CPU already has a client.
+ */
+#define DMAPLANE_EEXIST (-17)
+
+/*
+ The handle belongs to another engine.
+ */
+#define DMAPLANE_EXDEV (-18)
+
+/*
+ The per-CPU table gives this CPU no channel for the operation (no device offers it).
+ */
+#define DMAPLANE_ENODEV (-19)
+
+/*
+ An argument is invalid: a NULL pointer, a zero length, an unknown flag or option.
+ */
+#define DMAPLANE_EINVAL (-22)
+
+/*
+ A CPU number outside the engine's possible CPUs.
+ */
+#define DMAPLANE_ERANGE (-34)
+
+/*
+ The operation is not supported (fill on a device without it, surprise removal of real
+ hardware).
+ */
+#define DMAPLANE_ENOTSUP (-95)
+
+/*
+ The client's completion ring on its channel is full: poll, then retry.
+ */
+#define DMAPLANE_ENOBUFS (-105)
+
+/*
+ A wait timed out.
+ */
+#define DMAPLANE_ETIMEDOUT (-110)
+
+/*
+ The client is moving to a new channel after a table change: poll, then retry.
+ */
+#define DMAPLANE_EINPROGRESS (-115)
+
+/*
+ A bug inside the library was caught at the ABI boundary; the handle may be unusable.
+ */
+#define DMAPLANE_EINTERNAL (-131)
+
+/*
+ `dmaplane_client` in C: opaque.
+ */
+typedef struct dmaplane_client dmaplane_client;
+
+/*
+ `dmaplane_engine` in C: opaque.
+ */
+typedef struct dmaplane_engine dmaplane_engine;
+
+/*
+ One finished operation.
+ */
+typedef struct dmaplane_completion {
+  /*
+   What the operation was submitted with.
+   */
+  uint64_t user_data;
+  /*
+   0 on success; `DMAPLANE_EREMOVED` when its device was removed (resubmit it);
+   `DMAPLANE_EIO` on a device error.
+   */
+  int32_t status;
+  /*
+   Zero.
+   */
+  uint32_t reserved;
+} dmaplane_completion;
+
+/*
+ How to build an engine. Fill it with `dmaplane_options_init`, then change what you need.
+ */
+typedef struct dmaplane_options {
+  /*
+   `DMAPLANE_BACKEND_EMULATED` or `DMAPLANE_BACKEND_HARDWARE`.
+   */
+  uint32_t backend;
+  /*
+   Possible CPUs of the per-CPU table; 0 for this machine's.
+   */
+  uint32_t cpus;
+  /*
+   Emulated devices to start with (default 2).
+   */
+  uint32_t devices;
+  /*
+   Channels per emulated device, 1 to 4 (default 1, as Xeon functions have).
+   */
+  uint32_t channels_per_device;
+  /*
+   Capabilities of emulated devices: `DMAPLANE_CAP_MEMCPY`, optionally with
+   `DMAPLANE_CAP_FILL` (default both).
+   */
+  uint32_t capabilities;
+  /*
+   Non-zero: each emulated device runs on its own thread, like hardware working beside the
+   CPU (default). Zero: it works inline, at each doorbell.
+   */
+  uint32_t threaded;
+  /*
+   log2 of the descriptors per channel ring, 6 to 16 (default 10).
+   */
+  uint32_t ring_order;
+  /*
+   Non-zero: listen to kernel uevents for PCI removal (hardware backend).
+   */
+  uint32_t uevents;
+  /*
+   Milliseconds an orderly removal lets operations drain before failing the rest
+   (default 100).
+   */
+  uint32_t drain_timeout_ms;
+} dmaplane_options;
+
+/*
+ An event of the hotplug monitor.
+ */
+typedef struct dmaplane_event {
+  /*
+   `DMAPLANE_EVENT_*`.
+   */
+  uint32_t kind;
+  /*
+   The device removed or added (0 for `DMAPLANE_EVENT_PCI_APPEARED`).
+   */
+  uint32_t device;
+  /*
+   Removed: non-zero for a surprise removal.
+   */
+  uint32_t surprise;
+  /*
+   Removed: non-zero when the drain deadline passed and the rest were failed.
+   */
+  uint32_t forced;
+  /*
+   Removed: descriptors in flight when the removal began.
+   */
+  uint64_t in_flight_at_start;
+  /*
+   Removed: operations that completed successfully after the removal began.
+   */
+  uint64_t ops_drained;
+  /*
+   Removed: operations completed with `DMAPLANE_EREMOVED`.
+   */
+  uint64_t ops_failed;
+  /*
+   Removed: nanoseconds until the table no longer named the device.
+   */
+  uint64_t table_moved_ns;
+  /*
+   Removed: nanoseconds until the channels were released; -1 when a client still held
+   them at the deadline (they are released at its next poll).
+   */
+  int64_t released_ns;
+  /*
+   Failed: the error code.
+   */
+  int32_t error;
+  /*
+   PCI appeared: the function's address, NUL-terminated.
+   */
+  char pci_address[16];
+} dmaplane_event;
+
+/*
+ A channel's reference counts.
+ */
+typedef struct dmaplane_channel_counts {
+  /*
+   Holders: table slots not yet reclaimed, clients draining on it, a private holder.
+   */
+  uint32_t client_count;
+  /*
+   Slots of the current table naming it.
+   */
+  uint32_t table_count;
+} dmaplane_channel_counts;
+
+/*
+ What a channel has completed.
+ */
+typedef struct dmaplane_channel_stats {
+  /*
+   Operations completed successfully.
+   */
+  uint64_t ops_ok;
+  /*
+   Operations completed with an error.
+   */
+  uint64_t ops_failed;
+  /*
+   Of those, with `DMAPLANE_EREMOVED`.
+   */
+  uint64_t ops_removed;
+  /*
+   Bytes moved.
+   */
+  uint64_t bytes;
+} dmaplane_channel_stats;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
 /*
- The library version as a NUL-terminated string, e.g. `"0.1.0"`. The pointer is static.
+ The library version as a NUL-terminated string, e.g. `"0.1.0"`. The pointer is static. The
+ header's `DMAPLANE_VERSION_*` macros give the version the program was compiled against.
  */
 const char *dmaplane_version(void);
+
+/*
+ Makes a client for `cpu` (-1: the CPU the calling thread runs on) and stores its handle in
+ `*client`. `flags`: `DMAPLANE_CLIENT_PIN` pins the calling thread to the CPU first;
+ `DMAPLANE_CLIENT_CPU_FALLBACK`, see its description. One client per CPU.
+
+ Errors: `DMAPLANE_EINVAL` (NULL, unknown flags, pinning refused), `DMAPLANE_ERANGE` (CPU
+ outside the engine's possible CPUs), `DMAPLANE_EEXIST` (the CPU has a client),
+ `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_client_create(struct dmaplane_engine *engine,
+                               int32_t cpu,
+                               uint32_t flags,
+                               struct dmaplane_client **client);
+
+/*
+ Releases a client of `engine`. Its operations must have been polled to completion first.
+ The handle stays invalid (calls get `DMAPLANE_EBADF`) until the engine is destroyed.
+
+ Errors: `DMAPLANE_EBUSY` (operations still in flight: poll them), `DMAPLANE_EXDEV` (the
+ client belongs to another engine), `DMAPLANE_EBADF` (already released, or a dead engine),
+ `DMAPLANE_EINVAL`.
+ */
+int32_t dmaplane_client_release(struct dmaplane_engine *engine, struct dmaplane_client *client);
+
+/*
+ The CPU a client serves.
+
+ Errors: `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_client_cpu(struct dmaplane_client *client);
+
+/*
+ Operations submitted through the client and not yet returned by `dmaplane_poll`.
+
+ Errors: `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+ */
+int64_t dmaplane_client_in_flight(struct dmaplane_client *client);
+
+/*
+ The channel the per-CPU table gives the client for a capability now
+ (`DMAPLANE_NO_CHANNEL` if none), in `*channel`.
+
+ Errors: `DMAPLANE_EINVAL` (NULL, unknown capability), `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_client_channel(struct dmaplane_client *client,
+                                uint32_t capability,
+                                uint64_t *channel);
+
+/*
+ Queues a copy of `len` bytes from `src` to `dst`, both DMA memory of the client's engine.
+ Both buffers must stay allocated, and nobody may read `dst` or write either, until
+ `dmaplane_poll` has returned the completion carrying `user_data`. `flags`:
+ `DMAPLANE_FLAG_FENCE`, `DMAPLANE_FLAG_SUBMIT`. A copy longer than one descriptor is split
+ but completes once.
+
+ Errors (nothing was queued): `DMAPLANE_EINVAL` (NULL buffer, zero length, unknown flags),
+ `DMAPLANE_EFAULT` (a buffer is not this engine's DMA memory), `DMAPLANE_EAGAIN` (ring
+ full), `DMAPLANE_ENOBUFS` (completion ring full), `DMAPLANE_EINPROGRESS` (moving to a new
+ channel), `DMAPLANE_ENODEV` (no channel), `DMAPLANE_EREMOVED` (the channel's device is
+ being removed), `DMAPLANE_EIO` (the channel failed); the first five clear after polling.
+ `DMAPLANE_EBADF` for a released client.
+ */
+int32_t dmaplane_copy(struct dmaplane_client *client,
+                      void *dst,
+                      const void *src,
+                      size_t len,
+                      uint64_t user_data,
+                      uint32_t flags);
+
+/*
+ Queues a fill of `len` bytes at `dst` (DMA memory of the client's engine) with the 64-bit
+ `pattern` repeated: byte `i` gets byte `i % 8` of the pattern in little-endian order.
+ Contract and flags as for `dmaplane_copy`.
+
+ Errors: as for `dmaplane_copy`, and `DMAPLANE_ENOTSUP` (the device does not fill).
+ */
+int32_t dmaplane_fill(struct dmaplane_client *client,
+                      void *dst,
+                      uint64_t pattern,
+                      size_t len,
+                      uint64_t user_data,
+                      uint32_t flags);
+
+/*
+ Rings the doorbell for everything queued: one doorbell per batch.
+
+ Errors: `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_submit(struct dmaplane_client *client);
+
+/*
+ Collects up to `max` completions into `completions` and returns how many. Also follows
+ table changes and reports the client's quiescent state: call it regularly even with
+ nothing in flight (NULL with `max` 0 does only that).
+
+ Errors: `DMAPLANE_EINVAL` (NULL `completions` with non-zero `max`), `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_poll(struct dmaplane_client *client,
+                      struct dmaplane_completion *completions,
+                      size_t max);
+
+/*
+ How many operations of one capability (`DMAPLANE_CAP_MEMCPY` or `DMAPLANE_CAP_FILL`) can be
+ queued now without a refusal.
+
+ Errors: `DMAPLANE_EINVAL` (unknown capability), `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_capacity(struct dmaplane_client *client, uint32_t capability);
+
+/*
+ Fills `options` with the defaults: the emulated backend, this machine's CPUs, 2 devices of
+ 1 channel with copy and fill, threaded, 1024-descriptor rings.
+
+ Errors: `DMAPLANE_EINVAL` for NULL.
+ */
+int32_t dmaplane_options_init(struct dmaplane_options *options);
+
+/*
+ Makes an engine from `options` (NULL for the defaults) and stores its handle in `*engine`.
+ Emulated devices are registered and the per-CPU table built before it returns; the
+ hotplug monitor runs from now until `dmaplane_engine_destroy`.
+
+ Errors: `DMAPLANE_EINVAL` (NULL `engine`, an option out of range), `DMAPLANE_ENOMEM`,
+ `DMAPLANE_ENODEV` (hardware backend: no usable IOAT function), `DMAPLANE_EIO` (a device
+ failed to probe).
+ */
+int32_t dmaplane_engine_create(const struct dmaplane_options *options,
+                               struct dmaplane_engine **engine);
+
+/*
+ Destroys an engine: stops the monitor, releases its clients (each waits up to 5 s for its
+ operations in flight), frees its DMA memory and devices. Every client handle and DMA
+ buffer of the engine is invalid afterwards. Must not race any other call on the engine or
+ its clients.
+
+ Errors: `DMAPLANE_EINVAL` (NULL), `DMAPLANE_EBADF` (not a live engine, e.g. destroyed
+ twice).
+ */
+int32_t dmaplane_engine_destroy(struct dmaplane_engine *engine);
+
+/*
+ The engine's possible CPUs (the width of its per-CPU table), or a negative code.
+
+ Errors: `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_engine_cpus(const struct dmaplane_engine *engine);
+
+/*
+ Allocates `len` bytes of DMA memory aligned to `align` (a power of two, 0 for 64) and
+ stores the address in `*ptr`. Only DMA memory of this engine may be passed to
+ `dmaplane_copy` and `dmaplane_fill`.
+
+ Errors: `DMAPLANE_EINVAL` (NULL, zero length, bad alignment), `DMAPLANE_EBADF`,
+ `DMAPLANE_ENOMEM`.
+ */
+int32_t dmaplane_dma_alloc(struct dmaplane_engine *engine, size_t len, size_t align, void **ptr);
+
+/*
+ Frees DMA memory from `dmaplane_dma_alloc` of this engine. No operation may still use it.
+
+ Errors: `DMAPLANE_EINVAL` (NULL, or not an address this engine allocated: freed twice,
+ another engine's, an interior pointer), `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_dma_free(struct dmaplane_engine *engine, void *ptr);
+
+/*
+ Writes up to `len` registered device ids into `ids` and returns how many devices are
+ registered (which may be more than `len`; NULL with `len` 0 asks for the count).
+
+ Errors: `DMAPLANE_EINVAL` (NULL `ids` with non-zero `len`), `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_device_list(const struct dmaplane_engine *engine, uint32_t *ids, size_t len);
+
+/*
+ The number of channels of a registered device.
+
+ Errors: `DMAPLANE_ENOENT` (unknown or removed device), `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_device_channels(const struct dmaplane_engine *engine, uint32_t device);
+
+/*
+ Starts the removal of a registered device while clients keep working; the outcome arrives
+ as a `DMAPLANE_EVENT_REMOVED` event (`dmaplane_event_next`). `how` is
+ `DMAPLANE_REMOVE_ORDERLY` (operations in flight drain, up to the drain deadline, then the
+ rest complete with `DMAPLANE_EREMOVED`) or `DMAPLANE_REMOVE_SURPRISE` (emulated devices
+ only: the device leaves the bus and everything in flight completes with
+ `DMAPLANE_EREMOVED`). Clients must keep polling for the release to complete.
+
+ Errors: `DMAPLANE_ENOENT` (unknown or already removed device), `DMAPLANE_ENOTSUP`
+ (surprise removal of real hardware), `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_device_remove(struct dmaplane_engine *engine, uint32_t device, uint32_t how);
+
+/*
+ Adds a device while clients run: a new emulated device like the first ones, or (hardware
+ backend) the first IOAT function not attached yet. The table is rebalanced onto it before
+ this returns, and a `DMAPLANE_EVENT_ADDED` event follows. Its id goes to `*device` unless
+ that is NULL.
+
+ Errors: `DMAPLANE_ENODEV` (hardware: no function to add), `DMAPLANE_EIO` (probe failed),
+ `DMAPLANE_ENOMEM`, `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_device_add(struct dmaplane_engine *engine, uint32_t *device);
+
+/*
+ Waits up to `timeout_ms` for the next hotplug event and stores it in `*event`. Returns 1
+ when an event was stored, 0 when none came in time.
+
+ Errors: `DMAPLANE_EINVAL` (NULL), `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_event_next(struct dmaplane_engine *engine,
+                            struct dmaplane_event *event,
+                            uint32_t timeout_ms);
+
+/*
+ Writes the per-CPU table of one capability (`DMAPLANE_CAP_MEMCPY` or `DMAPLANE_CAP_FILL`):
+ entry `cpu` of `channels` gets the channel id of that CPU's slot, or `DMAPLANE_NO_CHANNEL`.
+ Writes up to `len` entries and returns the number of possible CPUs.
+
+ Errors: `DMAPLANE_EINVAL` (NULL `channels` with non-zero `len`, not a single known
+ capability), `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_table(const struct dmaplane_engine *engine,
+                       uint32_t capability_bit,
+                       uint64_t *channels,
+                       size_t len);
+
+/*
+ A channel's reference counts.
+
+ Errors: `DMAPLANE_ENOENT` (no such channel), `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_channel_get_counts(const struct dmaplane_engine *engine,
+                                    uint64_t channel,
+                                    struct dmaplane_channel_counts *counts);
+
+/*
+ What a channel has completed: operations by outcome and bytes moved.
+
+ Errors: `DMAPLANE_ENOENT` (no such channel, or its device was released),
+ `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_channel_get_stats(const struct dmaplane_engine *engine,
+                                   uint64_t channel,
+                                   struct dmaplane_channel_stats *stats);
+
+/*
+ Writes a readable dump of devices, channels, counts and the per-CPU table into `buf`
+ (truncated to `len` and NUL-terminated, like `snprintf`) and returns the length of the
+ whole text; NULL with `len` 0 asks for the length.
+
+ Errors: `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+ */
+int32_t dmaplane_engine_dump(const struct dmaplane_engine *engine, char *buf, size_t len);
+
+/*
+ A static, NUL-terminated description of `code` (any value; unknown codes get a generic
+ text). Never NULL.
+ */
+const char *dmaplane_strerror(int32_t code);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -283,7 +283,12 @@ impl Client {
         cpu: usize,
         config: ClientConfig,
     ) -> Result<Client, ClientError> {
-        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+        // core_affinity aborts the process for a CPU past its fixed-size set; refuse CPUs the
+        // machine cannot have before asking it.
+        let (possible, _) = crate::cpu::system_cpus();
+        if cpu >= possible.min(crate::datapath::worker::MAX_PINNABLE_CPU)
+            || !core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
+        {
             return Err(ClientError::Pin(cpu));
         }
         Client::new(engine, Some(cpu), config)

@@ -18,7 +18,7 @@ use crate::sync::pause;
 use crate::Engine;
 
 /// Size of the kernel CPU set `core_affinity` fills (glibc's `CPU_SETSIZE`).
-const MAX_PINNABLE_CPU: usize = 1024;
+pub(crate) const MAX_PINNABLE_CPU: usize = 1024;
 
 /// What one iteration of a poll loop achieved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,349 @@
+//! The client handle of the C ABI: one per CPU, used by one thread at a time, with copy,
+//! fill, submit, poll and capacity.
+//!
+//! A client handle is a shell the engine owns until it is destroyed. Releasing a client drops
+//! the client inside and marks the shell released, so a later call with the same handle gets
+//! `DMAPLANE_EBADF` instead of touching freed memory. The data path checks the shell's mark
+//! on each call (a load and a compare), never a lock.
+
+use std::ffi::c_void;
+
+use dmaplane::datapath::client::{Client, ClientConfig};
+use dmaplane::ioat::{Completion, OpFlags};
+
+use crate::boundary::{guarded, out, out_slice};
+use crate::engine::{encode_channel, engine_ref, EngineHandle, DMAPLANE_CAP_FILL};
+use crate::engine::{DMAPLANE_CAP_MEMCPY, DMAPLANE_NO_CHANNEL};
+use crate::error::*;
+
+/// `dmaplane_client_create` flag: pin the calling thread to the client's CPU.
+pub const DMAPLANE_CLIENT_PIN: u32 = 1 << 0;
+/// `dmaplane_client_create` flag: when the table gives the CPU no channel (every device
+/// gone), run copies and fills on the CPU instead of failing with `DMAPLANE_ENODEV`.
+pub const DMAPLANE_CLIENT_CPU_FALLBACK: u32 = 1 << 1;
+
+/// Operation flag: start only after every operation queued before it on the channel has
+/// finished.
+pub const DMAPLANE_FLAG_FENCE: u32 = 1 << 0;
+/// Operation flag: ring the doorbell now (otherwise at `dmaplane_submit`).
+pub const DMAPLANE_FLAG_SUBMIT: u32 = 1 << 1;
+
+/// One finished operation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct dmaplane_completion {
+    /// What the operation was submitted with.
+    pub user_data: u64,
+    /// 0 on success; `DMAPLANE_EREMOVED` when its device was removed (resubmit it);
+    /// `DMAPLANE_EIO` on a device error.
+    pub status: i32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+const LIVE: u64 = 0x646d_6170_6c63_6c69;
+const RELEASED: u64 = 0x6465_6164_636c_6965;
+
+/// `dmaplane_client` in C: opaque.
+pub struct ClientHandle {
+    mark: u64,
+    engine: *const EngineHandle,
+    client: Option<Client>,
+}
+
+/// The live client behind `ptr`.
+///
+/// # Safety
+///
+/// `ptr` must be NULL or a handle from `dmaplane_client_create` whose engine is alive, used by
+/// one thread at a time (the ABI's contract).
+unsafe fn client_mut<'a>(ptr: *mut ClientHandle) -> Result<&'a mut Client, Code> {
+    // SAFETY: forwarded contract; the shell outlives every client call until the engine goes.
+    let shell = unsafe { out(ptr) }?;
+    if shell.mark != LIVE {
+        return Err(DMAPLANE_EBADF);
+    }
+    shell.client.as_mut().ok_or(DMAPLANE_EBADF)
+}
+
+fn op_flags(flags: u32) -> Result<OpFlags, Code> {
+    if flags & !(DMAPLANE_FLAG_FENCE | DMAPLANE_FLAG_SUBMIT) != 0 {
+        return Err(DMAPLANE_EINVAL);
+    }
+    let mut out = OpFlags::NONE;
+    if flags & DMAPLANE_FLAG_FENCE != 0 {
+        out = out | OpFlags::FENCE;
+    }
+    if flags & DMAPLANE_FLAG_SUBMIT != 0 {
+        out = out | OpFlags::SUBMIT;
+    }
+    Ok(out)
+}
+
+/// Makes a client for `cpu` (-1: the CPU the calling thread runs on) and stores its handle in
+/// `*client`. `flags`: `DMAPLANE_CLIENT_PIN` pins the calling thread to the CPU first;
+/// `DMAPLANE_CLIENT_CPU_FALLBACK`, see its description. One client per CPU.
+///
+/// Errors: `DMAPLANE_EINVAL` (NULL, unknown flags, pinning refused), `DMAPLANE_ERANGE` (CPU
+/// outside the engine's possible CPUs), `DMAPLANE_EEXIST` (the CPU has a client),
+/// `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_client_create(
+    engine: *mut EngineHandle,
+    cpu: i32,
+    flags: u32,
+    client: *mut *mut ClientHandle,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on engine handles.
+        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: the caller passes a writable pointer or NULL.
+        let slot = unsafe { out(client) }?;
+        if flags & !(DMAPLANE_CLIENT_PIN | DMAPLANE_CLIENT_CPU_FALLBACK) != 0 {
+            return Err(DMAPLANE_EINVAL);
+        }
+        let cpu = match cpu {
+            -1 => None,
+            cpu => Some(usize::try_from(cpu).map_err(|_| DMAPLANE_ERANGE)?),
+        };
+        if cpu.is_some_and(|cpu| cpu >= handle.possible_cpus()) {
+            return Err(DMAPLANE_ERANGE);
+        }
+        let config = ClientConfig {
+            cpu_fallback: flags & DMAPLANE_CLIENT_CPU_FALLBACK != 0,
+            ..ClientConfig::default()
+        };
+        let made = if flags & DMAPLANE_CLIENT_PIN != 0 {
+            let cpu = cpu
+                .or_else(dmaplane::cpu::current_cpu)
+                .ok_or(DMAPLANE_EINVAL)?;
+            Client::pinned(&handle.engine, cpu, config)
+        } else {
+            Client::new(&handle.engine, cpu, config)
+        }
+        .map_err(|e| of_client(&e))?;
+        let shell = Box::into_raw(Box::new(ClientHandle {
+            mark: LIVE,
+            engine,
+            client: Some(made),
+        }));
+        handle.adopt_client(shell);
+        *slot = shell;
+        Ok(0)
+    })
+}
+
+/// Releases a client of `engine`. Its operations must have been polled to completion first.
+/// The handle stays invalid (calls get `DMAPLANE_EBADF`) until the engine is destroyed.
+///
+/// Errors: `DMAPLANE_EBUSY` (operations still in flight: poll them), `DMAPLANE_EXDEV` (the
+/// client belongs to another engine), `DMAPLANE_EBADF` (already released, or a dead engine),
+/// `DMAPLANE_EINVAL`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_client_release(
+    engine: *mut EngineHandle,
+    client: *mut ClientHandle,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on engine handles.
+        unsafe { engine_ref(engine) }?;
+        // SAFETY: ABI contract on client handles; the shell is alive while its engine is.
+        let shell = unsafe { out(client) }?;
+        if shell.mark != LIVE {
+            return Err(DMAPLANE_EBADF);
+        }
+        if !std::ptr::eq(shell.engine, engine) {
+            return Err(DMAPLANE_EXDEV);
+        }
+        if shell.client.as_ref().is_some_and(|c| c.in_flight() > 0) {
+            return Err(DMAPLANE_EBUSY);
+        }
+        shell.client = None;
+        shell.mark = RELEASED;
+        Ok(0)
+    })
+}
+
+/// The CPU a client serves.
+///
+/// Errors: `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_client_cpu(client: *mut ClientHandle) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on client handles.
+        let client = unsafe { client_mut(client) }?;
+        i32::try_from(client.cpu()).map_err(|_| DMAPLANE_EINVAL)
+    })
+}
+
+/// Operations submitted through the client and not yet returned by `dmaplane_poll`.
+///
+/// Errors: `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_client_in_flight(client: *mut ClientHandle) -> i64 {
+    i64::from(guarded(|| {
+        // SAFETY: ABI contract on client handles.
+        let client = unsafe { client_mut(client) }?;
+        i32::try_from(client.in_flight()).map_err(|_| DMAPLANE_EINVAL)
+    }))
+}
+
+/// The channel the per-CPU table gives the client for a capability now
+/// (`DMAPLANE_NO_CHANNEL` if none), in `*channel`.
+///
+/// Errors: `DMAPLANE_EINVAL` (NULL, unknown capability), `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_client_channel(
+    client: *mut ClientHandle,
+    capability: u32,
+    channel: *mut u64,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on client handles.
+        let client = unsafe { client_mut(client) }?;
+        // SAFETY: the caller passes a writable pointer or NULL.
+        let slot = unsafe { out(channel) }?;
+        let cap = match capability {
+            DMAPLANE_CAP_MEMCPY => dmaplane::Capability::Memcpy,
+            DMAPLANE_CAP_FILL => dmaplane::Capability::Fill,
+            _ => return Err(DMAPLANE_EINVAL),
+        };
+        *slot = client
+            .channel(cap)
+            .map_or(DMAPLANE_NO_CHANNEL, |(id, _)| encode_channel(id));
+        Ok(0)
+    })
+}
+
+/// Queues a copy of `len` bytes from `src` to `dst`, both DMA memory of the client's engine.
+/// Both buffers must stay allocated, and nobody may read `dst` or write either, until
+/// `dmaplane_poll` has returned the completion carrying `user_data`. `flags`:
+/// `DMAPLANE_FLAG_FENCE`, `DMAPLANE_FLAG_SUBMIT`. A copy longer than one descriptor is split
+/// but completes once.
+///
+/// Errors (nothing was queued): `DMAPLANE_EINVAL` (NULL buffer, zero length, unknown flags),
+/// `DMAPLANE_EFAULT` (a buffer is not this engine's DMA memory), `DMAPLANE_EAGAIN` (ring
+/// full), `DMAPLANE_ENOBUFS` (completion ring full), `DMAPLANE_EINPROGRESS` (moving to a new
+/// channel), `DMAPLANE_ENODEV` (no channel), `DMAPLANE_EREMOVED` (the channel's device is
+/// being removed), `DMAPLANE_EIO` (the channel failed); the first five clear after polling.
+/// `DMAPLANE_EBADF` for a released client.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_copy(
+    client: *mut ClientHandle,
+    dst: *mut c_void,
+    src: *const c_void,
+    len: usize,
+    user_data: u64,
+    flags: u32,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on client handles.
+        let client = unsafe { client_mut(client) }?;
+        let flags = op_flags(flags)?;
+        if dst.is_null() || src.is_null() || len == 0 {
+            return Err(DMAPLANE_EINVAL);
+        }
+        // SAFETY: the caller keeps both buffers alive and untouched until the completion (the
+        // contract above); the driver refuses memory that is not the engine's DMA memory.
+        unsafe { client.copy(dst.cast(), src.cast(), len, user_data, flags) }
+            .map_err(|e| of_client(&e))?;
+        Ok(0)
+    })
+}
+
+/// Queues a fill of `len` bytes at `dst` (DMA memory of the client's engine) with the 64-bit
+/// `pattern` repeated: byte `i` gets byte `i % 8` of the pattern in little-endian order.
+/// Contract and flags as for `dmaplane_copy`.
+///
+/// Errors: as for `dmaplane_copy`, and `DMAPLANE_ENOTSUP` (the device does not fill).
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_fill(
+    client: *mut ClientHandle,
+    dst: *mut c_void,
+    pattern: u64,
+    len: usize,
+    user_data: u64,
+    flags: u32,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on client handles.
+        let client = unsafe { client_mut(client) }?;
+        let flags = op_flags(flags)?;
+        if dst.is_null() || len == 0 {
+            return Err(DMAPLANE_EINVAL);
+        }
+        // SAFETY: as for `dmaplane_copy`.
+        unsafe { client.fill(dst.cast(), pattern, len, user_data, flags) }
+            .map_err(|e| of_client(&e))?;
+        Ok(0)
+    })
+}
+
+/// Rings the doorbell for everything queued: one doorbell per batch.
+///
+/// Errors: `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_submit(client: *mut ClientHandle) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on client handles.
+        unsafe { client_mut(client) }?.submit();
+        Ok(0)
+    })
+}
+
+/// Collects up to `max` completions into `completions` and returns how many. Also follows
+/// table changes and reports the client's quiescent state: call it regularly even with
+/// nothing in flight (NULL with `max` 0 does only that).
+///
+/// Errors: `DMAPLANE_EINVAL` (NULL `completions` with non-zero `max`), `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_poll(
+    client: *mut ClientHandle,
+    completions: *mut dmaplane_completion,
+    max: usize,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on client handles.
+        let client = unsafe { client_mut(client) }?;
+        // SAFETY: the caller passes `max` writable completions, or NULL with 0.
+        let out = unsafe { out_slice(completions, max) }?;
+        let mut batch = [Completion::default(); 64];
+        let mut filled = 0;
+        // At most i32::MAX, so the count fits the return value.
+        let want = out.len().min(i32::MAX as usize);
+        loop {
+            let room = (want - filled).min(batch.len());
+            let got = client.poll(&mut batch[..room]);
+            for (slot, done) in out[filled..].iter_mut().zip(&batch[..got]) {
+                *slot = dmaplane_completion {
+                    user_data: done.user_data,
+                    status: of_op(done.result),
+                    reserved: 0,
+                };
+            }
+            filled += got;
+            if got < room || room == 0 || filled == want {
+                break;
+            }
+        }
+        Ok(filled as i32)
+    })
+}
+
+/// How many operations of one capability (`DMAPLANE_CAP_MEMCPY` or `DMAPLANE_CAP_FILL`) can be
+/// queued now without a refusal.
+///
+/// Errors: `DMAPLANE_EINVAL` (unknown capability), `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_capacity(client: *mut ClientHandle, capability: u32) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on client handles.
+        let client = unsafe { client_mut(client) }?;
+        let cap = match capability {
+            DMAPLANE_CAP_MEMCPY => dmaplane::Capability::Memcpy,
+            DMAPLANE_CAP_FILL => dmaplane::Capability::Fill,
+            _ => return Err(DMAPLANE_EINVAL),
+        };
+        Ok(i32::try_from(client.capacity(cap)).unwrap_or(i32::MAX))
+    })
+}

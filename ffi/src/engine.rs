@@ -1,0 +1,854 @@
+//! The engine handle of the C ABI: an engine with its DMA pool, its devices (emulated, or real
+//! IOAT functions found in sysfs) and its hotplug monitor, made from `dmaplane_options`; DMA
+//! memory; hot-removal, hot-add and their events; and introspection (the per-CPU table,
+//! per-channel counts and statistics, a printable dump).
+//!
+//! Engine handles are checked against a registry of live ones, so a destroyed or made-up
+//! engine pointer is refused with `DMAPLANE_EBADF` rather than dereferenced. Every function
+//! taking an engine may be called from any thread, except `dmaplane_engine_destroy`, which
+//! must not race any other call on the engine or its clients.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault, PoolMemory};
+use dmaplane::hotplug::monitor::{HotplugEvent, Monitor, MonitorConfig};
+use dmaplane::ioat::{ChannelConfig, IoatDevice};
+use dmaplane::log::LogHook;
+use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig, IovaMode};
+use dmaplane::{Capability, ChannelId, DeviceId, DeviceSpec, Engine, EngineConfig, RemovalKind};
+
+use crate::boundary::{guarded, input, out, out_slice, write_text};
+use crate::client::ClientHandle;
+use crate::error::*;
+
+/// `dmaplane_options.backend`: emulated IOAT devices (the default).
+pub const DMAPLANE_BACKEND_EMULATED: u32 = 0;
+/// `dmaplane_options.backend`: the IOAT functions in `/sys/bus/pci/devices` (unbound from
+/// `ioatdma`; needs root for BAR access and physical addresses).
+pub const DMAPLANE_BACKEND_HARDWARE: u32 = 1;
+
+/// Capability bit: memory-to-memory copy.
+pub const DMAPLANE_CAP_MEMCPY: u32 = 1 << 0;
+/// Capability bit: fill with a 64-bit pattern.
+pub const DMAPLANE_CAP_FILL: u32 = 1 << 1;
+
+/// `dmaplane_device_remove`: an orderly removal; operations in flight drain first.
+pub const DMAPLANE_REMOVE_ORDERLY: u32 = 0;
+/// `dmaplane_device_remove`: the emulated device leaves the bus at once; operations in flight
+/// complete with `DMAPLANE_EREMOVED`.
+pub const DMAPLANE_REMOVE_SURPRISE: u32 = 1;
+
+/// `dmaplane_event.kind`: a device was removed.
+pub const DMAPLANE_EVENT_REMOVED: u32 = 1;
+/// `dmaplane_event.kind`: a device was added and the table rebalanced onto it.
+pub const DMAPLANE_EVENT_ADDED: u32 = 2;
+/// `dmaplane_event.kind`: a removal could not be carried out (`error` says why).
+pub const DMAPLANE_EVENT_FAILED: u32 = 3;
+/// `dmaplane_event.kind`: a PCI function appeared (`pci_address`); it may be added.
+pub const DMAPLANE_EVENT_PCI_APPEARED: u32 = 4;
+
+/// A table entry or channel id meaning "no channel".
+pub const DMAPLANE_NO_CHANNEL: u64 = u64::MAX;
+
+/// How to build an engine. Fill it with `dmaplane_options_init`, then change what you need.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct dmaplane_options {
+    /// `DMAPLANE_BACKEND_EMULATED` or `DMAPLANE_BACKEND_HARDWARE`.
+    pub backend: u32,
+    /// Possible CPUs of the per-CPU table; 0 for this machine's.
+    pub cpus: u32,
+    /// Emulated devices to start with (default 2).
+    pub devices: u32,
+    /// Channels per emulated device, 1 to 4 (default 1, as Xeon functions have).
+    pub channels_per_device: u32,
+    /// Capabilities of emulated devices: `DMAPLANE_CAP_MEMCPY`, optionally with
+    /// `DMAPLANE_CAP_FILL` (default both).
+    pub capabilities: u32,
+    /// Non-zero: each emulated device runs on its own thread, like hardware working beside the
+    /// CPU (default). Zero: it works inline, at each doorbell.
+    pub threaded: u32,
+    /// log2 of the descriptors per channel ring, 6 to 16 (default 10).
+    pub ring_order: u32,
+    /// Non-zero: listen to kernel uevents for PCI removal (hardware backend).
+    pub uevents: u32,
+    /// Milliseconds an orderly removal lets operations drain before failing the rest
+    /// (default 100).
+    pub drain_timeout_ms: u32,
+}
+
+impl Default for dmaplane_options {
+    fn default() -> Self {
+        dmaplane_options {
+            backend: DMAPLANE_BACKEND_EMULATED,
+            cpus: 0,
+            devices: 2,
+            channels_per_device: 1,
+            capabilities: DMAPLANE_CAP_MEMCPY | DMAPLANE_CAP_FILL,
+            threaded: 1,
+            ring_order: 10,
+            uevents: 0,
+            drain_timeout_ms: 100,
+        }
+    }
+}
+
+/// An event of the hotplug monitor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct dmaplane_event {
+    /// `DMAPLANE_EVENT_*`.
+    pub kind: u32,
+    /// The device removed or added (0 for `DMAPLANE_EVENT_PCI_APPEARED`).
+    pub device: u32,
+    /// Removed: non-zero for a surprise removal.
+    pub surprise: u32,
+    /// Removed: non-zero when the drain deadline passed and the rest were failed.
+    pub forced: u32,
+    /// Removed: descriptors in flight when the removal began.
+    pub in_flight_at_start: u64,
+    /// Removed: operations that completed successfully after the removal began.
+    pub ops_drained: u64,
+    /// Removed: operations completed with `DMAPLANE_EREMOVED`.
+    pub ops_failed: u64,
+    /// Removed: nanoseconds until the table no longer named the device.
+    pub table_moved_ns: u64,
+    /// Removed: nanoseconds until the channels were released; -1 when a client still held
+    /// them at the deadline (they are released at its next poll).
+    pub released_ns: i64,
+    /// Failed: the error code.
+    pub error: i32,
+    /// PCI appeared: the function's address, NUL-terminated.
+    pub pci_address: [c_char; 16],
+}
+
+/// A channel's reference counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct dmaplane_channel_counts {
+    /// Holders: table slots not yet reclaimed, clients draining on it, a private holder.
+    pub client_count: u32,
+    /// Slots of the current table naming it.
+    pub table_count: u32,
+}
+
+/// What a channel has completed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct dmaplane_channel_stats {
+    /// Operations completed successfully.
+    pub ops_ok: u64,
+    /// Operations completed with an error.
+    pub ops_failed: u64,
+    /// Of those, with `DMAPLANE_EREMOVED`.
+    pub ops_removed: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+}
+
+/// A device the handle attached, kept until the engine is destroyed.
+struct Attached {
+    id: DeviceId,
+    /// The emulator behind it, for surprise removal; `None` for hardware.
+    emulated: Option<Arc<EmulatedDevice>>,
+    /// The hardware function's address; `None` for an emulated device.
+    pci_address: Option<String>,
+    _driver: IoatDevice,
+}
+
+/// A client shell the engine owns; see `client.rs`.
+pub(crate) struct OwnedClient(pub(crate) *mut ClientHandle);
+
+// SAFETY: the shell is only dereferenced by its owning thread or, at destruction, by the one
+// thread allowed to destroy the engine.
+unsafe impl Send for OwnedClient {}
+
+#[derive(Default)]
+struct Holdings {
+    devices: Vec<Attached>,
+    blocks: HashMap<usize, DmaBlock>,
+    clients: Vec<OwnedClient>,
+    next_serial: u32,
+}
+
+/// `dmaplane_engine` in C: opaque.
+pub struct EngineHandle {
+    pub(crate) engine: Engine,
+    pool: DmaPool,
+    monitor: Option<Monitor>,
+    options: dmaplane_options,
+    holdings: Mutex<Holdings>,
+}
+
+/// Addresses of the live engine handles.
+static LIVE_ENGINES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+fn live_engines() -> MutexGuard<'static, Vec<usize>> {
+    LIVE_ENGINES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The live engine behind `ptr`.
+///
+/// # Safety
+///
+/// The engine must not be destroyed during the returned borrow (the ABI's contract).
+pub(crate) unsafe fn engine_ref<'a>(ptr: *const EngineHandle) -> Result<&'a EngineHandle, Code> {
+    if ptr.is_null() {
+        return Err(DMAPLANE_EINVAL);
+    }
+    if !live_engines().contains(&(ptr as usize)) {
+        return Err(DMAPLANE_EBADF);
+    }
+    // SAFETY: the registry lists only handles made by `dmaplane_engine_create` and not yet
+    // destroyed; destruction does not race this borrow (contract).
+    Ok(unsafe { &*ptr })
+}
+
+fn quiet() -> LogHook {
+    Arc::new(|_, _| {})
+}
+
+fn capability(bit: u32) -> Result<Capability, Code> {
+    match bit {
+        DMAPLANE_CAP_MEMCPY => Ok(Capability::Memcpy),
+        DMAPLANE_CAP_FILL => Ok(Capability::Fill),
+        _ => Err(DMAPLANE_EINVAL),
+    }
+}
+
+/// A channel id as C sees it: the device id above the channel's index.
+pub(crate) fn encode_channel(id: ChannelId) -> u64 {
+    (u64::from(id.device.0) << 16) | u64::from(id.index)
+}
+
+fn decode_channel(id: u64) -> Result<ChannelId, Code> {
+    let device = u32::try_from(id >> 16).map_err(|_| DMAPLANE_ENOENT)?;
+    Ok(ChannelId {
+        device: DeviceId(device),
+        index: (id & 0xffff) as u16,
+    })
+}
+
+fn validate(options: &dmaplane_options) -> Result<(), Code> {
+    let known_caps = DMAPLANE_CAP_MEMCPY | DMAPLANE_CAP_FILL;
+    let ok = matches!(
+        options.backend,
+        DMAPLANE_BACKEND_EMULATED | DMAPLANE_BACKEND_HARDWARE
+    ) && (1..=4).contains(&options.channels_per_device)
+        && options.capabilities & DMAPLANE_CAP_MEMCPY != 0
+        && options.capabilities & !known_caps == 0
+        && (6..=16).contains(&options.ring_order)
+        && options.cpus as usize <= dmaplane::MAX_CPUS;
+    if ok {
+        Ok(())
+    } else {
+        Err(DMAPLANE_EINVAL)
+    }
+}
+
+impl EngineHandle {
+    fn create(options: dmaplane_options) -> Result<EngineHandle, Code> {
+        validate(&options)?;
+        let mut config = if options.cpus == 0 {
+            EngineConfig::from_system()
+        } else {
+            EngineConfig::with_cpus(options.cpus as usize)
+        };
+        config = config.log_hook(quiet());
+        let engine = Engine::new(config).map_err(|e| of_engine(&e))?;
+        let iova_mode = if options.backend == DMAPLANE_BACKEND_HARDWARE {
+            IovaMode::Physical
+        } else {
+            IovaMode::Va
+        };
+        let pool = DmaPool::new(DmaPoolConfig {
+            iova_mode,
+            ..DmaPoolConfig::default()
+        })
+        .map_err(|e| of_mem(&e))?;
+        let monitor = Monitor::start(
+            &engine,
+            MonitorConfig {
+                uevents: options.uevents != 0,
+                removal: dmaplane::RemovalOptions {
+                    drain_timeout: Duration::from_millis(options.drain_timeout_ms.into()),
+                    ..dmaplane::RemovalOptions::default()
+                },
+                ..MonitorConfig::default()
+            },
+        )
+        .map_err(|_| DMAPLANE_ENOMEM)?;
+        let handle = EngineHandle {
+            engine,
+            pool,
+            monitor: Some(monitor),
+            options,
+            holdings: Mutex::new(Holdings::default()),
+        };
+        if options.backend == DMAPLANE_BACKEND_HARDWARE {
+            if handle.attach_hardware(usize::MAX)? == 0 {
+                return Err(DMAPLANE_ENODEV);
+            }
+        } else {
+            for _ in 0..options.devices {
+                handle.attach_emulated()?;
+            }
+        }
+        Ok(handle)
+    }
+
+    fn holdings(&self) -> MutexGuard<'_, Holdings> {
+        self.holdings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn monitor(&self) -> &Monitor {
+        self.monitor
+            .as_ref()
+            .expect("the monitor lives until destroy")
+    }
+
+    fn channel_config(&self) -> ChannelConfig {
+        ChannelConfig {
+            ring_order: self.options.ring_order,
+            ..ChannelConfig::default()
+        }
+    }
+
+    /// Makes, probes and adds one emulated device.
+    fn attach_emulated(&self) -> Result<DeviceId, Code> {
+        let serial = {
+            let mut holdings = self.holdings();
+            holdings.next_serial += 1;
+            holdings.next_serial
+        };
+        let emu = EmuConfig {
+            channels: self.options.channels_per_device as usize,
+            fill: self.options.capabilities & DMAPLANE_CAP_FILL != 0,
+            mode: if self.options.threaded != 0 {
+                EmuMode::Threaded
+            } else {
+                EmuMode::Inline
+            },
+            ..EmuConfig::default()
+        };
+        // SAFETY: descriptors reach the emulated device only through `dmaplane_copy` and
+        // `dmaplane_fill`, whose callers keep the named buffers allocated and untouched until
+        // the completion (the ABI's contract).
+        let memory = Arc::new(unsafe { PoolMemory::new(self.pool.clone()) });
+        let device = EmulatedDevice::new(emu, memory).map_err(|_| DMAPLANE_EINVAL)?;
+        let driver = IoatDevice::probe(
+            format!("emu{serial}"),
+            device.registers(),
+            Some(device.config_space()),
+            self.pool.clone(),
+            self.channel_config(),
+        )
+        .map_err(|_| DMAPLANE_EIO)?;
+        self.add(driver, Some(device), None)
+    }
+
+    /// Probes and adds up to `limit` IOAT functions not attached yet; returns how many.
+    fn attach_hardware(&self, limit: usize) -> Result<usize, Code> {
+        let attached: Vec<String> = {
+            let holdings = self.holdings();
+            let live = self.engine.devices();
+            holdings
+                .devices
+                .iter()
+                .filter(|d| live.iter().any(|(id, _)| *id == d.id))
+                .filter_map(|d| d.pci_address.clone())
+                .collect()
+        };
+        let mut added = 0;
+        for function in dmaplane::pci::discover() {
+            if added == limit {
+                break;
+            }
+            // The kernel driver owns a bound function; sharing its registers would corrupt
+            // both. It must be unbound (or bound to vfio-pci/uio) first.
+            if attached.contains(&function.bdf) || function.driver.as_deref() == Some("ioatdma") {
+                continue;
+            }
+            let (Ok(registers), Ok(config)) = (function.map_bar0(), function.config()) else {
+                continue;
+            };
+            let Ok(driver) = IoatDevice::probe(
+                function.bdf.clone(),
+                Arc::new(registers),
+                Some(Arc::new(config)),
+                self.pool.clone(),
+                self.channel_config(),
+            ) else {
+                continue;
+            };
+            let id = self.add(driver, None, Some(function.bdf.clone()))?;
+            self.monitor().watch_pci(id, function.bdf);
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    fn add(
+        &self,
+        driver: IoatDevice,
+        emulated: Option<Arc<EmulatedDevice>>,
+        pci_address: Option<String>,
+    ) -> Result<DeviceId, Code> {
+        let spec: DeviceSpec = driver.spec();
+        let id = self.monitor().add(spec).map_err(|e| of_engine(&e))?;
+        self.holdings().devices.push(Attached {
+            id,
+            emulated,
+            pci_address,
+            _driver: driver,
+        });
+        Ok(id)
+    }
+
+    pub(crate) fn adopt_client(&self, client: *mut ClientHandle) {
+        self.holdings().clients.push(OwnedClient(client));
+    }
+
+    pub(crate) fn possible_cpus(&self) -> usize {
+        self.engine.dump().possible_cpus
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        // The monitor first, so no removal runs while clients go; then the clients (each
+        // drains what it has in flight); then the memory their operations used.
+        if let Some(monitor) = self.monitor.take() {
+            monitor.stop();
+        }
+        let holdings = std::mem::take(&mut *self.holdings());
+        for client in holdings.clients {
+            // SAFETY: the shell was made by `Box::into_raw` in `dmaplane_client_create` and is
+            // freed only here; no other call runs during destruction (contract).
+            drop(unsafe { Box::from_raw(client.0) });
+        }
+        drop(holdings.blocks);
+        drop(holdings.devices);
+    }
+}
+
+/// Fills `options` with the defaults: the emulated backend, this machine's CPUs, 2 devices of
+/// 1 channel with copy and fill, threaded, 1024-descriptor rings.
+///
+/// Errors: `DMAPLANE_EINVAL` for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_options_init(options: *mut dmaplane_options) -> i32 {
+    guarded(|| {
+        // SAFETY: the caller passes a writable options struct or NULL.
+        *unsafe { out(options) }? = dmaplane_options::default();
+        Ok(0)
+    })
+}
+
+/// Makes an engine from `options` (NULL for the defaults) and stores its handle in `*engine`.
+/// Emulated devices are registered and the per-CPU table built before it returns; the
+/// hotplug monitor runs from now until `dmaplane_engine_destroy`.
+///
+/// Errors: `DMAPLANE_EINVAL` (NULL `engine`, an option out of range), `DMAPLANE_ENOMEM`,
+/// `DMAPLANE_ENODEV` (hardware backend: no usable IOAT function), `DMAPLANE_EIO` (a device
+/// failed to probe).
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_engine_create(
+    options: *const dmaplane_options,
+    engine: *mut *mut EngineHandle,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: the caller passes a writable pointer or NULL.
+        let slot = unsafe { out(engine) }?;
+        let options = if options.is_null() {
+            dmaplane_options::default()
+        } else {
+            // SAFETY: non-NULL options point at a filled struct (contract).
+            *unsafe { input(options) }?
+        };
+        let handle = Box::into_raw(Box::new(EngineHandle::create(options)?));
+        live_engines().push(handle as usize);
+        *slot = handle;
+        Ok(0)
+    })
+}
+
+/// Destroys an engine: stops the monitor, releases its clients (each waits up to 5 s for its
+/// operations in flight), frees its DMA memory and devices. Every client handle and DMA
+/// buffer of the engine is invalid afterwards. Must not race any other call on the engine or
+/// its clients.
+///
+/// Errors: `DMAPLANE_EINVAL` (NULL), `DMAPLANE_EBADF` (not a live engine, e.g. destroyed
+/// twice).
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_engine_destroy(engine: *mut EngineHandle) -> i32 {
+    guarded(|| {
+        if engine.is_null() {
+            return Err(DMAPLANE_EINVAL);
+        }
+        {
+            let mut live = live_engines();
+            let Some(at) = live.iter().position(|&e| e == engine as usize) else {
+                return Err(DMAPLANE_EBADF);
+            };
+            live.swap_remove(at);
+        }
+        // SAFETY: the handle was live (made by `Box::into_raw` in `dmaplane_engine_create`)
+        // and has just left the registry, so nothing else frees it.
+        drop(unsafe { Box::from_raw(engine) });
+        Ok(0)
+    })
+}
+
+/// The engine's possible CPUs (the width of its per-CPU table), or a negative code.
+///
+/// Errors: `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_engine_cpus(engine: *const EngineHandle) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on engine handles.
+        let handle = unsafe { engine_ref(engine) }?;
+        i32::try_from(handle.possible_cpus()).map_err(|_| DMAPLANE_EINVAL)
+    })
+}
+
+/// Allocates `len` bytes of DMA memory aligned to `align` (a power of two, 0 for 64) and
+/// stores the address in `*ptr`. Only DMA memory of this engine may be passed to
+/// `dmaplane_copy` and `dmaplane_fill`.
+///
+/// Errors: `DMAPLANE_EINVAL` (NULL, zero length, bad alignment), `DMAPLANE_EBADF`,
+/// `DMAPLANE_ENOMEM`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_dma_alloc(
+    engine: *mut EngineHandle,
+    len: usize,
+    align: usize,
+    ptr: *mut *mut c_void,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on engine handles.
+        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: the caller passes a writable pointer or NULL.
+        let slot = unsafe { out(ptr) }?;
+        let align = if align == 0 { 64 } else { align };
+        let block = handle.pool.alloc(len, align).map_err(|e| of_mem(&e))?;
+        let address = block.as_mut_ptr();
+        handle.holdings().blocks.insert(address as usize, block);
+        *slot = address.cast();
+        Ok(0)
+    })
+}
+
+/// Frees DMA memory from `dmaplane_dma_alloc` of this engine. No operation may still use it.
+///
+/// Errors: `DMAPLANE_EINVAL` (NULL, or not an address this engine allocated: freed twice,
+/// another engine's, an interior pointer), `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_dma_free(engine: *mut EngineHandle, ptr: *mut c_void) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on engine handles.
+        let handle = unsafe { engine_ref(engine) }?;
+        if ptr.is_null() {
+            return Err(DMAPLANE_EINVAL);
+        }
+        let block = handle.holdings().blocks.remove(&(ptr as usize));
+        block.map(|_| 0).ok_or(DMAPLANE_EINVAL)
+    })
+}
+
+/// Writes up to `len` registered device ids into `ids` and returns how many devices are
+/// registered (which may be more than `len`; NULL with `len` 0 asks for the count).
+///
+/// Errors: `DMAPLANE_EINVAL` (NULL `ids` with non-zero `len`), `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_device_list(
+    engine: *const EngineHandle,
+    ids: *mut u32,
+    len: usize,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on engine handles.
+        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: the caller passes `len` writable ids, or NULL with 0.
+        let ids = unsafe { out_slice(ids, len) }?;
+        let devices = handle.engine.devices();
+        for (slot, (id, _)) in ids.iter_mut().zip(&devices) {
+            *slot = id.0;
+        }
+        i32::try_from(devices.len()).map_err(|_| DMAPLANE_EINVAL)
+    })
+}
+
+/// The number of channels of a registered device.
+///
+/// Errors: `DMAPLANE_ENOENT` (unknown or removed device), `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_device_channels(engine: *const EngineHandle, device: u32) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on engine handles.
+        let handle = unsafe { engine_ref(engine) }?;
+        let dump = handle.engine.dump();
+        dump.devices
+            .iter()
+            .find(|d| d.id == DeviceId(device) && d.registered)
+            .map(|d| d.channels.len() as i32)
+            .ok_or(DMAPLANE_ENOENT)
+    })
+}
+
+/// Starts the removal of a registered device while clients keep working; the outcome arrives
+/// as a `DMAPLANE_EVENT_REMOVED` event (`dmaplane_event_next`). `how` is
+/// `DMAPLANE_REMOVE_ORDERLY` (operations in flight drain, up to the drain deadline, then the
+/// rest complete with `DMAPLANE_EREMOVED`) or `DMAPLANE_REMOVE_SURPRISE` (emulated devices
+/// only: the device leaves the bus and everything in flight completes with
+/// `DMAPLANE_EREMOVED`). Clients must keep polling for the release to complete.
+///
+/// Errors: `DMAPLANE_ENOENT` (unknown or already removed device), `DMAPLANE_ENOTSUP`
+/// (surprise removal of real hardware), `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_device_remove(
+    engine: *mut EngineHandle,
+    device: u32,
+    how: u32,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on engine handles.
+        let handle = unsafe { engine_ref(engine) }?;
+        let id = DeviceId(device);
+        if handle.engine.device_present(id).is_none()
+            || !handle.engine.devices().iter().any(|(d, _)| *d == id)
+        {
+            return Err(DMAPLANE_ENOENT);
+        }
+        match how {
+            DMAPLANE_REMOVE_ORDERLY => handle.monitor().remove(id),
+            DMAPLANE_REMOVE_SURPRISE => {
+                let emulated = handle
+                    .holdings()
+                    .devices
+                    .iter()
+                    .find(|d| d.id == id)
+                    .and_then(|d| d.emulated.clone())
+                    .ok_or(DMAPLANE_ENOTSUP)?;
+                // The monitor notices the registers reading all-ones and runs the removal.
+                emulated
+                    .inject(Fault::SurpriseRemoval)
+                    .map_err(|_| DMAPLANE_EINVAL)?;
+            }
+            _ => return Err(DMAPLANE_EINVAL),
+        }
+        Ok(0)
+    })
+}
+
+/// Adds a device while clients run: a new emulated device like the first ones, or (hardware
+/// backend) the first IOAT function not attached yet. The table is rebalanced onto it before
+/// this returns, and a `DMAPLANE_EVENT_ADDED` event follows. Its id goes to `*device` unless
+/// that is NULL.
+///
+/// Errors: `DMAPLANE_ENODEV` (hardware: no function to add), `DMAPLANE_EIO` (probe failed),
+/// `DMAPLANE_ENOMEM`, `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_device_add(engine: *mut EngineHandle, device: *mut u32) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on engine handles.
+        let handle = unsafe { engine_ref(engine) }?;
+        let id = if handle.options.backend == DMAPLANE_BACKEND_HARDWARE {
+            let before = handle.engine.devices();
+            if handle.attach_hardware(1)? == 0 {
+                return Err(DMAPLANE_ENODEV);
+            }
+            let after = handle.engine.devices();
+            after
+                .iter()
+                .map(|(id, _)| *id)
+                .find(|id| !before.iter().any(|(b, _)| b == id))
+                .ok_or(DMAPLANE_EIO)?
+        } else {
+            handle.attach_emulated()?
+        };
+        // SAFETY: the caller passes a writable pointer or NULL.
+        if let Some(slot) = unsafe { device.as_mut() } {
+            *slot = id.0;
+        }
+        Ok(0)
+    })
+}
+
+fn to_c_event(event: HotplugEvent) -> dmaplane_event {
+    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let mut out = dmaplane_event::default();
+    match event {
+        HotplugEvent::Removed(report) => {
+            out.kind = DMAPLANE_EVENT_REMOVED;
+            out.device = report.device.0;
+            out.surprise = u32::from(report.kind == RemovalKind::Surprise);
+            out.forced = u32::from(report.forced);
+            out.in_flight_at_start = report.in_flight_at_start;
+            out.ops_drained = report.ops_drained;
+            out.ops_failed = report.ops_failed;
+            out.table_moved_ns = nanos(report.table_moved_after);
+            out.released_ns = report
+                .released_after
+                .map_or(-1, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        }
+        HotplugEvent::Added { device, .. } => {
+            out.kind = DMAPLANE_EVENT_ADDED;
+            out.device = device.0;
+        }
+        HotplugEvent::Failed { device, error } => {
+            out.kind = DMAPLANE_EVENT_FAILED;
+            out.device = device.0;
+            out.error = of_engine(&error);
+        }
+        HotplugEvent::PciAppeared { bdf } => {
+            out.kind = DMAPLANE_EVENT_PCI_APPEARED;
+            let room = out.pci_address.len() - 1;
+            for (slot, byte) in out.pci_address.iter_mut().zip(bdf.bytes().take(room)) {
+                *slot = byte as c_char;
+            }
+        }
+    }
+    out
+}
+
+/// Waits up to `timeout_ms` for the next hotplug event and stores it in `*event`. Returns 1
+/// when an event was stored, 0 when none came in time.
+///
+/// Errors: `DMAPLANE_EINVAL` (NULL), `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_event_next(
+    engine: *mut EngineHandle,
+    event: *mut dmaplane_event,
+    timeout_ms: u32,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on engine handles.
+        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: the caller passes a writable event or NULL.
+        let slot = unsafe { out(event) }?;
+        match handle
+            .monitor()
+            .next_event(Duration::from_millis(timeout_ms.into()))
+        {
+            Some(next) => {
+                *slot = to_c_event(next);
+                Ok(1)
+            }
+            None => Ok(0),
+        }
+    })
+}
+
+/// Writes the per-CPU table of one capability (`DMAPLANE_CAP_MEMCPY` or `DMAPLANE_CAP_FILL`):
+/// entry `cpu` of `channels` gets the channel id of that CPU's slot, or `DMAPLANE_NO_CHANNEL`.
+/// Writes up to `len` entries and returns the number of possible CPUs.
+///
+/// Errors: `DMAPLANE_EINVAL` (NULL `channels` with non-zero `len`, not a single known
+/// capability), `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_table(
+    engine: *const EngineHandle,
+    capability_bit: u32,
+    channels: *mut u64,
+    len: usize,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on engine handles.
+        let handle = unsafe { engine_ref(engine) }?;
+        let cap = capability(capability_bit)?;
+        // SAFETY: the caller passes `len` writable entries, or NULL with 0.
+        let channels = unsafe { out_slice(channels, len) }?;
+        let cpus = handle.possible_cpus();
+        for (cpu, slot) in channels.iter_mut().enumerate().take(cpus) {
+            let entry = handle
+                .engine
+                .table_entry(cap, cpu)
+                .map_err(|e| of_engine(&e))?;
+            *slot = entry.map_or(DMAPLANE_NO_CHANNEL, encode_channel);
+        }
+        i32::try_from(cpus).map_err(|_| DMAPLANE_EINVAL)
+    })
+}
+
+/// A channel's reference counts.
+///
+/// Errors: `DMAPLANE_ENOENT` (no such channel), `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_channel_get_counts(
+    engine: *const EngineHandle,
+    channel: u64,
+    counts: *mut dmaplane_channel_counts,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on engine handles.
+        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: the caller passes a writable struct or NULL.
+        let slot = unsafe { out(counts) }?;
+        let got = handle
+            .engine
+            .channel_counts(decode_channel(channel)?)
+            .map_err(|e| of_engine(&e))?;
+        *slot = dmaplane_channel_counts {
+            client_count: got.client_count,
+            table_count: got.table_count,
+        };
+        Ok(0)
+    })
+}
+
+/// What a channel has completed: operations by outcome and bytes moved.
+///
+/// Errors: `DMAPLANE_ENOENT` (no such channel, or its device was released),
+/// `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_channel_get_stats(
+    engine: *const EngineHandle,
+    channel: u64,
+    stats: *mut dmaplane_channel_stats,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on engine handles.
+        let handle = unsafe { engine_ref(engine) }?;
+        // SAFETY: the caller passes a writable struct or NULL.
+        let slot = unsafe { out(stats) }?;
+        let got = handle
+            .engine
+            .channel_stats(decode_channel(channel)?)
+            .map_err(|e| of_engine(&e))?;
+        *slot = dmaplane_channel_stats {
+            ops_ok: got.ok,
+            ops_failed: got.failed,
+            ops_removed: got.removed,
+            bytes: got.bytes,
+        };
+        Ok(0)
+    })
+}
+
+/// Writes a readable dump of devices, channels, counts and the per-CPU table into `buf`
+/// (truncated to `len` and NUL-terminated, like `snprintf`) and returns the length of the
+/// whole text; NULL with `len` 0 asks for the length.
+///
+/// Errors: `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_engine_dump(
+    engine: *const EngineHandle,
+    buf: *mut c_char,
+    len: usize,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: ABI contract on engine handles.
+        let handle = unsafe { engine_ref(engine) }?;
+        let text = handle.engine.dump().to_string();
+        // SAFETY: the caller passes `len` writable bytes, or NULL with 0.
+        unsafe { write_text(&text, buf.cast(), len) }
+    })
+}
