@@ -1,6 +1,7 @@
 //! Registers emulated IOAT devices with an engine, prints devices, channels, reference counts
 //! and the per-CPU table, copies through the channel each CPU finds in the table, then
-//! unregisters a device while the client holds its channels and prints the table again.
+//! prints each channel's statistics, then unregisters a device while the client holds its
+//! channels and prints the table again.
 //!
 //! `cargo run --example info -- [--cpus N] [--devices N] [--channels N]`
 
@@ -24,8 +25,9 @@ const USAGE: &str = "usage: info [--cpus N] [--devices N] [--channels N]
 
 Registers N emulated IOAT devices of N channels each (memcpy and fill) with an
 engine, shows the per-CPU channel table, copies 64 KiB through each CPU's memcpy
-channel and checks it, then unregisters the first device while a client holds
-its channels and shows the table again.
+channel and checks it, prints each channel's statistics (operations and bytes),
+then unregisters the first device while a client holds its channels and shows
+the table again.
 
   --cpus N       possible CPUs, all online (default: this machine's)
   --devices N    devices to register (default 2)
@@ -107,6 +109,31 @@ fn copy_on(engine: &Engine, pool: &DmaPool, cpu: usize) -> Result<String, String
     ))
 }
 
+/// Each channel's completed operations and bytes, as the engine keeps them.
+fn print_channel_stats(engine: &Engine) {
+    println!(
+        "{:<12} {:<18} {:>8} {:>8} {:>8} {:>12}",
+        "channel", "name", "ops ok", "failed", "removed", "bytes"
+    );
+    for device in engine.dump().devices {
+        for channel in device.channels {
+            match engine.channel_stats(channel.id) {
+                Ok(stats) => println!(
+                    "{:<12} {:<18} {:>8} {:>8} {:>8} {:>12}",
+                    channel.id.to_string(),
+                    channel.name,
+                    stats.ok,
+                    stats.failed,
+                    stats.removed,
+                    stats.bytes
+                ),
+                Err(err) => println!("{:<12} {err}", channel.id.to_string()),
+            }
+        }
+    }
+    println!();
+}
+
 fn run(options: Options) -> Result<(), String> {
     let config = match options.cpus {
         Some(cpus) => EngineConfig::with_cpus(cpus),
@@ -150,6 +177,7 @@ fn run(options: Options) -> Result<(), String> {
         println!("{line}");
     }
     println!();
+    print_channel_stats(&engine);
     if let Some(&first) = devices.first() {
         let report = engine.unregister_device(first).map_err(|e| e.to_string())?;
         println!(
