@@ -422,7 +422,9 @@ int32_t dmaplane_client_channel(struct dmaplane_client *client,
  `DMAPLANE_EFAULT` (a buffer is not this engine's DMA memory), `DMAPLANE_EAGAIN` (ring
  full), `DMAPLANE_ENOBUFS` (completion ring full), `DMAPLANE_EINPROGRESS` (moving to a new
  channel), `DMAPLANE_ENODEV` (no channel), `DMAPLANE_EREMOVED` (the channel's device is
- being removed), `DMAPLANE_EIO` (the channel failed); the first five clear after polling.
+ being removed), `DMAPLANE_EIO` (the channel failed). `DMAPLANE_EAGAIN`, `DMAPLANE_ENOBUFS`
+ and `DMAPLANE_EINPROGRESS` clear after polling; `DMAPLANE_EREMOVED` once the client has
+ moved to another channel (poll, then retry); `DMAPLANE_ENODEV` once a device is added.
  `DMAPLANE_EBADF` for a released client.
  */
 int32_t dmaplane_copy(struct dmaplane_client *client,
@@ -551,8 +553,9 @@ int32_t dmaplane_device_channels(const struct dmaplane_engine *engine, uint32_t 
  only: the device leaves the bus and everything in flight completes with
  `DMAPLANE_EREMOVED`). Clients must keep polling for the release to complete.
 
- Errors: `DMAPLANE_ENOENT` (unknown or already removed device), `DMAPLANE_ENOTSUP`
- (surprise removal of real hardware), `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+ Errors: `DMAPLANE_ENOENT` (unknown or already removed device, or one whose removal was
+ already requested), `DMAPLANE_ENOTSUP` (surprise removal of real hardware),
+ `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
  */
 int32_t dmaplane_device_remove(struct dmaplane_engine *engine, uint32_t device, uint32_t how);
 

@@ -225,7 +225,9 @@ pub unsafe extern "C" fn dmaplane_client_channel(
 /// `DMAPLANE_EFAULT` (a buffer is not this engine's DMA memory), `DMAPLANE_EAGAIN` (ring
 /// full), `DMAPLANE_ENOBUFS` (completion ring full), `DMAPLANE_EINPROGRESS` (moving to a new
 /// channel), `DMAPLANE_ENODEV` (no channel), `DMAPLANE_EREMOVED` (the channel's device is
-/// being removed), `DMAPLANE_EIO` (the channel failed); the first five clear after polling.
+/// being removed), `DMAPLANE_EIO` (the channel failed). `DMAPLANE_EAGAIN`, `DMAPLANE_ENOBUFS`
+/// and `DMAPLANE_EINPROGRESS` clear after polling; `DMAPLANE_EREMOVED` once the client has
+/// moved to another channel (poll, then retry); `DMAPLANE_ENODEV` once a device is added.
 /// `DMAPLANE_EBADF` for a released client.
 #[no_mangle]
 pub unsafe extern "C" fn dmaplane_copy(

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault, PoolMemory};
 use dmaplane::hotplug::monitor::{HotplugEvent, Monitor, MonitorConfig};
-use dmaplane::ioat::{ChannelConfig, IoatDevice};
+use dmaplane::ioat::{ChannelConfig, IoatDevice, Timeouts};
 use dmaplane::log::LogHook;
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig, IovaMode};
 use dmaplane::{Capability, ChannelId, DeviceId, DeviceSpec, Engine, EngineConfig, RemovalKind};
@@ -156,6 +156,9 @@ struct Attached {
     emulated: Option<Arc<EmulatedDevice>>,
     /// The hardware function's address; `None` for an emulated device.
     pci_address: Option<String>,
+    /// `dmaplane_device_remove` started its removal: a second request is refused, although
+    /// the monitor may not have unregistered the device yet.
+    removal_requested: bool,
     _driver: IoatDevice,
 }
 
@@ -182,6 +185,13 @@ pub struct EngineHandle {
     options: dmaplane_options,
     holdings: Mutex<Holdings>,
 }
+
+// C calls on one engine come from many threads at once (clients, the application's control
+// thread): the handle must be shareable.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<EngineHandle>();
+};
 
 /// Addresses of the live engine handles.
 static LIVE_ENGINES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
@@ -315,10 +325,22 @@ impl EngineHandle {
     }
 
     fn channel_config(&self) -> ChannelConfig {
-        ChannelConfig {
+        let mut config = ChannelConfig {
             ring_order: self.options.ring_order,
             ..ChannelConfig::default()
+        };
+        if self.options.backend == DMAPLANE_BACKEND_EMULATED {
+            // The emulator is a thread sharing the CPUs with the application (and, in tests,
+            // with valgrind): a start-up or reset that hardware finishes in microseconds may
+            // wait long for a time slice. A channel that timed out would be left out of the
+            // table, so emulated channels get deadlines no scheduler delay reaches.
+            config.timeouts = Timeouts {
+                suspend: Duration::from_secs(1),
+                reset: Duration::from_secs(5),
+                start: Duration::from_secs(5),
+            };
         }
+        config
     }
 
     /// Makes, probes and adds one emulated device.
@@ -407,6 +429,7 @@ impl EngineHandle {
             id,
             emulated,
             pci_address,
+            removal_requested: false,
             _driver: driver,
         });
         Ok(id)
@@ -610,8 +633,9 @@ pub unsafe extern "C" fn dmaplane_device_channels(engine: *const EngineHandle, d
 /// only: the device leaves the bus and everything in flight completes with
 /// `DMAPLANE_EREMOVED`). Clients must keep polling for the release to complete.
 ///
-/// Errors: `DMAPLANE_ENOENT` (unknown or already removed device), `DMAPLANE_ENOTSUP`
-/// (surprise removal of real hardware), `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
+/// Errors: `DMAPLANE_ENOENT` (unknown or already removed device, or one whose removal was
+/// already requested), `DMAPLANE_ENOTSUP` (surprise removal of real hardware),
+/// `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
 #[no_mangle]
 pub unsafe extern "C" fn dmaplane_device_remove(
     engine: *mut EngineHandle,
@@ -627,16 +651,23 @@ pub unsafe extern "C" fn dmaplane_device_remove(
         {
             return Err(DMAPLANE_ENOENT);
         }
+        // The monitor runs removals asynchronously: until it has unregistered the device, the
+        // device still looks registered above. The mark, set under the holdings lock, makes a
+        // second request (from any thread) fail with ENOENT instead of queueing a removal that
+        // would end in a `DMAPLANE_EVENT_FAILED`.
+        let mut holdings = handle.holdings();
+        let attached = holdings
+            .devices
+            .iter_mut()
+            .find(|d| d.id == id)
+            .ok_or(DMAPLANE_ENOENT)?;
+        if attached.removal_requested {
+            return Err(DMAPLANE_ENOENT);
+        }
         match how {
             DMAPLANE_REMOVE_ORDERLY => handle.monitor().remove(id),
             DMAPLANE_REMOVE_SURPRISE => {
-                let emulated = handle
-                    .holdings()
-                    .devices
-                    .iter()
-                    .find(|d| d.id == id)
-                    .and_then(|d| d.emulated.clone())
-                    .ok_or(DMAPLANE_ENOTSUP)?;
+                let emulated = attached.emulated.as_ref().ok_or(DMAPLANE_ENOTSUP)?;
                 // The monitor notices the registers reading all-ones and runs the removal.
                 emulated
                     .inject(Fault::SurpriseRemoval)
@@ -644,6 +675,7 @@ pub unsafe extern "C" fn dmaplane_device_remove(
             }
             _ => return Err(DMAPLANE_EINVAL),
         }
+        attached.removal_requested = true;
         Ok(0)
     })
 }

@@ -1,5 +1,7 @@
 //! The C side of the ABI: `include/dmaplane.h` compiles cleanly as C11 and as C++ with
-//! warnings as errors, and C programs under `examples/c/` build against the library and run.
+//! warnings as errors, and the C programs under `examples/c/` (version, copy, and the
+//! randomized hotplug verifier) build against the static library, run, and run again under
+//! valgrind memcheck where it is installed, without an invalid access or a leak.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -68,34 +70,122 @@ fn the_header_compiles_as_c11_and_as_cxx_without_warnings() {
     );
 }
 
-#[test]
-fn the_version_program_links_the_static_library_and_prints_the_crate_version() {
+/// Whether valgrind is installed here.
+fn has_valgrind() -> bool {
+    Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// What a C program printed: on its own, and under valgrind memcheck where it is installed.
+struct Runs {
+    native: String,
+    valgrind: Option<String>,
+}
+
+/// Builds `examples/c/<name>.c` against the static library (C11, warnings as errors), runs it
+/// with `args`, then, where valgrind is installed, again under memcheck with `valgrind_args`:
+/// no invalid access, nothing definitely or indirectly leaked. Each run must exit with 0.
+fn build_and_run(name: &str, args: &[&str], valgrind_args: &[&str]) -> Runs {
     let staticlib = static_library();
-    let exe = std::env::temp_dir().join(format!("dmaplane-version-{}", std::process::id()));
+    let exe = std::env::temp_dir().join(format!("dmaplane-{name}-{}", std::process::id()));
     run(Command::new("cc")
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
+        .args([
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-g",
+            "-O1",
+        ])
+        .arg("-I")
         .arg(workspace().join("include"))
-        .arg(workspace().join("examples/c/version.c"))
+        .arg(workspace().join(format!("examples/c/{name}.c")))
         .arg(&staticlib)
         .args(["-lpthread", "-ldl", "-lm", "-o"])
         .arg(&exe));
-    let printed = run(&mut Command::new(&exe));
-    // Under valgrind memcheck too, where it is installed: no invalid access, nothing leaked.
-    let has_valgrind = Command::new("valgrind")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if has_valgrind {
-        run(Command::new("valgrind")
+    let native = run(Command::new(&exe).args(args));
+    let valgrind = if has_valgrind() {
+        Some(run(Command::new("valgrind")
             .args(["--quiet", "--error-exitcode=1", "--leak-check=full"])
             .args(["--errors-for-leak-kinds=definite,indirect"])
-            .arg(&exe));
+            .arg(&exe)
+            .args(valgrind_args)))
     } else {
-        println!("valgrind is not installed; the program ran without it");
-    }
+        println!("valgrind is not installed; {name} ran without it");
+        None
+    };
     std::fs::remove_file(&exe).unwrap();
-    assert_eq!(
-        printed.trim(),
-        format!("dmaplane {}", env!("CARGO_PKG_VERSION"))
+    Runs { native, valgrind }
+}
+
+#[test]
+fn the_version_program_links_the_static_library_and_prints_the_crate_version() {
+    let runs = build_and_run("version", &[], &[]);
+    let expected = format!("dmaplane {}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(runs.native.trim(), expected);
+    if let Some(printed) = runs.valgrind {
+        assert_eq!(printed.trim(), expected);
+    }
+}
+
+#[test]
+fn the_copy_program_copies_4_kib_and_tears_down_cleanly() {
+    let runs = build_and_run("copy", &[], &[]);
+    for printed in std::iter::once(runs.native).chain(runs.valgrind) {
+        assert_eq!(printed.trim(), "copied 4096 bytes: ok");
+    }
+}
+
+/// The `key=value` fields of the program's `summary:` line.
+fn summary(printed: &str) -> std::collections::HashMap<String, String> {
+    let line = printed
+        .lines()
+        .find_map(|line| line.strip_prefix("summary:"))
+        .unwrap_or_else(|| panic!("no summary line in:\n{printed}"));
+    line.split_whitespace()
+        .filter_map(|field| field.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn field(fields: &std::collections::HashMap<String, String>, key: &str) -> u64 {
+    fields
+        .get(key)
+        .unwrap_or_else(|| panic!("no {key} in the summary {fields:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{key} in the summary {fields:?}: {e}"))
+}
+
+#[test]
+fn the_verify_program_loses_and_corrupts_nothing_while_devices_come_and_go() {
+    let runs = build_and_run(
+        "verify",
+        &["--seconds", "2"],
+        // valgrind runs one thread at a time, many times slower
+        &["--seconds", "2", "--threads", "2"],
+    );
+    let native = summary(&runs.native);
+    for (printed, fields) in std::iter::once((&runs.native, native.clone())).chain(
+        runs.valgrind
+            .as_ref()
+            .map(|printed| (printed, summary(printed))),
+    ) {
+        for key in ["mismatches", "errors", "lost"] {
+            assert_eq!(field(&fields, key), 0, "{key} in:\n{printed}");
+        }
+        assert!(
+            field(&fields, "succeeded") > 0,
+            "nothing succeeded:\n{printed}"
+        );
+        assert_eq!(printed.lines().last(), Some("ok"), "{printed}");
+    }
+    // The first removal comes 0.3 s in, and one takes well under a second.
+    assert!(
+        field(&native, "removals") >= 1,
+        "no device was removed:\n{}",
+        runs.native
     );
 }
