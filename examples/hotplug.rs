@@ -10,17 +10,19 @@
 //! `cargo run --release --example hotplug -- [--seconds S] [--clients N] [--devices N]`
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dmaplane::datapath::client::{Client, ClientConfig, ClientError};
-use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault, PoolMemory};
+use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault};
 use dmaplane::hotplug::monitor::{HotplugEvent, Monitor, MonitorConfig};
 use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpError, OpFlags, SubmitError};
-use dmaplane::log::LogHook;
 use dmaplane::mem::{DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, DeviceId, Engine, EngineConfig, RemovalOptions, RemovalReport};
+
+mod common;
+use common::*;
 
 const USAGE: &str = "usage: hotplug [--seconds S] [--clients N] [--devices N]
 
@@ -85,35 +87,6 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
     Ok(options)
 }
 
-/// A small deterministic generator (SplitMix64).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A value below `n`.
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-fn quiet() -> LogHook {
-    Arc::new(|_, _| {})
-}
-
-/// The pool as the emulated device's memory.
-fn device_memory(pool: &DmaPool) -> Arc<PoolMemory> {
-    // SAFETY: descriptors reach the device only through the clients' `unsafe` copy calls,
-    // whose callers keep the named buffers alive and untouched until completion.
-    Arc::new(unsafe { PoolMemory::new(pool.clone()) })
-}
-
 // ---------------------------------------------------------------------------------------
 // The clients: random copies, each checked when it completes.
 
@@ -132,12 +105,6 @@ struct Tally {
     /// Completions that match no pending copy (a second completion, say).
     unaccounted: u64,
 }
-
-/// Copies submitted so far by one client, on a cache line of its own, for the main thread's
-/// event headers.
-#[repr(align(128))]
-#[derive(Default)]
-struct PaddedCounter(AtomicU64);
 
 /// Copies random stretches of a pattern into `DEPTH` slots until `stop`, then collects what is
 /// in flight. Refusals while devices come and go (migrating, no channel, device removed,
@@ -363,17 +330,6 @@ fn print_report(report: &RemovalReport) {
     );
 }
 
-/// Sets a stop flag when dropped, so that the client threads of a scope also stop when the
-/// main thread unwinds (a closed standard output makes `println!` panic, for one) instead of
-/// leaving the scope waiting for them forever.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
-    }
-}
-
 fn run(options: Options) -> Result<(), String> {
     let cpus = options.clients;
     let engine =
@@ -516,21 +472,5 @@ fn run(options: Options) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    match parse(std::env::args().skip(1)) {
-        Err(message) if message.is_empty() => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Err(message) => {
-            eprintln!("hotplug: {message}\n\n{USAGE}");
-            ExitCode::from(2)
-        }
-        Ok(options) => match run(options) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("hotplug: {message}");
-                ExitCode::FAILURE
-            }
-        },
-    }
+    common::main_of("hotplug", USAGE, parse, run)
 }

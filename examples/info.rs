@@ -6,14 +6,16 @@
 //! `cargo run --example info -- [--cpus N] [--devices N] [--channels N]`
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dmaplane::datapath::client::{Client, ClientConfig};
-use dmaplane::emu::{EmuConfig, EmulatedDevice, PoolMemory};
+use dmaplane::emu::{EmuConfig, EmulatedDevice};
 use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpFlags};
 use dmaplane::mem::{DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, Engine, EngineConfig};
+
+mod common;
+use common::*;
 
 struct Options {
     cpus: Option<usize>,
@@ -57,13 +59,6 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
         }
     }
     Ok(options)
-}
-
-/// The pool as the emulated device's memory.
-fn device_memory(pool: &DmaPool) -> Arc<PoolMemory> {
-    // SAFETY: descriptors reach the device only through the driver's `unsafe` submit calls,
-    // whose callers keep the named buffers alive and untouched until completion.
-    Arc::new(unsafe { PoolMemory::new(pool.clone()) })
 }
 
 /// Copies 64 KiB through the memcpy channel `cpu`'s client finds in the table and checks it.
@@ -195,21 +190,5 @@ fn run(options: Options) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    match parse(std::env::args().skip(1)) {
-        Err(message) if message.is_empty() => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Err(message) => {
-            eprintln!("info: {message}\n\n{USAGE}");
-            ExitCode::from(2)
-        }
-        Ok(options) => match run(options) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("info: {message}");
-                ExitCode::FAILURE
-            }
-        },
-    }
+    common::main_of("info", USAGE, parse, run)
 }

@@ -13,16 +13,18 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Barrier};
+use std::sync::{mpsc, Barrier};
 use std::time::{Duration, Instant};
 
 use dmaplane::cpu::{format_cpu_list, parse_cpu_list, system_cpus};
 use dmaplane::datapath::client::{Client, ClientConfig, ClientError};
-use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, PoolMemory};
+use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice};
 use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpFlags, SubmitError};
-use dmaplane::log::LogHook;
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, ChannelId, Engine, EngineConfig};
+
+mod common;
+use common::*;
 
 const USAGE: &str = "usage: perf [--size BYTES] [--queue-depth N] [--seconds S] [--devices N]
             [--channels N] [--cpus LIST] [--no-pin]
@@ -139,26 +141,9 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
     Ok(options)
 }
 
-fn quiet() -> LogHook {
-    Arc::new(|_, _| {})
-}
-
-/// The pool as the emulated device's memory.
-fn device_memory(pool: &DmaPool) -> Arc<PoolMemory> {
-    // SAFETY: descriptors reach the device only through the clients' `unsafe` copy calls,
-    // whose callers keep the named buffers alive and untouched until completion.
-    Arc::new(unsafe { PoolMemory::new(pool.clone()) })
-}
-
 fn mib_per_second(bytes: f64, seconds: f64) -> f64 {
     bytes / seconds / (1u64 << 20) as f64
 }
-
-/// A counter on a cache line of its own, so that threads publishing their progress do not
-/// slow each other down.
-#[repr(align(128))]
-#[derive(Default)]
-struct PaddedCounter(AtomicU64);
 
 /// What the main thread shares with the client threads.
 struct Shared {
@@ -490,17 +475,6 @@ fn memcpy_baseline(pool: &DmaPool, size: usize, duration: Duration) -> Result<(u
     }
 }
 
-/// Sets a stop flag when dropped, so that the client threads of a scope also stop when the
-/// main thread unwinds (a closed standard output makes `println!` panic, for one) instead of
-/// leaving the scope waiting for them forever.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
-    }
-}
-
 fn run(options: Options) -> Result<(), String> {
     let cpus = match &options.cpus {
         Some(cpus) => cpus.clone(),
@@ -715,21 +689,5 @@ fn run(options: Options) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    match parse(std::env::args().skip(1)) {
-        Err(message) if message.is_empty() => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Err(message) => {
-            eprintln!("perf: {message}\n\n{USAGE}");
-            ExitCode::from(2)
-        }
-        Ok(options) => match run(options) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("perf: {message}");
-                ExitCode::FAILURE
-            }
-        },
-    }
+    common::main_of("perf", USAGE, parse, run)
 }

@@ -1,0 +1,89 @@
+//! Pieces the Rust examples share: the emulated device's memory, a quiet log, a small
+//! deterministic generator, a cache-line-padded counter, a stop flag raised on unwinding, and
+//! the `main` every example runs (usage on `--help`, exit status 2 on a bad argument).
+
+#![allow(dead_code)] // each example uses its own subset
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dmaplane::emu::PoolMemory;
+use dmaplane::log::LogHook;
+use dmaplane::mem::DmaPool;
+
+/// The pool as the emulated device's memory.
+pub fn device_memory(pool: &DmaPool) -> Arc<PoolMemory> {
+    // SAFETY: descriptors reach the device only through the clients' and the driver's
+    // `unsafe` submit calls, whose callers keep the named buffers alive and untouched until
+    // completion.
+    Arc::new(unsafe { PoolMemory::new(pool.clone()) })
+}
+
+/// A log hook that drops the library's warnings, which would clutter the examples' output.
+pub fn quiet() -> LogHook {
+    Arc::new(|_, _| {})
+}
+
+/// A small deterministic generator (SplitMix64), so a seed reproduces a run.
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A value below `n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A counter on its own cache lines, so client threads publishing progress do not slow each
+/// other down.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct PaddedCounter(pub AtomicU64);
+
+/// Sets a stop flag when dropped, so that the client threads of a scope also stop when the
+/// main thread unwinds (a closed standard output makes `println!` panic, for one) instead of
+/// leaving the scope waiting for them forever.
+pub struct StopOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Parses the arguments with `parse` (an empty error means `--help`) and runs `run`: usage on
+/// standard output for `--help`, the message and usage on standard error with status 2 for a
+/// bad argument, status 1 when the run fails.
+pub fn main_of<O>(
+    name: &str,
+    usage: &str,
+    parse: impl FnOnce(std::iter::Skip<std::env::Args>) -> Result<O, String>,
+    run: impl FnOnce(O) -> Result<(), String>,
+) -> ExitCode {
+    match parse(std::env::args().skip(1)) {
+        Err(message) if message.is_empty() => {
+            println!("{usage}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("{name}: {message}\n\n{usage}");
+            ExitCode::from(2)
+        }
+        Ok(options) => match run(options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("{name}: {message}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
