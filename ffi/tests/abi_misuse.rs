@@ -824,3 +824,32 @@ fn copy_fill_stats_table_removal_and_addition_through_the_abi() {
     }
     destroy(e);
 }
+
+#[test]
+fn the_hardware_backend_without_usable_ioat_functions_is_enodev() {
+    let usable = dmaplane::pci::discover()
+        .into_iter()
+        .filter(|f| f.driver.as_deref() != Some("ioatdma"))
+        .count();
+    let mut options = options(2);
+    options.backend = DMAPLANE_BACKEND_HARDWARE;
+    let mut engine = null_mut();
+    // SAFETY: valid options and a writable out-pointer.
+    let rc = unsafe { dmaplane_engine_create(&options, &mut engine) };
+    if usable == 0 {
+        assert_eq!(rc, DMAPLANE_ENODEV, "{}", strerror(rc));
+        assert!(engine.is_null());
+    } else {
+        // A machine with real, unbound IOAT functions (and root): the engine attaches them,
+        // or says why it could not.
+        println!(
+            "{usable} IOAT function(s) here: create returned {}",
+            strerror(rc)
+        );
+        if rc == DMAPLANE_OK {
+            // SAFETY: a live engine.
+            assert!(unsafe { dmaplane_device_list(engine, null_mut(), 0) } > 0);
+            destroy(engine);
+        }
+    }
+}
