@@ -132,12 +132,15 @@
 #define DMAPLANE_ENOMEM (-12)
 
 /*
- A buffer is not DMA memory allocated by this engine.
+ A buffer is not DMA memory of this engine. (The range is checked against the engine's DMA
+ memory as a whole, not against one allocation: an overrun into a neighbouring buffer is
+ not caught.)
  */
 #define DMAPLANE_EFAULT (-14)
 
 /*
- The client still has operations in flight: poll them first.
+ Release: the client still has operations in flight (poll them first). Copy and fill:
+ every completion route of the channel is taken (at most 256 clients share a channel).
  */
 #define DMAPLANE_EBUSY (-16)
 
@@ -198,7 +201,8 @@
 typedef struct dmaplane_client dmaplane_client;
 
 /*
- `dmaplane_engine` in C: opaque.
+ `dmaplane_engine` in C: opaque. A slot that is never freed (a few bytes per engine made):
+ it holds the engine until `dmaplane_engine_destroy` empties it.
  */
 typedef struct dmaplane_engine dmaplane_engine;
 
@@ -256,7 +260,9 @@ typedef struct dmaplane_options {
    */
   uint32_t ring_order;
   /*
-   Non-zero: listen to kernel uevents for PCI removal (hardware backend).
+   Non-zero: listen to kernel uevents for the removal of attached PCI functions (of use with
+   the hardware backend; `dmaplane_engine_create` fails with `DMAPLANE_EIO` where the
+   netlink socket cannot be opened).
    */
   uint32_t uevents;
   /*
@@ -378,12 +384,13 @@ int32_t dmaplane_client_create(struct dmaplane_engine *engine,
                                struct dmaplane_client **client);
 
 /*
- Releases a client of `engine`. Its operations must have been polled to completion first.
- The handle stays invalid (calls get `DMAPLANE_EBADF`) until the engine is destroyed.
+ Releases a client of `engine`. Its operations must have been polled to completion first
+ (a client poisoned by an internal error may be released regardless). The handle is
+ refused with `DMAPLANE_EBADF` from then on.
 
  Errors: `DMAPLANE_EBUSY` (operations still in flight: poll them), `DMAPLANE_EXDEV` (the
- client belongs to another engine), `DMAPLANE_EBADF` (already released, or a dead engine),
- `DMAPLANE_EINVAL`.
+ client belongs to another engine), `DMAPLANE_EBADF` (already released, or a destroyed
+ engine), `DMAPLANE_EINVAL`.
  */
 int32_t dmaplane_client_release(struct dmaplane_engine *engine, struct dmaplane_client *client);
 
@@ -419,13 +426,16 @@ int32_t dmaplane_client_channel(struct dmaplane_client *client,
  but completes once.
 
  Errors (nothing was queued): `DMAPLANE_EINVAL` (NULL buffer, zero length, unknown flags),
- `DMAPLANE_EFAULT` (a buffer is not this engine's DMA memory), `DMAPLANE_EAGAIN` (ring
+ `DMAPLANE_EFAULT` (a buffer is not this engine's DMA memory; not checked when the CPU
+ fallback runs the operation), `DMAPLANE_EBUSY` (256 clients already share the channel),
+ `DMAPLANE_EAGAIN` (ring
  full), `DMAPLANE_ENOBUFS` (completion ring full), `DMAPLANE_EINPROGRESS` (moving to a new
  channel), `DMAPLANE_ENODEV` (no channel), `DMAPLANE_EREMOVED` (the channel's device is
  being removed), `DMAPLANE_EIO` (the channel failed). `DMAPLANE_EAGAIN`, `DMAPLANE_ENOBUFS`
  and `DMAPLANE_EINPROGRESS` clear after polling; `DMAPLANE_EREMOVED` once the client has
  moved to another channel (poll, then retry); `DMAPLANE_ENODEV` once a device is added.
- `DMAPLANE_EBADF` for a released client.
+ `DMAPLANE_EBADF` for a released client or one of a destroyed engine, `DMAPLANE_EINTERNAL`
+ for a client poisoned by an internal error.
  */
 int32_t dmaplane_copy(struct dmaplane_client *client,
                       void *dst,
@@ -496,12 +506,14 @@ int32_t dmaplane_engine_create(const struct dmaplane_options *options,
 
 /*
  Destroys an engine: stops the monitor, releases its clients (each waits up to 5 s for its
- operations in flight), frees its DMA memory and devices. Every client handle and DMA
- buffer of the engine is invalid afterwards. Must not race any other call on the engine or
- its clients.
+ operations in flight), frees its DMA memory and devices. Afterwards the engine handle and
+ its client handles are refused with `DMAPLANE_EBADF` (their few bytes are never freed, so
+ they are never reused), and its DMA buffers are invalid. No client of the engine may be
+ in a call while it is destroyed; a call on the engine itself may be, and the engine goes
+ when that call returns.
 
- Errors: `DMAPLANE_EINVAL` (NULL), `DMAPLANE_EBADF` (not a live engine, e.g. destroyed
- twice).
+ Errors: `DMAPLANE_EINVAL` (NULL), `DMAPLANE_EBADF` (not an engine handle, or destroyed
+ already).
  */
 int32_t dmaplane_engine_destroy(struct dmaplane_engine *engine);
 

@@ -1,12 +1,19 @@
 //! The client handle of the C ABI: one per CPU, used by one thread at a time, with copy,
 //! fill, submit, poll and capacity.
 //!
-//! A client handle is a shell the engine owns until it is destroyed. Releasing a client drops
-//! the client inside and marks the shell released, so a later call with the same handle gets
-//! `DMAPLANE_EBADF` instead of touching freed memory. The data path checks the shell's mark
-//! on each call (a load and a compare), never a lock.
+//! A client handle is a small shell that is never freed (24 bytes per client made).
+//! Releasing the client, or destroying its engine, drops the client inside and marks the
+//! shell released, so a later call with the same handle gets `DMAPLANE_EBADF` instead of
+//! touching freed memory, and no later client ever has the same handle. A panic caught inside
+//! a client call marks the shell poisoned: the client's state may be broken, so later calls
+//! get `DMAPLANE_EINTERNAL` (release still works). The data path checks the shell's mark on
+//! each call (a load and a compare), never a lock.
 
+use std::cell::UnsafeCell;
 use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
 
 use dmaplane::datapath::client::{Client, ClientConfig};
 use dmaplane::ioat::{Completion, OpFlags};
@@ -41,29 +48,83 @@ pub struct dmaplane_completion {
     pub reserved: u32,
 }
 
-const LIVE: u64 = 0x646d_6170_6c63_6c69;
-const RELEASED: u64 = 0x6465_6164_636c_6965;
+const LIVE: u8 = 1;
+const RELEASED: u8 = 2;
+const POISONED: u8 = 3;
 
 /// `dmaplane_client` in C: opaque.
 pub struct ClientHandle {
-    mark: u64,
+    mark: AtomicU8,
+    /// The engine slot it was made through (engine slots are never freed either).
     engine: *const EngineHandle,
-    client: Option<Client>,
+    /// Touched only by the thread using the client (one at a time, by contract), or by the
+    /// engine's destruction, which no client call may race.
+    client: UnsafeCell<Option<Box<Client>>>,
 }
 
-/// The live client behind `ptr`.
+// The shell is released from whichever thread releases the client or destroys the engine.
+const _: () = {
+    const fn sendable<T: Send>() {}
+    sendable::<Client>();
+};
+
+/// Every client shell ever made. Shells are never freed, so a handle is never reused; listing
+/// them keeps them reachable (a leak checker sees them as held, not lost).
+static SHELLS: Mutex<Vec<ShellAddress>> = Mutex::new(Vec::new());
+
+// Held, never read: the address in memory is what keeps the shell reachable.
+struct ShellAddress(#[allow(dead_code)] *const ClientHandle);
+
+// SAFETY: the list only holds the addresses; nothing dereferences them through it.
+unsafe impl Send for ShellAddress {}
+
+impl ClientHandle {
+    /// Drops the client and marks the shell released.
+    ///
+    /// # Safety
+    ///
+    /// No other call may be using the client (the ABI's contract).
+    pub(crate) unsafe fn retire(&self) {
+        self.mark.store(RELEASED, Ordering::Release);
+        // SAFETY: forwarded contract: nobody else touches the client now.
+        let client = unsafe { (*self.client.get()).take() };
+        // A client whose drop panics (broken by an earlier panic) is leaked, not unwound
+        // into C.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(client)));
+    }
+}
+
+/// Runs `body` on the live client behind `ptr`; a panic inside poisons the shell.
 ///
 /// # Safety
 ///
-/// `ptr` must be NULL or a handle from `dmaplane_client_create` whose engine is alive, used by
-/// one thread at a time (the ABI's contract).
-unsafe fn client_mut<'a>(ptr: *mut ClientHandle) -> Result<&'a mut Client, Code> {
-    // SAFETY: forwarded contract; the shell outlives every client call until the engine goes.
-    let shell = unsafe { out(ptr) }?;
-    if shell.mark != LIVE {
-        return Err(DMAPLANE_EBADF);
-    }
-    shell.client.as_mut().ok_or(DMAPLANE_EBADF)
+/// `ptr` must be NULL or a handle from `dmaplane_client_create`, used by one thread at a time
+/// and not while its engine is being destroyed (the ABI's contract).
+unsafe fn with_client(
+    ptr: *mut ClientHandle,
+    body: impl FnOnce(&mut Client) -> Result<i32, Code>,
+) -> i32 {
+    guarded(|| {
+        // SAFETY: forwarded contract; shells are never freed.
+        let shell = unsafe { ptr.as_ref() }.ok_or(DMAPLANE_EINVAL)?;
+        match shell.mark.load(Ordering::Acquire) {
+            LIVE => {}
+            POISONED => return Err(DMAPLANE_EINTERNAL),
+            _ => return Err(DMAPLANE_EBADF),
+        }
+        // SAFETY: one thread uses the client at a time (contract), so this is the only
+        // reference to it for the call.
+        let client = unsafe { &mut *shell.client.get() }
+            .as_deref_mut()
+            .ok_or(DMAPLANE_EBADF)?;
+        match catch_unwind(AssertUnwindSafe(|| body(client))) {
+            Ok(result) => result,
+            Err(_) => {
+                shell.mark.store(POISONED, Ordering::Release);
+                Err(DMAPLANE_EINTERNAL)
+            }
+        }
+    })
 }
 
 fn op_flags(flags: u32) -> Result<OpFlags, Code> {
@@ -96,7 +157,7 @@ pub unsafe extern "C" fn dmaplane_client_create(
 ) -> i32 {
     guarded(|| {
         // SAFETY: ABI contract on engine handles.
-        let handle = unsafe { engine_ref(engine) }?;
+        let handle = engine_ref(engine)?;
         // SAFETY: the caller passes a writable pointer or NULL.
         let slot = unsafe { out(client) }?;
         if flags & !(DMAPLANE_CLIENT_PIN | DMAPLANE_CLIENT_CPU_FALLBACK) != 0 {
@@ -123,43 +184,53 @@ pub unsafe extern "C" fn dmaplane_client_create(
         }
         .map_err(|e| of_client(&e))?;
         let shell = Box::into_raw(Box::new(ClientHandle {
-            mark: LIVE,
+            mark: AtomicU8::new(LIVE),
             engine,
-            client: Some(made),
+            client: UnsafeCell::new(Some(Box::new(made))),
         }));
+        SHELLS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ShellAddress(shell));
         handle.adopt_client(shell);
         *slot = shell;
         Ok(0)
     })
 }
 
-/// Releases a client of `engine`. Its operations must have been polled to completion first.
-/// The handle stays invalid (calls get `DMAPLANE_EBADF`) until the engine is destroyed.
+/// Releases a client of `engine`. Its operations must have been polled to completion first
+/// (a client poisoned by an internal error may be released regardless). The handle is
+/// refused with `DMAPLANE_EBADF` from then on.
 ///
 /// Errors: `DMAPLANE_EBUSY` (operations still in flight: poll them), `DMAPLANE_EXDEV` (the
-/// client belongs to another engine), `DMAPLANE_EBADF` (already released, or a dead engine),
-/// `DMAPLANE_EINVAL`.
+/// client belongs to another engine), `DMAPLANE_EBADF` (already released, or a destroyed
+/// engine), `DMAPLANE_EINVAL`.
 #[no_mangle]
 pub unsafe extern "C" fn dmaplane_client_release(
     engine: *mut EngineHandle,
     client: *mut ClientHandle,
 ) -> i32 {
     guarded(|| {
-        // SAFETY: ABI contract on engine handles.
-        unsafe { engine_ref(engine) }?;
-        // SAFETY: ABI contract on client handles; the shell is alive while its engine is.
-        let shell = unsafe { out(client) }?;
-        if shell.mark != LIVE {
+        let handle = engine_ref(engine)?;
+        // SAFETY: ABI contract on client handles; shells are never freed.
+        let shell = unsafe { client.as_ref() }.ok_or(DMAPLANE_EINVAL)?;
+        let mark = shell.mark.load(Ordering::Acquire);
+        if mark != LIVE && mark != POISONED {
             return Err(DMAPLANE_EBADF);
         }
         if !std::ptr::eq(shell.engine, engine) {
             return Err(DMAPLANE_EXDEV);
         }
-        if shell.client.as_ref().is_some_and(|c| c.in_flight() > 0) {
+        // SAFETY: one thread uses the client at a time (contract).
+        let in_flight = unsafe { &*shell.client.get() }
+            .as_ref()
+            .map_or(0, |c| c.in_flight());
+        if in_flight > 0 && mark == LIVE {
             return Err(DMAPLANE_EBUSY);
         }
-        shell.client = None;
-        shell.mark = RELEASED;
+        handle.disown_client(shell);
+        // SAFETY: as above: this call is the client's only user.
+        unsafe { shell.retire() };
         Ok(0)
     })
 }
@@ -169,11 +240,11 @@ pub unsafe extern "C" fn dmaplane_client_release(
 /// Errors: `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
 #[no_mangle]
 pub unsafe extern "C" fn dmaplane_client_cpu(client: *mut ClientHandle) -> i32 {
-    guarded(|| {
-        // SAFETY: ABI contract on client handles.
-        let client = unsafe { client_mut(client) }?;
+    let body = |client: &mut Client| -> Result<i32, Code> {
         i32::try_from(client.cpu()).map_err(|_| DMAPLANE_EINVAL)
-    })
+    };
+    // SAFETY: ABI contract on client handles.
+    unsafe { with_client(client, body) }
 }
 
 /// Operations submitted through the client and not yet returned by `dmaplane_poll`.
@@ -181,11 +252,11 @@ pub unsafe extern "C" fn dmaplane_client_cpu(client: *mut ClientHandle) -> i32 {
 /// Errors: `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
 #[no_mangle]
 pub unsafe extern "C" fn dmaplane_client_in_flight(client: *mut ClientHandle) -> i64 {
-    i64::from(guarded(|| {
-        // SAFETY: ABI contract on client handles.
-        let client = unsafe { client_mut(client) }?;
+    let body = |client: &mut Client| -> Result<i32, Code> {
         i32::try_from(client.in_flight()).map_err(|_| DMAPLANE_EINVAL)
-    }))
+    };
+    // SAFETY: ABI contract on client handles.
+    i64::from(unsafe { with_client(client, body) })
 }
 
 /// The channel the per-CPU table gives the client for a capability now
@@ -198,9 +269,7 @@ pub unsafe extern "C" fn dmaplane_client_channel(
     capability: u32,
     channel: *mut u64,
 ) -> i32 {
-    guarded(|| {
-        // SAFETY: ABI contract on client handles.
-        let client = unsafe { client_mut(client) }?;
+    let body = |client: &mut Client| -> Result<i32, Code> {
         // SAFETY: the caller passes a writable pointer or NULL.
         let slot = unsafe { out(channel) }?;
         let cap = match capability {
@@ -212,7 +281,9 @@ pub unsafe extern "C" fn dmaplane_client_channel(
             .channel(cap)
             .map_or(DMAPLANE_NO_CHANNEL, |(id, _)| encode_channel(id));
         Ok(0)
-    })
+    };
+    // SAFETY: ABI contract on client handles.
+    unsafe { with_client(client, body) }
 }
 
 /// Queues a copy of `len` bytes from `src` to `dst`, both DMA memory of the client's engine.
@@ -222,13 +293,16 @@ pub unsafe extern "C" fn dmaplane_client_channel(
 /// but completes once.
 ///
 /// Errors (nothing was queued): `DMAPLANE_EINVAL` (NULL buffer, zero length, unknown flags),
-/// `DMAPLANE_EFAULT` (a buffer is not this engine's DMA memory), `DMAPLANE_EAGAIN` (ring
+/// `DMAPLANE_EFAULT` (a buffer is not this engine's DMA memory; not checked when the CPU
+/// fallback runs the operation), `DMAPLANE_EBUSY` (256 clients already share the channel),
+/// `DMAPLANE_EAGAIN` (ring
 /// full), `DMAPLANE_ENOBUFS` (completion ring full), `DMAPLANE_EINPROGRESS` (moving to a new
 /// channel), `DMAPLANE_ENODEV` (no channel), `DMAPLANE_EREMOVED` (the channel's device is
 /// being removed), `DMAPLANE_EIO` (the channel failed). `DMAPLANE_EAGAIN`, `DMAPLANE_ENOBUFS`
 /// and `DMAPLANE_EINPROGRESS` clear after polling; `DMAPLANE_EREMOVED` once the client has
 /// moved to another channel (poll, then retry); `DMAPLANE_ENODEV` once a device is added.
-/// `DMAPLANE_EBADF` for a released client.
+/// `DMAPLANE_EBADF` for a released client or one of a destroyed engine, `DMAPLANE_EINTERNAL`
+/// for a client poisoned by an internal error.
 #[no_mangle]
 pub unsafe extern "C" fn dmaplane_copy(
     client: *mut ClientHandle,
@@ -238,9 +312,7 @@ pub unsafe extern "C" fn dmaplane_copy(
     user_data: u64,
     flags: u32,
 ) -> i32 {
-    guarded(|| {
-        // SAFETY: ABI contract on client handles.
-        let client = unsafe { client_mut(client) }?;
+    let body = |client: &mut Client| -> Result<i32, Code> {
         let flags = op_flags(flags)?;
         if dst.is_null() || src.is_null() || len == 0 {
             return Err(DMAPLANE_EINVAL);
@@ -250,7 +322,9 @@ pub unsafe extern "C" fn dmaplane_copy(
         unsafe { client.copy(dst.cast(), src.cast(), len, user_data, flags) }
             .map_err(|e| of_client(&e))?;
         Ok(0)
-    })
+    };
+    // SAFETY: ABI contract on client handles.
+    unsafe { with_client(client, body) }
 }
 
 /// Queues a fill of `len` bytes at `dst` (DMA memory of the client's engine) with the 64-bit
@@ -267,9 +341,7 @@ pub unsafe extern "C" fn dmaplane_fill(
     user_data: u64,
     flags: u32,
 ) -> i32 {
-    guarded(|| {
-        // SAFETY: ABI contract on client handles.
-        let client = unsafe { client_mut(client) }?;
+    let body = |client: &mut Client| -> Result<i32, Code> {
         let flags = op_flags(flags)?;
         if dst.is_null() || len == 0 {
             return Err(DMAPLANE_EINVAL);
@@ -278,7 +350,9 @@ pub unsafe extern "C" fn dmaplane_fill(
         unsafe { client.fill(dst.cast(), pattern, len, user_data, flags) }
             .map_err(|e| of_client(&e))?;
         Ok(0)
-    })
+    };
+    // SAFETY: ABI contract on client handles.
+    unsafe { with_client(client, body) }
 }
 
 /// Rings the doorbell for everything queued: one doorbell per batch.
@@ -286,11 +360,12 @@ pub unsafe extern "C" fn dmaplane_fill(
 /// Errors: `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
 #[no_mangle]
 pub unsafe extern "C" fn dmaplane_submit(client: *mut ClientHandle) -> i32 {
-    guarded(|| {
-        // SAFETY: ABI contract on client handles.
-        unsafe { client_mut(client) }?.submit();
+    let body = |client: &mut Client| -> Result<i32, Code> {
+        client.submit();
         Ok(0)
-    })
+    };
+    // SAFETY: ABI contract on client handles.
+    unsafe { with_client(client, body) }
 }
 
 /// Collects up to `max` completions into `completions` and returns how many. Also follows
@@ -304,9 +379,7 @@ pub unsafe extern "C" fn dmaplane_poll(
     completions: *mut dmaplane_completion,
     max: usize,
 ) -> i32 {
-    guarded(|| {
-        // SAFETY: ABI contract on client handles.
-        let client = unsafe { client_mut(client) }?;
+    let body = |client: &mut Client| -> Result<i32, Code> {
         // SAFETY: the caller passes `max` writable completions, or NULL with 0.
         let out = unsafe { out_slice(completions, max) }?;
         let mut batch = [Completion::default(); 64];
@@ -329,7 +402,9 @@ pub unsafe extern "C" fn dmaplane_poll(
             }
         }
         Ok(filled as i32)
-    })
+    };
+    // SAFETY: ABI contract on client handles.
+    unsafe { with_client(client, body) }
 }
 
 /// How many operations of one capability (`DMAPLANE_CAP_MEMCPY` or `DMAPLANE_CAP_FILL`) can be
@@ -338,14 +413,14 @@ pub unsafe extern "C" fn dmaplane_poll(
 /// Errors: `DMAPLANE_EINVAL` (unknown capability), `DMAPLANE_EBADF`.
 #[no_mangle]
 pub unsafe extern "C" fn dmaplane_capacity(client: *mut ClientHandle, capability: u32) -> i32 {
-    guarded(|| {
-        // SAFETY: ABI contract on client handles.
-        let client = unsafe { client_mut(client) }?;
+    let body = |client: &mut Client| -> Result<i32, Code> {
         let cap = match capability {
             DMAPLANE_CAP_MEMCPY => dmaplane::Capability::Memcpy,
             DMAPLANE_CAP_FILL => dmaplane::Capability::Fill,
             _ => return Err(DMAPLANE_EINVAL),
         };
         Ok(i32::try_from(client.capacity(cap)).unwrap_or(i32::MAX))
-    })
+    };
+    // SAFETY: ABI contract on client handles.
+    unsafe { with_client(client, body) }
 }

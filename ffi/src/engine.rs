@@ -3,14 +3,16 @@
 //! memory; hot-removal, hot-add and their events; and introspection (the per-CPU table,
 //! per-channel counts and statistics, a printable dump).
 //!
-//! Engine handles are checked against a registry of live ones, so a destroyed or made-up
-//! engine pointer is refused with `DMAPLANE_EBADF` rather than dereferenced. Every function
-//! taking an engine may be called from any thread, except `dmaplane_engine_destroy`, which
-//! must not race any other call on the engine or its clients.
+//! An engine handle is a small slot that is never freed: it holds the engine until
+//! `dmaplane_engine_destroy` empties it, and each call takes its own reference to the engine
+//! while it runs. So a destroyed engine's handle is refused with `DMAPLANE_EBADF` (its address
+//! is never reused for another engine), a made-up pointer is refused because it is not in the
+//! registry of handles, and a destroy racing another call on the engine frees the engine only
+//! when that call is done. Every function taking an engine may be called from any thread.
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault, PoolMemory};
@@ -73,7 +75,9 @@ pub struct dmaplane_options {
     pub threaded: u32,
     /// log2 of the descriptors per channel ring, 6 to 16 (default 10).
     pub ring_order: u32,
-    /// Non-zero: listen to kernel uevents for PCI removal (hardware backend).
+    /// Non-zero: listen to kernel uevents for the removal of attached PCI functions (of use with
+    /// the hardware backend; `dmaplane_engine_create` fails with `DMAPLANE_EIO` where the
+    /// netlink socket cannot be opened).
     pub uevents: u32,
     /// Milliseconds an orderly removal lets operations drain before failing the rest
     /// (default 100).
@@ -162,61 +166,78 @@ struct Attached {
     _driver: IoatDevice,
 }
 
-/// A client shell the engine owns; see `client.rs`.
-pub(crate) struct OwnedClient(pub(crate) *mut ClientHandle);
+/// A live client's shell, listed by its engine so that destroying the engine releases it.
+pub(crate) struct OwnedClient(pub(crate) *const ClientHandle);
 
-// SAFETY: the shell is only dereferenced by its owning thread or, at destruction, by the one
-// thread allowed to destroy the engine.
+// SAFETY: shells are never freed, and the `Client` inside is `Send` (asserted in `client.rs`):
+// whichever thread releases it (the client's user, or the engine's last holder) may drop it.
 unsafe impl Send for OwnedClient {}
 
 #[derive(Default)]
 struct Holdings {
+    /// Devices attached and not yet released by the engine.
     devices: Vec<Attached>,
     blocks: HashMap<usize, DmaBlock>,
     clients: Vec<OwnedClient>,
     next_serial: u32,
 }
 
-/// `dmaplane_engine` in C: opaque.
+/// `dmaplane_engine` in C: opaque. A slot that is never freed (a few bytes per engine made):
+/// it holds the engine until `dmaplane_engine_destroy` empties it.
 pub struct EngineHandle {
+    core: RwLock<Option<Arc<EngineCore>>>,
+}
+
+/// An engine with what the C caller made through it.
+pub(crate) struct EngineCore {
     pub(crate) engine: Engine,
     pool: DmaPool,
     monitor: Option<Monitor>,
     options: dmaplane_options,
     holdings: Mutex<Holdings>,
+    /// Serializes hardware attaches, so two threads never probe the same PCI function.
+    attaching: Mutex<()>,
 }
 
 // C calls on one engine come from many threads at once (clients, the application's control
-// thread): the handle must be shareable.
+// thread): the engine must be shareable.
 const _: () = {
     const fn shareable<T: Send + Sync>() {}
+    shareable::<EngineCore>();
     shareable::<EngineHandle>();
 };
 
-/// Addresses of the live engine handles.
-static LIVE_ENGINES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+/// Every engine handle ever made: they are never freed, so never reused, and listing them
+/// keeps them reachable (a leak checker sees them as held, not lost).
+static HANDLES: Mutex<Vec<&'static EngineHandle>> = Mutex::new(Vec::new());
 
-fn live_engines() -> MutexGuard<'static, Vec<usize>> {
-    LIVE_ENGINES
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+fn is_handle(ptr: *const EngineHandle) -> bool {
+    let handles = HANDLES.lock().unwrap_or_else(|p| p.into_inner());
+    handles.iter().any(|&h| std::ptr::eq(h, ptr))
 }
 
-/// The live engine behind `ptr`.
-///
-/// # Safety
-///
-/// The engine must not be destroyed during the returned borrow (the ABI's contract).
-pub(crate) unsafe fn engine_ref<'a>(ptr: *const EngineHandle) -> Result<&'a EngineHandle, Code> {
+/// The slot behind `ptr`, if it is one of ours.
+pub(crate) fn engine_slot<'a>(ptr: *const EngineHandle) -> Result<&'a EngineHandle, Code> {
     if ptr.is_null() {
         return Err(DMAPLANE_EINVAL);
     }
-    if !live_engines().contains(&(ptr as usize)) {
+    if !is_handle(ptr) {
         return Err(DMAPLANE_EBADF);
     }
-    // SAFETY: the registry lists only handles made by `dmaplane_engine_create` and not yet
-    // destroyed; destruction does not race this borrow (contract).
+    // SAFETY: the registry lists only handles made by `dmaplane_engine_create` with
+    // `Box::leak`, and they are never freed.
     Ok(unsafe { &*ptr })
+}
+
+/// The engine behind `ptr`, held for the caller's call: `DMAPLANE_EBADF` once destroyed.
+pub(crate) fn engine_ref(ptr: *const EngineHandle) -> Result<Arc<EngineCore>, Code> {
+    engine_slot(ptr)?.current().ok_or(DMAPLANE_EBADF)
+}
+
+impl EngineHandle {
+    fn current(&self) -> Option<Arc<EngineCore>> {
+        self.core.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 fn quiet() -> LogHook {
@@ -261,8 +282,8 @@ fn validate(options: &dmaplane_options) -> Result<(), Code> {
     }
 }
 
-impl EngineHandle {
-    fn create(options: dmaplane_options) -> Result<EngineHandle, Code> {
+impl EngineCore {
+    fn create(options: dmaplane_options) -> Result<EngineCore, Code> {
         validate(&options)?;
         let mut config = if options.cpus == 0 {
             EngineConfig::from_system()
@@ -292,16 +313,17 @@ impl EngineHandle {
                 ..MonitorConfig::default()
             },
         )
-        .map_err(|_| DMAPLANE_ENOMEM)?;
-        let handle = EngineHandle {
+        .map_err(|_| DMAPLANE_EIO)?;
+        let handle = EngineCore {
             engine,
             pool,
             monitor: Some(monitor),
             options,
             holdings: Mutex::new(Holdings::default()),
+            attaching: Mutex::new(()),
         };
         if options.backend == DMAPLANE_BACKEND_HARDWARE {
-            if handle.attach_hardware(usize::MAX)? == 0 {
+            if handle.attach_hardware(usize::MAX)?.is_empty() {
                 return Err(DMAPLANE_ENODEV);
             }
         } else {
@@ -376,10 +398,12 @@ impl EngineHandle {
         self.add(driver, Some(device), None)
     }
 
-    /// Probes and adds up to `limit` IOAT functions not attached yet; returns how many.
-    fn attach_hardware(&self, limit: usize) -> Result<usize, Code> {
+    /// Probes and adds up to `limit` IOAT functions not attached yet; returns their ids.
+    fn attach_hardware(&self, limit: usize) -> Result<Vec<DeviceId>, Code> {
+        let _one_at_a_time = self.attaching.lock().unwrap_or_else(|p| p.into_inner());
         let attached: Vec<String> = {
-            let holdings = self.holdings();
+            let mut holdings = self.holdings();
+            self.forget_released(&mut holdings);
             let live = self.engine.devices();
             holdings
                 .devices
@@ -388,9 +412,9 @@ impl EngineHandle {
                 .filter_map(|d| d.pci_address.clone())
                 .collect()
         };
-        let mut added = 0;
+        let mut added = Vec::new();
         for function in dmaplane::pci::discover() {
-            if added == limit {
+            if added.len() == limit {
                 break;
             }
             // The kernel driver owns a bound function; sharing its registers would corrupt
@@ -412,9 +436,17 @@ impl EngineHandle {
             };
             let id = self.add(driver, None, Some(function.bdf.clone()))?;
             self.monitor().watch_pci(id, function.bdf);
-            added += 1;
+            added.push(id);
         }
         Ok(added)
+    }
+
+    /// Drops the drivers (and emulators) of devices the engine has released, so a long run
+    /// of removals and additions does not keep every device it ever had.
+    fn forget_released(&self, holdings: &mut Holdings) {
+        holdings
+            .devices
+            .retain(|d| self.engine.device_present(d.id).is_some());
     }
 
     fn add(
@@ -425,7 +457,9 @@ impl EngineHandle {
     ) -> Result<DeviceId, Code> {
         let spec: DeviceSpec = driver.spec();
         let id = self.monitor().add(spec).map_err(|e| of_engine(&e))?;
-        self.holdings().devices.push(Attached {
+        let mut holdings = self.holdings();
+        self.forget_released(&mut holdings);
+        holdings.devices.push(Attached {
             id,
             emulated,
             pci_address,
@@ -435,8 +469,14 @@ impl EngineHandle {
         Ok(id)
     }
 
-    pub(crate) fn adopt_client(&self, client: *mut ClientHandle) {
+    pub(crate) fn adopt_client(&self, client: *const ClientHandle) {
         self.holdings().clients.push(OwnedClient(client));
+    }
+
+    pub(crate) fn disown_client(&self, client: *const ClientHandle) {
+        self.holdings()
+            .clients
+            .retain(|owned| !std::ptr::eq(owned.0, client));
     }
 
     pub(crate) fn possible_cpus(&self) -> usize {
@@ -444,7 +484,7 @@ impl EngineHandle {
     }
 }
 
-impl Drop for EngineHandle {
+impl Drop for EngineCore {
     fn drop(&mut self) {
         // The monitor first, so no removal runs while clients go; then the clients (each
         // drains what it has in flight); then the memory their operations used.
@@ -453,9 +493,9 @@ impl Drop for EngineHandle {
         }
         let holdings = std::mem::take(&mut *self.holdings());
         for client in holdings.clients {
-            // SAFETY: the shell was made by `Box::into_raw` in `dmaplane_client_create` and is
-            // freed only here; no other call runs during destruction (contract).
-            drop(unsafe { Box::from_raw(client.0) });
+            // SAFETY: shells are never freed; no call runs on a client of an engine being
+            // destroyed (contract), so nothing else touches the client inside.
+            unsafe { (*client.0).retire() };
         }
         drop(holdings.blocks);
         drop(holdings.devices);
@@ -496,36 +536,39 @@ pub unsafe extern "C" fn dmaplane_engine_create(
             // SAFETY: non-NULL options point at a filled struct (contract).
             *unsafe { input(options) }?
         };
-        let handle = Box::into_raw(Box::new(EngineHandle::create(options)?));
-        live_engines().push(handle as usize);
-        *slot = handle;
+        let core = Arc::new(EngineCore::create(options)?);
+        let handle: &'static EngineHandle = Box::leak(Box::new(EngineHandle {
+            core: RwLock::new(Some(core)),
+        }));
+        HANDLES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+        *slot = std::ptr::from_ref(handle).cast_mut();
         Ok(0)
     })
 }
 
 /// Destroys an engine: stops the monitor, releases its clients (each waits up to 5 s for its
-/// operations in flight), frees its DMA memory and devices. Every client handle and DMA
-/// buffer of the engine is invalid afterwards. Must not race any other call on the engine or
-/// its clients.
+/// operations in flight), frees its DMA memory and devices. Afterwards the engine handle and
+/// its client handles are refused with `DMAPLANE_EBADF` (their few bytes are never freed, so
+/// they are never reused), and its DMA buffers are invalid. No client of the engine may be
+/// in a call while it is destroyed; a call on the engine itself may be, and the engine goes
+/// when that call returns.
 ///
-/// Errors: `DMAPLANE_EINVAL` (NULL), `DMAPLANE_EBADF` (not a live engine, e.g. destroyed
-/// twice).
+/// Errors: `DMAPLANE_EINVAL` (NULL), `DMAPLANE_EBADF` (not an engine handle, or destroyed
+/// already).
 #[no_mangle]
 pub unsafe extern "C" fn dmaplane_engine_destroy(engine: *mut EngineHandle) -> i32 {
     guarded(|| {
-        if engine.is_null() {
-            return Err(DMAPLANE_EINVAL);
-        }
-        {
-            let mut live = live_engines();
-            let Some(at) = live.iter().position(|&e| e == engine as usize) else {
-                return Err(DMAPLANE_EBADF);
-            };
-            live.swap_remove(at);
-        }
-        // SAFETY: the handle was live (made by `Box::into_raw` in `dmaplane_engine_create`)
-        // and has just left the registry, so nothing else frees it.
-        drop(unsafe { Box::from_raw(engine) });
+        let slot = engine_slot(engine)?;
+        let core = slot
+            .core
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or(DMAPLANE_EBADF)?;
+        drop(core);
         Ok(0)
     })
 }
@@ -536,8 +579,7 @@ pub unsafe extern "C" fn dmaplane_engine_destroy(engine: *mut EngineHandle) -> i
 #[no_mangle]
 pub unsafe extern "C" fn dmaplane_engine_cpus(engine: *const EngineHandle) -> i32 {
     guarded(|| {
-        // SAFETY: ABI contract on engine handles.
-        let handle = unsafe { engine_ref(engine) }?;
+        let handle = engine_ref(engine)?;
         i32::try_from(handle.possible_cpus()).map_err(|_| DMAPLANE_EINVAL)
     })
 }
@@ -556,8 +598,7 @@ pub unsafe extern "C" fn dmaplane_dma_alloc(
     ptr: *mut *mut c_void,
 ) -> i32 {
     guarded(|| {
-        // SAFETY: ABI contract on engine handles.
-        let handle = unsafe { engine_ref(engine) }?;
+        let handle = engine_ref(engine)?;
         // SAFETY: the caller passes a writable pointer or NULL.
         let slot = unsafe { out(ptr) }?;
         let align = if align == 0 { 64 } else { align };
@@ -576,8 +617,7 @@ pub unsafe extern "C" fn dmaplane_dma_alloc(
 #[no_mangle]
 pub unsafe extern "C" fn dmaplane_dma_free(engine: *mut EngineHandle, ptr: *mut c_void) -> i32 {
     guarded(|| {
-        // SAFETY: ABI contract on engine handles.
-        let handle = unsafe { engine_ref(engine) }?;
+        let handle = engine_ref(engine)?;
         if ptr.is_null() {
             return Err(DMAPLANE_EINVAL);
         }
@@ -597,8 +637,7 @@ pub unsafe extern "C" fn dmaplane_device_list(
     len: usize,
 ) -> i32 {
     guarded(|| {
-        // SAFETY: ABI contract on engine handles.
-        let handle = unsafe { engine_ref(engine) }?;
+        let handle = engine_ref(engine)?;
         // SAFETY: the caller passes `len` writable ids, or NULL with 0.
         let ids = unsafe { out_slice(ids, len) }?;
         let devices = handle.engine.devices();
@@ -615,8 +654,7 @@ pub unsafe extern "C" fn dmaplane_device_list(
 #[no_mangle]
 pub unsafe extern "C" fn dmaplane_device_channels(engine: *const EngineHandle, device: u32) -> i32 {
     guarded(|| {
-        // SAFETY: ABI contract on engine handles.
-        let handle = unsafe { engine_ref(engine) }?;
+        let handle = engine_ref(engine)?;
         let dump = handle.engine.dump();
         dump.devices
             .iter()
@@ -643,8 +681,7 @@ pub unsafe extern "C" fn dmaplane_device_remove(
     how: u32,
 ) -> i32 {
     guarded(|| {
-        // SAFETY: ABI contract on engine handles.
-        let handle = unsafe { engine_ref(engine) }?;
+        let handle = engine_ref(engine)?;
         let id = DeviceId(device);
         if handle.engine.device_present(id).is_none()
             || !handle.engine.devices().iter().any(|(d, _)| *d == id)
@@ -656,6 +693,7 @@ pub unsafe extern "C" fn dmaplane_device_remove(
         // second request (from any thread) fail with ENOENT instead of queueing a removal that
         // would end in a `DMAPLANE_EVENT_FAILED`.
         let mut holdings = handle.holdings();
+        handle.forget_released(&mut holdings);
         let attached = holdings
             .devices
             .iter_mut()
@@ -690,19 +728,9 @@ pub unsafe extern "C" fn dmaplane_device_remove(
 #[no_mangle]
 pub unsafe extern "C" fn dmaplane_device_add(engine: *mut EngineHandle, device: *mut u32) -> i32 {
     guarded(|| {
-        // SAFETY: ABI contract on engine handles.
-        let handle = unsafe { engine_ref(engine) }?;
+        let handle = engine_ref(engine)?;
         let id = if handle.options.backend == DMAPLANE_BACKEND_HARDWARE {
-            let before = handle.engine.devices();
-            if handle.attach_hardware(1)? == 0 {
-                return Err(DMAPLANE_ENODEV);
-            }
-            let after = handle.engine.devices();
-            after
-                .iter()
-                .map(|(id, _)| *id)
-                .find(|id| !before.iter().any(|(b, _)| b == id))
-                .ok_or(DMAPLANE_EIO)?
+            *handle.attach_hardware(1)?.first().ok_or(DMAPLANE_ENODEV)?
         } else {
             handle.attach_emulated()?
         };
@@ -762,8 +790,7 @@ pub unsafe extern "C" fn dmaplane_event_next(
     timeout_ms: u32,
 ) -> i32 {
     guarded(|| {
-        // SAFETY: ABI contract on engine handles.
-        let handle = unsafe { engine_ref(engine) }?;
+        let handle = engine_ref(engine)?;
         // SAFETY: the caller passes a writable event or NULL.
         let slot = unsafe { out(event) }?;
         match handle
@@ -793,8 +820,7 @@ pub unsafe extern "C" fn dmaplane_table(
     len: usize,
 ) -> i32 {
     guarded(|| {
-        // SAFETY: ABI contract on engine handles.
-        let handle = unsafe { engine_ref(engine) }?;
+        let handle = engine_ref(engine)?;
         let cap = capability(capability_bit)?;
         // SAFETY: the caller passes `len` writable entries, or NULL with 0.
         let channels = unsafe { out_slice(channels, len) }?;
@@ -820,8 +846,7 @@ pub unsafe extern "C" fn dmaplane_channel_get_counts(
     counts: *mut dmaplane_channel_counts,
 ) -> i32 {
     guarded(|| {
-        // SAFETY: ABI contract on engine handles.
-        let handle = unsafe { engine_ref(engine) }?;
+        let handle = engine_ref(engine)?;
         // SAFETY: the caller passes a writable struct or NULL.
         let slot = unsafe { out(counts) }?;
         let got = handle
@@ -847,8 +872,7 @@ pub unsafe extern "C" fn dmaplane_channel_get_stats(
     stats: *mut dmaplane_channel_stats,
 ) -> i32 {
     guarded(|| {
-        // SAFETY: ABI contract on engine handles.
-        let handle = unsafe { engine_ref(engine) }?;
+        let handle = engine_ref(engine)?;
         // SAFETY: the caller passes a writable struct or NULL.
         let slot = unsafe { out(stats) }?;
         let got = handle
@@ -877,8 +901,7 @@ pub unsafe extern "C" fn dmaplane_engine_dump(
     len: usize,
 ) -> i32 {
     guarded(|| {
-        // SAFETY: ABI contract on engine handles.
-        let handle = unsafe { engine_ref(engine) }?;
+        let handle = engine_ref(engine)?;
         let text = handle.engine.dump().to_string();
         // SAFETY: the caller passes `len` writable bytes, or NULL with 0.
         unsafe { write_text(&text, buf.cast(), len) }

@@ -26,9 +26,12 @@ pub const DMAPLANE_EBADF: i32 = -9;
 pub const DMAPLANE_EAGAIN: i32 = -11;
 /// Out of memory (DMA memory or the process's).
 pub const DMAPLANE_ENOMEM: i32 = -12;
-/// A buffer is not DMA memory allocated by this engine.
+/// A buffer is not DMA memory of this engine. (The range is checked against the engine's DMA
+/// memory as a whole, not against one allocation: an overrun into a neighbouring buffer is
+/// not caught.)
 pub const DMAPLANE_EFAULT: i32 = -14;
-/// The client still has operations in flight: poll them first.
+/// Release: the client still has operations in flight (poll them first). Copy and fill:
+/// every completion route of the channel is taken (at most 256 clients share a channel).
 pub const DMAPLANE_EBUSY: i32 = -16;
 /// The CPU already has a client.
 pub const DMAPLANE_EEXIST: i32 = -17;
@@ -126,7 +129,7 @@ const DESCRIPTIONS: [(i32, &str); 20] = [
     (DMAPLANE_EFAULT, "buffer is not DMA memory of this engine\0"),
     (
         DMAPLANE_EBUSY,
-        "operations still in flight, or no free route\0",
+        "operations still in flight, or every route of the channel taken\0",
     ),
     (DMAPLANE_EEXIST, "this CPU already has a client\0"),
     (DMAPLANE_EXDEV, "handle belongs to another engine\0"),

@@ -8,15 +8,17 @@
 //! dump are there for introspection.
 //!
 //! Every entry point runs behind a panic boundary and returns a negative errno-style code on
-//! failure (`dmaplane_strerror` describes it). Handles are opaque: engine handles are checked
-//! against a registry of live ones; client handles stay valid shells until their engine is
-//! destroyed, so a released client is refused rather than dereferenced.
+//! failure (`dmaplane_strerror` describes it). Handles are opaque and never reused: an engine
+//! handle is a slot and a client handle a shell, both a few bytes that are never freed, so a
+//! destroyed engine or a released client (or one of a destroyed engine) is refused with
+//! `DMAPLANE_EBADF` rather than dereferenced, and a made-up engine pointer is refused because
+//! it is not in the registry of handles.
 //!
 //! The contract of every entry point: a non-NULL pointer argument points at what its
 //! documentation says (writable where it is an output, `len` elements where a length goes
 //! with it); buffers given to copy and fill stay allocated and untouched until their
-//! completion is polled; a client is used by one thread at a time; and nothing runs on an
-//! engine or its clients while it is being destroyed.
+//! completion is polled; a client is used by one thread at a time; and no call runs on a
+//! client while its engine is being destroyed.
 
 // The C-facing structs keep their C names, so the header reads as C.
 #![allow(non_camel_case_types)]

@@ -853,3 +853,60 @@ fn the_hardware_backend_without_usable_ioat_functions_is_enodev() {
         }
     }
 }
+
+#[test]
+fn handles_of_a_destroyed_engine_stay_refused_after_new_engines_are_made() {
+    let old = engine();
+    let old_client = client(old, 0);
+    destroy(old);
+    // New engines never get the old handle, however many are made and destroyed.
+    let engines: Vec<_> = (0..4).map(|_| engine()).collect();
+    assert!(engines.iter().all(|&e| e != old));
+    let fresh = engines[0];
+    let fresh_client = client(fresh, 0);
+    // SAFETY: handles are never freed, so stale ones are refused, not dereferenced.
+    unsafe {
+        assert_eq!(dmaplane_engine_destroy(old), DMAPLANE_EBADF);
+        assert_eq!(dmaplane_client_release(old, old_client), DMAPLANE_EBADF);
+        assert_eq!(dmaplane_client_release(fresh, old_client), DMAPLANE_EBADF);
+        assert_eq!(dmaplane_submit(old_client), DMAPLANE_EBADF);
+        assert_eq!(dmaplane_poll(old_client, null_mut(), 0), DMAPLANE_EBADF);
+        // The new engine and its client are untouched by all that.
+        assert_eq!(dmaplane_engine_cpus(fresh), 2);
+        assert_eq!(dmaplane_client_cpu(fresh_client), 0);
+    }
+    for e in engines {
+        destroy(e);
+    }
+    // Destroying the engine released its client too.
+    // SAFETY: as above.
+    assert_eq!(unsafe { dmaplane_submit(fresh_client) }, DMAPLANE_EBADF);
+}
+
+/// How many CPUs the calling thread may run on.
+fn allowed_cpus() -> usize {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, filled by the call.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set),
+            0
+        );
+        libc::CPU_COUNT(&set) as usize
+    }
+}
+
+#[test]
+fn a_refused_pinned_client_leaves_the_thread_affinity_alone() {
+    let e = engine();
+    let first = client(e, 0);
+    let before = allowed_cpus();
+    let mut second = null_mut();
+    // SAFETY: a live engine and a writable out-pointer.
+    let rc = unsafe { dmaplane_client_create(e, 0, DMAPLANE_CLIENT_PIN, &mut second) };
+    assert_eq!(rc, DMAPLANE_EEXIST);
+    assert_eq!(allowed_cpus(), before, "the refused call pinned the thread");
+    // SAFETY: live handles of this test.
+    assert_eq!(unsafe { dmaplane_client_release(e, first) }, DMAPLANE_OK);
+    destroy(e);
+}

@@ -818,3 +818,29 @@ fn a_cpu_has_one_client_at_a_time() {
         "owned once alone again"
     );
 }
+
+#[test]
+fn a_channel_whose_routes_are_all_taken_refuses_with_too_many_clients() {
+    use dmaplane::ioat::MAX_CLIENTS_PER_CHANNEL;
+    let cpus = MAX_CLIENTS_PER_CHANNEL + 1;
+    let mut r = rig(cpus);
+    let id = r.add_device(1, EmuMode::Inline, 6);
+    let mut clients: Vec<Client> = (0..cpus).map(|cpu| r.client(cpu)).collect();
+    let src = block(&r.pool, 64, 1);
+    let dst = block(&r.pool, 64, 2);
+    let mut refused = Vec::new();
+    for client in &mut clients {
+        // SAFETY: the blocks outlive the collected operations.
+        match unsafe { client.copy(dst.as_mut_ptr(), src.as_ptr(), 64, 0, OpFlags::SUBMIT) } {
+            Ok(()) => assert_eq!(collect(client, 1)[0].result, Ok(())),
+            Err(err) => refused.push((client.cpu(), err)),
+        }
+    }
+    // One channel has MAX_CLIENTS_PER_CHANNEL routes: the last client gets none, and is told
+    // so rather than "no channel".
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        matches!(refused[0].1, ClientError::TooManyClients(channel) if channel.device == id),
+        "{refused:?}"
+    );
+}

@@ -238,6 +238,9 @@ pub struct Client {
     lanes: [Option<u8>; Capability::COUNT],
     /// Per capability: the channel the table gives this CPU and the client could attach.
     lane_ids: [Option<ChannelId>; Capability::COUNT],
+    /// Per capability, the channel the table names whose completion routes were all taken
+    /// when this client tried to attach (reported as `TooManyClients`, not `NoChannel`).
+    crowded: [Option<ChannelId>; Capability::COUNT],
     attachments: Vec<Attachment>,
     config: ClientConfig,
     stats: ClientStats,
@@ -267,6 +270,7 @@ impl Client {
             generation: None,
             lanes: [None; Capability::COUNT],
             lane_ids: [None; Capability::COUNT],
+            crowded: [None; Capability::COUNT],
             attachments: Vec::new(),
             config,
             stats: ClientStats::default(),
@@ -277,7 +281,8 @@ impl Client {
         Ok(client)
     }
 
-    /// Pins the calling thread to `cpu`, then makes a client for it.
+    /// Makes a client for `cpu`, then pins the calling thread to it. A refused client leaves
+    /// the thread's affinity as it was.
     pub fn pinned(
         engine: &Engine,
         cpu: usize,
@@ -286,12 +291,14 @@ impl Client {
         // core_affinity aborts the process for a CPU past its fixed-size set; refuse CPUs the
         // machine cannot have before asking it.
         let (possible, _) = crate::cpu::system_cpus();
-        if cpu >= possible.min(crate::datapath::worker::MAX_PINNABLE_CPU)
-            || !core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
-        {
+        if cpu >= possible.min(crate::datapath::worker::MAX_PINNABLE_CPU) {
             return Err(ClientError::Pin(cpu));
         }
-        Client::new(engine, Some(cpu), config)
+        let client = Client::new(engine, Some(cpu), config)?;
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+            return Err(ClientError::Pin(cpu));
+        }
+        Ok(client)
     }
 
     /// The CPU whose table slots this client follows.
@@ -392,13 +399,15 @@ impl Client {
             }
         }
         self.release_drained();
+        let mut crowded_ids = Vec::new();
         for (_, id, exclusive, core) in &mut wanted {
             let Some(core) = core.take() else { continue };
             if self.attachments.iter().any(|a| a.id == *id) {
                 continue;
             }
             let Some((route, completions)) = core.routes.attach(self.config.completion_ring) else {
-                continue; // no route left: this capability gets no lane (NoChannel)
+                crowded_ids.push(*id); // no route left: this capability gets no lane
+                continue;
             };
             // SAFETY: shared mode; nobody owns the channel once this generation settles, and
             // this client submits nothing to it before then (`pending`).
@@ -415,9 +424,12 @@ impl Client {
             });
         }
         self.lane_ids = [None; Capability::COUNT];
+        self.crowded = [None; Capability::COUNT];
         for (cap, id, _, _) in &wanted {
             if self.attachments.iter().any(|a| a.id == *id) {
                 self.lane_ids[cap.index()] = Some(*id);
+            } else if crowded_ids.contains(id) {
+                self.crowded[cap.index()] = Some(*id);
             }
         }
         self.remap_lanes();
@@ -487,7 +499,10 @@ impl Client {
     fn lane(&mut self, cap: Capability) -> Result<&mut Attachment, ClientError> {
         self.refresh();
         let Some(index) = self.lanes[cap.index()] else {
-            return Err(ClientError::NoChannel(cap));
+            return Err(match self.crowded[cap.index()] {
+                Some(id) => ClientError::TooManyClients(id),
+                None => ClientError::NoChannel(cap),
+            });
         };
         let index = usize::from(index);
         if self.attachments[index].pending {
