@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dmaplane::datapath::client::{Client, ClientConfig, ClientError};
-use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault};
+use dmaplane::emu::{EmuMode, EmulatedDevice, Fault};
 use dmaplane::hotplug::monitor::{HotplugEvent, Monitor, MonitorConfig};
 use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpError, OpFlags, SubmitError};
 use dmaplane::mem::{DmaPool, DmaPoolConfig};
@@ -64,16 +64,10 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
     };
     let mut args = args;
     while let Some(arg) = args.next() {
-        let mut number = |name: &str| -> Result<usize, String> {
-            let value = args.next().ok_or(format!("{name} needs a value"))?;
-            value
-                .parse()
-                .map_err(|_| format!("{name}: {value:?} is not a number"))
-        };
         match arg.as_str() {
-            "--seconds" => options.seconds = number("--seconds")? as u64,
-            "--clients" => options.clients = number("--clients")?,
-            "--devices" => options.devices = number("--devices")?,
+            "--seconds" => options.seconds = option_number(&mut args, "--seconds")?,
+            "--clients" => options.clients = option_number(&mut args, "--clients")?,
+            "--devices" => options.devices = option_number(&mut args, "--devices")?,
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -236,21 +230,14 @@ struct LiveDevice {
 }
 
 fn add_device(monitor: &Monitor, pool: &DmaPool, serial: usize) -> Result<LiveDevice, String> {
-    let config = EmuConfig {
-        channels: 1,
-        mode: EmuMode::Threaded,
-        ..EmuConfig::default()
-    };
-    let emu = EmulatedDevice::new(config, device_memory(pool)).map_err(|e| e.to_string())?;
     let name = format!("emu{serial}");
-    let ioat = IoatDevice::probe(
+    let (emu, ioat) = emulated_device(
+        pool,
         name.clone(),
-        emu.registers(),
-        Some(emu.config_space()),
-        pool.clone(),
+        1,
+        EmuMode::Threaded,
         ChannelConfig::default(),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let id = monitor.add(ioat.spec()).map_err(|e| e.to_string())?;
     Ok(LiveDevice {
         emu,

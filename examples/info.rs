@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use dmaplane::datapath::client::{Client, ClientConfig};
-use dmaplane::emu::{EmuConfig, EmulatedDevice};
-use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpFlags};
+use dmaplane::emu::EmuMode;
+use dmaplane::ioat::{ChannelConfig, Completion, OpFlags};
 use dmaplane::mem::{DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, Engine, EngineConfig};
 
@@ -44,16 +44,10 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
     };
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
-        let mut number = |name: &str| -> Result<usize, String> {
-            let value = args.next().ok_or(format!("{name} needs a value"))?;
-            value
-                .parse()
-                .map_err(|_| format!("{name}: {value:?} is not a number"))
-        };
         match arg.as_str() {
-            "--cpus" => options.cpus = Some(number("--cpus")?),
-            "--devices" => options.devices = number("--devices")?,
-            "--channels" => options.channels = number("--channels")?,
+            "--cpus" => options.cpus = Some(option_number(&mut args, "--cpus")?),
+            "--devices" => options.devices = option_number(&mut args, "--devices")?,
+            "--channels" => options.channels = option_number(&mut args, "--channels")?,
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -144,19 +138,13 @@ fn run(options: Options) -> Result<(), String> {
     );
     let mut devices = Vec::new();
     for i in 0..options.devices {
-        let emu = EmuConfig {
-            channels: options.channels,
-            ..EmuConfig::default()
-        };
-        let device = EmulatedDevice::new(emu, device_memory(&pool)).map_err(|e| e.to_string())?;
-        let ioat = IoatDevice::probe(
+        let (_device, ioat) = emulated_device(
+            &pool,
             format!("emu{i}"),
-            device.registers(),
-            Some(device.config_space()),
-            pool.clone(),
+            options.channels,
+            EmuMode::Inline,
             ChannelConfig::default(),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         devices.push(
             engine
                 .register_device(ioat.spec())

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use dmaplane::cpu::{format_cpu_list, parse_cpu_list, system_cpus};
 use dmaplane::datapath::client::{Client, ClientConfig, ClientError};
-use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice};
-use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpFlags, SubmitError};
+use dmaplane::emu::EmuMode;
+use dmaplane::ioat::{ChannelConfig, Completion, OpFlags, SubmitError};
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, ChannelId, Engine, EngineConfig};
 
@@ -94,37 +94,31 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
     };
     let mut args = args;
     while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
-        let number = |name: &str, value: String| -> Result<usize, String> {
-            value
-                .parse()
-                .map_err(|_| format!("{name}: {value:?} is not a number"))
-        };
         match arg.as_str() {
             "--size" => {
-                let text = value("--size")?;
+                let text = option_value(&mut args, "--size")?;
                 options.size = parse_size(&text)
                     .filter(|&s| s > 0)
                     .ok_or(format!("--size: {text:?} is not a byte count such as 4k"))?;
             }
             "--queue-depth" => {
-                options.queue_depth = number("--queue-depth", value("--queue-depth")?)?;
+                options.queue_depth = option_number(&mut args, "--queue-depth")?;
                 if !(1..=MAX_QUEUE_DEPTH).contains(&options.queue_depth) {
                     return Err(format!("--queue-depth must be 1 to {MAX_QUEUE_DEPTH}"));
                 }
             }
             "--seconds" => {
-                let text = value("--seconds")?;
+                let text = option_value(&mut args, "--seconds")?;
                 options.seconds = text
                     .parse()
                     .ok()
                     .filter(|s: &f64| s.is_finite() && *s > 0.0)
                     .ok_or(format!("--seconds: {text:?} is not a positive number"))?;
             }
-            "--devices" => options.devices = number("--devices", value("--devices")?)?,
-            "--channels" => options.channels = number("--channels", value("--channels")?)?,
+            "--devices" => options.devices = option_number(&mut args, "--devices")?,
+            "--channels" => options.channels = option_number(&mut args, "--channels")?,
             "--cpus" => {
-                let text = value("--cpus")?;
+                let text = option_value(&mut args, "--cpus")?;
                 let cpus = parse_cpu_list(&text)
                     .filter(|c| !c.is_empty())
                     .ok_or(format!("--cpus: {text:?} is not a CPU list such as 0-3"))?;
@@ -494,20 +488,13 @@ fn run(options: Options) -> Result<(), String> {
     // The emulated devices and their drivers, kept for the whole run.
     let mut devices = Vec::new();
     for i in 0..options.devices {
-        let emu = EmuConfig {
-            channels: options.channels,
-            mode: EmuMode::Threaded,
-            ..EmuConfig::default()
-        };
-        let device = EmulatedDevice::new(emu, device_memory(&pool)).map_err(|e| e.to_string())?;
-        let ioat = IoatDevice::probe(
+        let (device, ioat) = emulated_device(
+            &pool,
             format!("emu{i}"),
-            device.registers(),
-            Some(device.config_space()),
-            pool.clone(),
+            options.channels,
+            EmuMode::Threaded,
             ChannelConfig::default(),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         engine
             .register_device(ioat.spec())
             .map_err(|e| e.to_string())?;

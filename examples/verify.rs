@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dmaplane::datapath::client::{Client, ClientConfig, ClientError};
-use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault};
+use dmaplane::emu::{EmuMode, EmulatedDevice, Fault};
 use dmaplane::hotplug::monitor::{HotplugEvent, Monitor, MonitorConfig};
 use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpError, OpFlags, SubmitError};
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
@@ -86,24 +86,18 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
     };
     let mut args = args;
     while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
-        let number = |name: &str, value: String| -> Result<u64, String> {
-            value
-                .parse()
-                .map_err(|_| format!("{name}: {value:?} is not a number"))
-        };
         match arg.as_str() {
             "--seconds" => {
-                let text = value("--seconds")?;
+                let text = option_value(&mut args, "--seconds")?;
                 options.seconds = text
                     .parse()
                     .ok()
                     .filter(|s: &f64| s.is_finite() && *s > 0.0)
                     .ok_or(format!("--seconds: {text:?} is not a positive number"))?;
             }
-            "--clients" => options.clients = number("--clients", value("--clients")?)? as usize,
-            "--devices" => options.devices = number("--devices", value("--devices")?)? as usize,
-            "--seed" => options.seed = Some(number("--seed", value("--seed")?)?),
+            "--clients" => options.clients = option_number(&mut args, "--clients")?,
+            "--devices" => options.devices = option_number(&mut args, "--devices")?,
+            "--seed" => options.seed = Some(option_number(&mut args, "--seed")?),
             "--hotplug" => options.hotplug = true,
             "--pin" => options.pin = true,
             "--help" | "-h" => return Err(String::new()),
@@ -550,25 +544,13 @@ struct Devices {
 
 impl Devices {
     fn add(&mut self, monitor: &Monitor) -> Result<(), String> {
-        let emu = EmuConfig {
-            channels: 1,
-            mode: EmuMode::Threaded,
-            ..EmuConfig::default()
-        };
         let name = format!("emu{}", self.serial);
         self.serial += 1;
-        let emu = EmulatedDevice::new(emu, device_memory(&self.pool)).map_err(|e| e.to_string())?;
-        let ioat = IoatDevice::probe(
-            name,
-            emu.registers(),
-            Some(emu.config_space()),
-            self.pool.clone(),
-            ChannelConfig {
-                ring_order: 9,
-                ..ChannelConfig::default()
-            },
-        )
-        .map_err(|e| e.to_string())?;
+        let ring = ChannelConfig {
+            ring_order: 9,
+            ..ChannelConfig::default()
+        };
+        let (emu, ioat) = emulated_device(&self.pool, name, 1, EmuMode::Threaded, ring)?;
         let id = monitor.add(ioat.spec()).map_err(|e| e.to_string())?;
         self.live.push(LiveDevice { emu, ioat, id });
         Ok(())

@@ -1,6 +1,7 @@
-//! Pieces the Rust examples share: the emulated device's memory, a quiet log, a small
-//! deterministic generator, a cache-line-padded counter, a stop flag raised on unwinding, and
-//! the `main` every example runs (usage on `--help`, exit status 2 on a bad argument).
+//! Pieces the Rust examples share: emulated devices and their memory, a quiet log, a small
+//! deterministic generator, a cache-line-padded counter, a stop flag raised on unwinding,
+//! option values, and the `main` every example runs (usage on `--help`, exit status 2 on a
+//! bad argument).
 
 #![allow(dead_code)] // each example uses its own subset
 
@@ -8,7 +9,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dmaplane::emu::PoolMemory;
+use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, PoolMemory};
+use dmaplane::ioat::{ChannelConfig, IoatDevice};
 use dmaplane::log::LogHook;
 use dmaplane::mem::DmaPool;
 
@@ -86,4 +88,46 @@ pub fn main_of<O>(
             }
         },
     }
+}
+
+/// Makes an emulated IOAT device of `channels` channels (threaded, or inline at each
+/// doorbell) and probes it with the driver, as an application would a real function.
+pub fn emulated_device(
+    pool: &DmaPool,
+    name: impl Into<String>,
+    channels: usize,
+    mode: EmuMode,
+    channel_config: ChannelConfig,
+) -> Result<(Arc<EmulatedDevice>, IoatDevice), String> {
+    let config = EmuConfig {
+        channels,
+        mode,
+        ..EmuConfig::default()
+    };
+    let emu = EmulatedDevice::new(config, device_memory(pool)).map_err(|e| e.to_string())?;
+    let driver = IoatDevice::probe(
+        name,
+        emu.registers(),
+        Some(emu.config_space()),
+        pool.clone(),
+        channel_config,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((emu, driver))
+}
+
+/// The value after option `name`, or why there is none.
+pub fn option_value(args: &mut impl Iterator<Item = String>, name: &str) -> Result<String, String> {
+    args.next().ok_or(format!("{name} needs a value"))
+}
+
+/// The number after option `name`, or why it is not one.
+pub fn option_number<T: std::str::FromStr>(
+    args: &mut impl Iterator<Item = String>,
+    name: &str,
+) -> Result<T, String> {
+    let value = option_value(args, name)?;
+    value
+        .parse()
+        .map_err(|_| format!("{name}: {value:?} is not a number"))
 }

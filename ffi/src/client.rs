@@ -127,6 +127,15 @@ unsafe fn with_client(
     })
 }
 
+/// The flags of a copy or fill to `dst` of `len` bytes, once the arguments every operation
+/// needs are checked: a destination, a length, known flags.
+fn checked_op(dst: *mut c_void, len: usize, flags: u32) -> Result<OpFlags, Code> {
+    if dst.is_null() || len == 0 {
+        return Err(DMAPLANE_EINVAL);
+    }
+    op_flags(flags)
+}
+
 fn op_flags(flags: u32) -> Result<OpFlags, Code> {
     if flags & !(DMAPLANE_FLAG_FENCE | DMAPLANE_FLAG_SUBMIT) != 0 {
         return Err(DMAPLANE_EINVAL);
@@ -313,8 +322,8 @@ pub unsafe extern "C" fn dmaplane_copy(
     flags: u32,
 ) -> i32 {
     let body = |client: &mut Client| -> Result<i32, Code> {
-        let flags = op_flags(flags)?;
-        if dst.is_null() || src.is_null() || len == 0 {
+        let flags = checked_op(dst, len, flags)?;
+        if src.is_null() {
             return Err(DMAPLANE_EINVAL);
         }
         // SAFETY: the caller keeps both buffers alive and untouched until the completion (the
@@ -342,10 +351,7 @@ pub unsafe extern "C" fn dmaplane_fill(
     flags: u32,
 ) -> i32 {
     let body = |client: &mut Client| -> Result<i32, Code> {
-        let flags = op_flags(flags)?;
-        if dst.is_null() || len == 0 {
-            return Err(DMAPLANE_EINVAL);
-        }
+        let flags = checked_op(dst, len, flags)?;
         // SAFETY: as for `dmaplane_copy`.
         unsafe { client.fill(dst.cast(), pattern, len, user_data, flags) }
             .map_err(|e| of_client(&e))?;
