@@ -107,14 +107,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
                     return Err(format!("--queue-depth must be 1 to {MAX_QUEUE_DEPTH}"));
                 }
             }
-            "--seconds" => {
-                let text = option_value(&mut args, "--seconds")?;
-                options.seconds = text
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s > 0.0)
-                    .ok_or(format!("--seconds: {text:?} is not a positive number"))?;
-            }
+            "--seconds" => options.seconds = option_seconds(&mut args, "--seconds")?,
             "--devices" => options.devices = option_number(&mut args, "--devices")?,
             "--channels" => options.channels = option_number(&mut args, "--channels")?,
             "--cpus" => {

@@ -87,14 +87,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
     let mut args = args;
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--seconds" => {
-                let text = option_value(&mut args, "--seconds")?;
-                options.seconds = text
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s > 0.0)
-                    .ok_or(format!("--seconds: {text:?} is not a positive number"))?;
-            }
+            "--seconds" => options.seconds = option_seconds(&mut args, "--seconds")?,
             "--clients" => options.clients = option_number(&mut args, "--clients")?,
             "--devices" => options.devices = option_number(&mut args, "--devices")?,
             "--seed" => options.seed = Some(option_number(&mut args, "--seed")?),

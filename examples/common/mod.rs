@@ -131,3 +131,12 @@ pub fn option_number<T: std::str::FromStr>(
         .parse()
         .map_err(|_| format!("{name}: {value:?} is not a number"))
 }
+
+/// The positive, finite number of seconds after option `name`.
+pub fn option_seconds(args: &mut impl Iterator<Item = String>, name: &str) -> Result<f64, String> {
+    let text = option_value(args, name)?;
+    text.parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s > 0.0)
+        .ok_or(format!("{name}: {text:?} is not a positive number"))
+}
