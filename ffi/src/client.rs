@@ -176,9 +176,6 @@ pub unsafe extern "C" fn dmaplane_client_create(
             -1 => None,
             cpu => Some(usize::try_from(cpu).map_err(|_| DMAPLANE_ERANGE)?),
         };
-        if cpu.is_some_and(|cpu| cpu >= handle.possible_cpus()) {
-            return Err(DMAPLANE_ERANGE);
-        }
         let config = ClientConfig {
             cpu_fallback: flags & DMAPLANE_CLIENT_CPU_FALLBACK != 0,
             ..ClientConfig::default()

@@ -480,7 +480,7 @@ impl EngineCore {
     }
 
     pub(crate) fn possible_cpus(&self) -> usize {
-        self.engine.dump().possible_cpus
+        self.engine.possible_cpus()
     }
 }
 

@@ -426,6 +426,11 @@ fn cpus_out_of_range_are_erange_and_a_second_client_for_a_cpu_eexist() {
         assert_eq!(dmaplane_engine_cpus(e), 2);
         for cpu in [2, 3, -5, i32::MIN, i32::MAX] {
             assert_eq!(dmaplane_client_create(e, cpu, 0, &mut c), DMAPLANE_ERANGE);
+            // Pinning or not, the engine's range decides first.
+            assert_eq!(
+                dmaplane_client_create(e, cpu, DMAPLANE_CLIENT_PIN, &mut c),
+                DMAPLANE_ERANGE
+            );
         }
         assert!(c.is_null());
         assert_eq!(

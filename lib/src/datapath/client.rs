@@ -288,6 +288,13 @@ impl Client {
         cpu: usize,
         config: ClientConfig,
     ) -> Result<Client, ClientError> {
+        let table_width = engine.possible_cpus();
+        if cpu >= table_width {
+            return Err(ClientError::Engine(EngineError::UnknownCpu {
+                cpu,
+                possible: table_width,
+            }));
+        }
         // core_affinity aborts the process for a CPU past its fixed-size set; refuse CPUs the
         // machine cannot have before asking it.
         let (possible, _) = crate::cpu::system_cpus();

@@ -500,6 +500,11 @@ impl Engine {
         Ok(backend.completed())
     }
 
+    /// The possible CPUs: the width of the per-CPU table.
+    pub fn possible_cpus(&self) -> usize {
+        self.state().possible_cpus
+    }
+
     /// The capabilities that have a table, in walk order.
     pub fn table_order(&self) -> Vec<Capability> {
         self.state().table_caps.clone()
