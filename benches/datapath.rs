@@ -29,12 +29,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dmaplane::datapath::client::{Client, ClientConfig};
+use dmaplane::datapath::{Client, ClientConfig};
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, PoolMemory};
-use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpFlags};
+use dmaplane::ioat::{ChannelConfig, IoatDevice};
 use dmaplane::log::LogHook;
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, Engine, EngineConfig};
+use dmaplane::{Completion, OpFlags};
 
 /// Copy sizes, with the labels their groups carry.
 const SIZES: [(usize, &str); 3] = [(64, "64B"), (4096, "4KiB"), (65536, "64KiB")];

@@ -22,14 +22,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use dmaplane::datapath::client::{Client, ClientConfig, ClientError};
+use dmaplane::datapath::{Client, ClientConfig, ClientError};
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault, PoolMemory};
-use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpFlags};
+use dmaplane::ioat::{ChannelConfig, IoatDevice};
 use dmaplane::log::LogHook;
 use dmaplane::mem::{DmaPool, DmaPoolConfig};
 use dmaplane::{
     CapMask, DeviceSpec, Engine, EngineConfig, NullChannel, RemovalOptions, RemovalReport,
 };
+use dmaplane::{Completion, OpFlags};
 
 /// Operations in flight when a removal begins.
 const IN_FLIGHT: u64 = 256;

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, PoolMemory};
-use dmaplane::ioat::{ChannelConfig, Completion, IoatChannel, OpFlags};
+use dmaplane::ioat::{ChannelConfig, IoatChannel};
 use dmaplane::mem::{DmaPool, DmaPoolConfig};
+use dmaplane::{Completion, OpFlags};
 
 const QUEUE_DEPTH: u64 = 128;
 /// Operations per doorbell, as dma-perf's `kick_batch`. Several batches stay in flight, so

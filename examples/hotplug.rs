@@ -14,12 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dmaplane::datapath::client::{Client, ClientConfig, ClientError};
+use dmaplane::datapath::{Client, ClientConfig, ClientError};
 use dmaplane::emu::{EmuMode, EmulatedDevice, Fault};
 use dmaplane::hotplug::monitor::{HotplugEvent, Monitor, MonitorConfig};
-use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpError, OpFlags, SubmitError};
+use dmaplane::ioat::{ChannelConfig, IoatDevice};
 use dmaplane::mem::{DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, DeviceId, Engine, EngineConfig, RemovalOptions, RemovalReport};
+use dmaplane::{Completion, OpError, OpFlags, SubmitError};
 
 mod common;
 use common::*;

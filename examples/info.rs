@@ -8,11 +8,12 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use dmaplane::datapath::client::{Client, ClientConfig};
+use dmaplane::datapath::{Client, ClientConfig};
 use dmaplane::emu::EmuMode;
-use dmaplane::ioat::{ChannelConfig, Completion, OpFlags};
+use dmaplane::ioat::ChannelConfig;
 use dmaplane::mem::{DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, Engine, EngineConfig};
+use dmaplane::{Completion, OpFlags};
 
 mod common;
 use common::*;
@@ -111,9 +112,9 @@ fn print_channel_stats(engine: &Engine) {
                     "{:<12} {:<18} {:>8} {:>8} {:>8} {:>12}",
                     channel.id.to_string(),
                     channel.name,
-                    stats.ok,
-                    stats.failed,
-                    stats.removed,
+                    stats.ops_ok,
+                    stats.ops_failed,
+                    stats.ops_removed,
                     stats.bytes
                 ),
                 Err(err) => println!("{:<12} {err}", channel.id.to_string()),

@@ -17,11 +17,12 @@ use std::sync::{mpsc, Barrier};
 use std::time::{Duration, Instant};
 
 use dmaplane::cpu::{format_cpu_list, parse_cpu_list, system_cpus};
-use dmaplane::datapath::client::{Client, ClientConfig, ClientError};
+use dmaplane::datapath::{Client, ClientConfig, ClientError};
 use dmaplane::emu::EmuMode;
-use dmaplane::ioat::{ChannelConfig, Completion, OpFlags, SubmitError};
+use dmaplane::ioat::ChannelConfig;
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, ChannelId, Engine, EngineConfig};
+use dmaplane::{Completion, OpFlags, SubmitError};
 
 mod common;
 use common::*;
@@ -633,8 +634,8 @@ fn run(options: Options) -> Result<(), String> {
                 Ok(counts) => println!(
                     "  channel {:<6} ops ok {:>12}  failed {:>6}  bytes {:>16}",
                     channel.id.to_string(),
-                    counts.ok,
-                    counts.failed,
+                    counts.ops_ok,
+                    counts.ops_failed,
                     counts.bytes
                 ),
                 Err(err) => println!("  channel {}: {err}", channel.id),

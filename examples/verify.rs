@@ -16,14 +16,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dmaplane::datapath::client::{Client, ClientConfig, ClientError};
+use dmaplane::datapath::{Client, ClientConfig, ClientError};
 use dmaplane::emu::{EmuMode, EmulatedDevice, Fault};
 use dmaplane::hotplug::monitor::{HotplugEvent, Monitor, MonitorConfig};
-use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpError, OpFlags, SubmitError};
+use dmaplane::ioat::{ChannelConfig, IoatDevice};
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
 use dmaplane::{
-    ChannelBackend, DeviceId, Engine, EngineConfig, OpCounts, RemovalKind, RemovalOptions,
+    ChannelBackend, ChannelStats, DeviceId, Engine, EngineConfig, RemovalKind, RemovalOptions,
 };
+use dmaplane::{Completion, OpError, OpFlags, SubmitError};
 
 mod common;
 use common::*;
@@ -532,7 +533,7 @@ struct Devices {
     /// Removed devices whose channels may still be started (operations to collect).
     retiring: Vec<IoatDevice>,
     /// What the channels of fully released devices completed.
-    released_counts: OpCounts,
+    released_counts: ChannelStats,
 }
 
 impl Devices {
@@ -563,7 +564,7 @@ impl Devices {
     }
 
     /// What every device's channels completed, over the whole run.
-    fn total_counts(&self) -> OpCounts {
+    fn total_counts(&self) -> ChannelStats {
         self.live
             .iter()
             .map(|d| &d.ioat)
@@ -572,12 +573,12 @@ impl Devices {
     }
 }
 
-fn driver_counts(device: &IoatDevice) -> OpCounts {
+fn driver_counts(device: &IoatDevice) -> ChannelStats {
     device
         .channels()
         .iter()
-        .fold(OpCounts::default(), |sum, c| {
-            sum + ChannelBackend::completed(&**c)
+        .fold(ChannelStats::default(), |sum, c| {
+            sum + ChannelBackend::stats(&**c)
         })
 }
 
@@ -689,7 +690,7 @@ fn run(options: Options) -> Result<(), String> {
         serial: 0,
         live: Vec::new(),
         retiring: Vec::new(),
-        released_counts: OpCounts::default(),
+        released_counts: ChannelStats::default(),
     };
     for _ in 0..options.devices {
         devices.add(&monitor)?;
@@ -811,7 +812,7 @@ fn run(options: Options) -> Result<(), String> {
     }
     let lost = total.submitted - total.completed;
     let drivers = devices.total_counts();
-    let drivers_agree = (drivers.ok, drivers.removed, drivers.failed)
+    let drivers_agree = (drivers.ops_ok, drivers.ops_removed, drivers.ops_failed)
         == (
             total.succeeded,
             total.removed,
@@ -845,9 +846,9 @@ fn run(options: Options) -> Result<(), String> {
         hotplug.surprise,
         hotplug.re_adds,
         hotplug.errors,
-        drivers.ok,
-        drivers.failed,
-        drivers.removed,
+        drivers.ops_ok,
+        drivers.ops_failed,
+        drivers.ops_removed,
         if drivers_agree {
             "agree with the ledgers"
         } else {

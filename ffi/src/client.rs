@@ -15,8 +15,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
-use dmaplane::datapath::client::{Client, ClientConfig};
-use dmaplane::ioat::{Completion, OpFlags};
+use dmaplane::datapath::{Client, ClientConfig};
+use dmaplane::{Completion, OpFlags};
 
 use crate::boundary::{guarded, out, out_slice};
 use crate::engine::{encode_channel, engine_ref, EngineHandle, DMAPLANE_CAP_FILL};

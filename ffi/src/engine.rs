@@ -422,7 +422,10 @@ impl EngineCore {
             if attached.contains(&function.bdf) || function.driver.as_deref() == Some("ioatdma") {
                 continue;
             }
-            let (Ok(registers), Ok(config)) = (function.map_bar0(), function.config()) else {
+            let (Ok(registers), Ok(config)) = (
+                function.map_bar0(dmaplane::ioat::spec::BAR_SIZE),
+                function.config(),
+            ) else {
                 continue;
             };
             let Ok(driver) = IoatDevice::probe(
@@ -880,9 +883,9 @@ pub unsafe extern "C" fn dmaplane_channel_get_stats(
             .channel_stats(decode_channel(channel)?)
             .map_err(|e| of_engine(&e))?;
         *slot = dmaplane_channel_stats {
-            ops_ok: got.ok,
-            ops_failed: got.failed,
-            ops_removed: got.removed,
+            ops_ok: got.ops_ok,
+            ops_failed: got.ops_failed,
+            ops_removed: got.ops_removed,
             bytes: got.bytes,
         };
         Ok(0)

@@ -6,10 +6,10 @@
 
 use std::ffi::c_char;
 
-use dmaplane::datapath::client::ClientError;
-use dmaplane::ioat::{OpError, SubmitError};
+use dmaplane::datapath::ClientError;
 use dmaplane::mem::MemError;
 use dmaplane::EngineError;
+use dmaplane::{OpError, SubmitError};
 
 /// Success.
 pub const DMAPLANE_OK: i32 = 0;

@@ -29,26 +29,32 @@ pub mod cpu;
 pub mod datapath;
 pub mod emu;
 mod engine;
-mod error;
 pub mod hotplug;
 pub mod ioat;
 pub mod log;
 pub mod mem;
 pub mod mmio;
 pub mod pci;
+pub mod queue;
 mod sync;
 
 pub use capability::{CapMask, Capability};
 pub use engine::{
-    BackendError, Channel, ChannelBackend, ChannelCounts, ChannelDump, ChannelId, DeviceDump,
-    DeviceId, DeviceSpec, Engine, EngineConfig, EngineDump, NullChannel, OpCounts, PrivateChannel,
-    RemovalKind, RemovalOptions, RemovalReport, TableReader, UnregisterReport, MAX_CPUS,
+    Channel, ChannelCounts, ChannelDump, ChannelId, DeviceDump, DeviceId, Engine, EngineConfig,
+    EngineDump, EngineError, PrivateChannel, RemovalKind, RemovalOptions, RemovalReport,
+    TableReader, UnregisterReport, MAX_CPUS,
 };
-pub use error::EngineError;
+pub use queue::{
+    BackendError, ChannelBackend, ChannelStats, Completion, DeviceSpec, NullChannel, OpError,
+    OpFlags, SubmitError,
+};
 
-/// The grace-period protocol, exposed for the loom model tests only.
+/// The lock-free protocols, exposed for the loom model tests only.
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod loom_exports {
     pub use crate::engine::grace::{GraceDomain, Published, ReaderSlot};
+    pub use crate::queue::reserve::{Doorbell, SlotReservation};
+    pub use crate::queue::route::{RetireToken, Routes};
+    pub use crate::queue::spsc::{channel, Consumer, Full, Producer};
 }

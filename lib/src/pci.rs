@@ -98,9 +98,9 @@ pub struct IoatFunction {
 }
 
 impl IoatFunction {
-    /// Maps BAR0, the register window.
-    pub fn map_bar0(&self) -> io::Result<MmioRegion> {
-        MmioRegion::map_resource(&self.dir.join("resource0"), crate::ioat::spec::BAR_SIZE)
+    /// Maps the first `len` bytes of BAR0, the register window (`ioat::spec::BAR_SIZE`).
+    pub fn map_bar0(&self, len: usize) -> io::Result<MmioRegion> {
+        MmioRegion::map_resource(&self.dir.join("resource0"), len)
     }
 
     /// Opens the function's configuration space.

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dmaplane::datapath::client::{Client, ClientConfig, ClientError};
+use dmaplane::datapath::{Client, ClientConfig, ClientError};
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice};
-use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpFlags, SubmitError};
+use dmaplane::ioat::{ChannelConfig, IoatDevice};
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, DeviceId, Engine, EngineConfig};
+use dmaplane::{Completion, OpFlags, SubmitError};
 
 mod common;
 use common::{block, collect, device_memory, quiet, SplitMix};
@@ -101,7 +102,10 @@ fn a_client_alone_on_its_channel_owns_it_and_moves_data() {
     assert_eq!((stats.owned_ops, stats.shared_ops), (2, 0));
     // The engine's view of the channel: both operations and every byte they moved.
     let counts = r.engine.channel_stats(channel).unwrap();
-    assert_eq!((counts.ok, counts.failed, counts.bytes), (2, 0, 10_777));
+    assert_eq!(
+        (counts.ops_ok, counts.ops_failed, counts.bytes),
+        (2, 0, 10_777)
+    );
 }
 
 #[test]
@@ -630,7 +634,7 @@ fn a_fenced_operation_starts_only_after_everything_before_it_finished() {
 
 #[test]
 fn owned_buffers_come_back_with_their_completion_or_their_refusal() {
-    use dmaplane::datapath::buffers::{BufferClient, Buffers};
+    use dmaplane::datapath::{BufferClient, Buffers};
     let mut r = rig(1);
     r.add_device(1, EmuMode::Threaded, 8);
     let mut buffers = BufferClient::new(r.client(0));
@@ -688,7 +692,7 @@ fn owned_buffers_come_back_with_their_completion_or_their_refusal() {
 
 #[test]
 fn pinned_workers_each_drive_their_own_client_and_stop_cleanly() {
-    use dmaplane::datapath::worker::{Step, WorkerError, Workers};
+    use dmaplane::datapath::{Step, WorkerError, Workers};
     let cpus = 2usize;
     let mut r = rig(cpus);
     r.add_device(2, EmuMode::Threaded, 8);
@@ -821,7 +825,7 @@ fn a_cpu_has_one_client_at_a_time() {
 
 #[test]
 fn a_channel_whose_routes_are_all_taken_refuses_with_too_many_clients() {
-    use dmaplane::ioat::MAX_CLIENTS_PER_CHANNEL;
+    use dmaplane::queue::MAX_CLIENTS_PER_CHANNEL;
     let cpus = MAX_CLIENTS_PER_CHANNEL + 1;
     let mut r = rig(cpus);
     let id = r.add_device(1, EmuMode::Inline, 6);

@@ -7,15 +7,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dmaplane::datapath::client::{Client, ClientConfig, ClientError};
+use dmaplane::datapath::{Client, ClientConfig, ClientError};
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault};
 use dmaplane::hotplug::monitor::{HotplugEvent, Monitor, MonitorConfig};
-use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpError, OpFlags, SubmitError};
+use dmaplane::ioat::{ChannelConfig, IoatDevice};
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
 use dmaplane::{
     CapMask, Capability, DeviceId, DeviceSpec, Engine, EngineConfig, NullChannel, RemovalKind,
     RemovalOptions, RemovalReport,
 };
+use dmaplane::{Completion, OpError, OpFlags, SubmitError};
 
 mod common;
 use common::{block, collect, device_memory, quiet, SplitMix};
@@ -660,14 +661,14 @@ fn removing_and_re_adding_devices_under_four_clients_loses_nothing_and_leaks_not
     let device_counts = gone
         .iter()
         .flat_map(|d| d.channels())
-        .fold(dmaplane::OpCounts::default(), |sum, c| {
-            sum + dmaplane::ChannelBackend::completed(&**c)
+        .fold(dmaplane::ChannelStats::default(), |sum, c| {
+            sum + dmaplane::ChannelBackend::stats(&**c)
         });
     assert_eq!(
         (
-            device_counts.ok,
-            device_counts.removed,
-            device_counts.failed
+            device_counts.ops_ok,
+            device_counts.ops_removed,
+            device_counts.ops_failed
         ),
         (succeeded, removed, removed)
     );

@@ -8,13 +8,11 @@ use std::time::{Duration, Instant};
 
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault};
 use dmaplane::ioat::spec::chanerr;
-use dmaplane::ioat::{
-    ChannelConfig, Completion, IoatChannel, IoatChannelBackend, IoatDevice, OpError, OpFlags,
-    SubmitError,
-};
+use dmaplane::ioat::{ChannelConfig, IoatChannel, IoatChannelBackend, IoatDevice};
 use dmaplane::log::LogHook;
 use dmaplane::mem::{BackingChoice, DmaBlock, DmaPool, DmaPoolConfig, IovaMode};
 use dmaplane::{Capability, Engine, EngineConfig};
+use dmaplane::{Completion, OpError, OpFlags, SubmitError};
 
 mod common;
 use common::{device_memory, SplitMix};
@@ -327,9 +325,7 @@ fn burst_with_failure(cbver: u8, failing: usize, fence: bool) {
         if i == failing {
             assert_eq!(
                 c.result,
-                Err(OpError::Device {
-                    chanerr: chanerr::READ_DATA
-                })
+                Err(dmaplane::ioat::device_error(chanerr::READ_DATA))
             );
             assert!(
                 got[range].iter().all(|&b| b == 0),
@@ -395,9 +391,7 @@ fn ops_queued_behind_a_halt_are_restarted_and_later_ones_still_go_out() {
         first[0],
         Completion {
             user_data: 0,
-            result: Err(OpError::Device {
-                chanerr: chanerr::SRC_ADDR
-            })
+            result: Err(dmaplane::ioat::device_error(chanerr::SRC_ADDR))
         }
     );
     assert!(first[1..].iter().all(|c| c.result.is_ok()));
@@ -702,12 +696,7 @@ fn a_channel_that_does_not_come_back_fails_everything_outstanding() {
         results,
         [
             (0, Ok(())),
-            (
-                1,
-                Err(OpError::Device {
-                    chanerr: chanerr::WRITE_DATA
-                })
-            ),
+            (1, Err(dmaplane::ioat::device_error(chanerr::WRITE_DATA))),
             (2, Err(OpError::ChannelFailed)),
             (3, Err(OpError::ChannelFailed)),
             (4, Err(OpError::ChannelFailed)),

@@ -9,7 +9,7 @@
 //! the models do catch lost announcements.
 #![cfg(loom)]
 
-use dmaplane::datapath::reserve::{Doorbell, SlotReservation};
+use dmaplane::loom_exports::{Doorbell, SlotReservation};
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicU32, Ordering};
 use loom::sync::Arc;

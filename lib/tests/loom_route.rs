@@ -1,5 +1,5 @@
-//! loom models of completion routing on a shared channel (`datapath::route`), driven the way
-//! the data path drives it (`ioat::core`, `datapath::client`).
+//! loom models of completion routing on a shared channel (`queue::route`), driven the way
+//! the data path drives it (`queue::ring`, `datapath::client`).
 //!
 //! Each client attaches a route of its own, then submits operations: it reserves a slot of
 //! the shared ring with [`SlotReservation`], writes `(route, user_data)` into it and publishes
@@ -32,9 +32,7 @@
 //! `RUSTFLAGS="--cfg loom" cargo test -p dmaplane --test loom_route --release --target-dir target/loom`.
 #![cfg(loom)]
 
-use dmaplane::datapath::reserve::SlotReservation;
-use dmaplane::datapath::route::{RetireToken, Routes};
-use dmaplane::datapath::spsc::{Consumer, Full};
+use dmaplane::loom_exports::{Consumer, Full, RetireToken, Routes, SlotReservation};
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicU32, Ordering};
 use loom::sync::Arc;
@@ -77,7 +75,7 @@ impl Channel {
         &self.ops[(index % SLOTS) as usize]
     }
 
-    /// Retires what is published if nobody else is retiring, as `ChannelCore::poll_shared`.
+    /// Retires what is published if nobody else is retiring, as `RingQueue::poll_shared`.
     fn retire(&self) {
         let Some(_token) = self.token.try_acquire() else {
             return;

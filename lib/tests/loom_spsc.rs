@@ -1,4 +1,4 @@
-//! loom models of the completion ring (`datapath::spsc`): every value pushed is popped once,
+//! loom models of the completion ring (`queue::spsc`): every value pushed is popped once,
 //! in order, and neither end touches a slot the other is still using, across every
 //! interleaving of one producer and one consumer, including the reuse of slots when the ring
 //! fills. Run with
@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering;
 
-use dmaplane::datapath::spsc::{channel, Consumer, Producer};
+use dmaplane::loom_exports::{channel, Consumer, Producer};
 use loom::sync::Arc;
 use loom::thread;
 

@@ -9,10 +9,11 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use dmaplane::datapath::buffers::{BufferClient, Buffers};
-//! use dmaplane::datapath::client::{Client, ClientConfig};
+//! use dmaplane::datapath::{BufferClient, Buffers};
+//! use dmaplane::datapath::{Client, ClientConfig};
 //! use dmaplane::emu::{EmuConfig, EmulatedDevice, PoolMemory};
-//! use dmaplane::ioat::{ChannelConfig, IoatDevice, OpFlags};
+//! use dmaplane::ioat::{ChannelConfig, IoatDevice};
+//! use dmaplane::OpFlags;
 //! use dmaplane::mem::{DmaPool, DmaPoolConfig};
 //! use dmaplane::{Engine, EngineConfig};
 //!
@@ -39,8 +40,10 @@
 //! ```
 
 use super::client::{Client, ClientError};
-use crate::ioat::{Completion, OpError, OpFlags};
+use crate::capability::Capability;
+use crate::engine::ChannelId;
 use crate::mem::DmaBlock;
+use crate::queue::{Completion, OpError, OpFlags};
 use std::fmt;
 
 /// The buffers an operation owns while it is in flight.
@@ -115,7 +118,7 @@ impl BufferClient {
     }
 
     /// The channel `cap` operations go to, and whether it is owned (see [`Client::channel`]).
-    pub fn channel(&mut self, cap: crate::Capability) -> Option<(crate::ChannelId, bool)> {
+    pub fn channel(&mut self, cap: Capability) -> Option<(ChannelId, bool)> {
         self.client.channel(cap)
     }
 

@@ -43,11 +43,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::spsc::Consumer;
-use crate::engine::{ChannelHold, CpuClaim};
-use crate::ioat::submit::{Mode, Submitter};
-use crate::ioat::{ChannelCore, Completion, IoatChannelBackend, OpFlags, SubmitError};
-use crate::{Capability, ChannelId, Engine, EngineError, TableReader};
+use crate::capability::Capability;
+use crate::engine::{ChannelHold, ChannelId, CpuClaim, Engine, EngineError, TableReader};
+use crate::queue::{ChannelQueue, Completion, OpFlags, QueueHandle, SubmitError};
 
 /// Settings of a client.
 #[derive(Clone, Copy, Debug)]
@@ -80,8 +78,8 @@ impl Default for ClientConfig {
 /// Why a client refused an operation, or could not be made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientError {
-    /// The table gives this CPU no channel for the capability (no device offers it, the CPU
-    /// is offline, or the channel's backend is not an IOAT driver).
+    /// The table gives this CPU no channel for the capability (no device offers it, or the
+    /// CPU is offline).
     NoChannel(Capability),
     /// The client is moving to a new channel and waits for the other clients to see the new
     /// table; poll, then retry.
@@ -170,8 +168,11 @@ pub struct ClientStats {
 /// A channel the client submits to or still drains.
 struct Attachment {
     id: ChannelId,
-    submitter: Submitter,
-    completions: Consumer<Completion>,
+    handle: Box<dyn QueueHandle>,
+    /// Operations that may be in flight through the handle (its completion ring's size).
+    completion_capacity: usize,
+    /// The handle owns its queue.
+    owned: bool,
     in_flight: u32,
     /// Some capability's table slot names the channel now.
     current: bool,
@@ -185,25 +186,36 @@ struct Attachment {
 }
 
 impl Attachment {
-    fn core(&self) -> &ChannelCore {
-        &self.submitter.core
-    }
-
     /// Shared now, but the table names it for this CPU alone and nobody else is attached.
     fn may_own(&self) -> bool {
-        self.exclusive
-            && self.submitter.mode() == Mode::Shared
-            && self.core().routes.attached() == 1
+        self.exclusive && !self.owned && self.handle.queue().attached() == 1
     }
+
+    /// Leaves owned mode (announcing what was built first).
+    fn share(&mut self) {
+        self.handle.share();
+        self.owned = false;
+    }
+}
+
+/// What the table says of one capability, as a migration reads it.
+struct Wanted {
+    cap: Capability,
+    id: ChannelId,
+    /// No other CPU's slot names the channel.
+    exclusive: bool,
+    /// The started channel, for one the client is not attached to yet.
+    queue: Option<Arc<dyn ChannelQueue>>,
 }
 
 /// A CPU's handle on the data path. See the module documentation.
 ///
 /// ```
 /// use std::sync::Arc;
-/// use dmaplane::datapath::client::{Client, ClientConfig};
+/// use dmaplane::datapath::{Client, ClientConfig};
 /// use dmaplane::emu::{EmuConfig, EmulatedDevice, PoolMemory};
-/// use dmaplane::ioat::{ChannelConfig, Completion, IoatDevice, OpFlags};
+/// use dmaplane::ioat::{ChannelConfig, IoatDevice};
+/// use dmaplane::{Completion, OpFlags};
 /// use dmaplane::mem::{DmaPool, DmaPoolConfig};
 /// use dmaplane::{Engine, EngineConfig};
 ///
@@ -336,7 +348,7 @@ impl Client {
     pub fn channel(&mut self, cap: Capability) -> Option<(ChannelId, bool)> {
         self.refresh();
         let att = &self.attachments[usize::from(self.lanes[cap.index()]?)];
-        Some((att.id, att.submitter.mode() == Mode::Owned))
+        Some((att.id, att.owned))
     }
 
     /// Polls until every pending channel may be used or `timeout` passes.
@@ -368,34 +380,35 @@ impl Client {
         self.generation = generation;
         self.stats.migrations += 1;
         // What the table says now, per capability.
-        let mut wanted: Vec<(Capability, ChannelId, bool, Option<Arc<ChannelCore>>)> = Vec::new();
+        let mut wanted: Vec<Wanted> = Vec::new();
         for cap in Capability::TABLE_ORDER {
             let Some((channel, exclusive)) = self.reader.lookup_entry(cap) else {
                 continue;
             };
             let id = channel.id();
             let known = self.attachments.iter().any(|a| a.id == id)
-                || wanted.iter().any(|w| w.1 == id && w.3.is_some());
-            let core = if known {
+                || wanted.iter().any(|w| w.id == id && w.queue.is_some());
+            let queue = if known {
                 None
             } else {
-                channel
-                    .backend()
-                    .as_any()
-                    .downcast_ref::<IoatChannelBackend>()
-                    .and_then(IoatChannelBackend::core)
+                channel.backend().queue()
             };
-            wanted.push((cap, id, exclusive, core));
+            wanted.push(Wanted {
+                cap,
+                id,
+                exclusive,
+                queue,
+            });
         }
         for att in &mut self.attachments {
-            att.submitter.submit();
-            let entry = wanted.iter().find(|w| w.1 == att.id);
+            att.handle.submit();
+            let entry = wanted.iter().find(|w| w.id == att.id);
             att.current = entry.is_some();
-            att.exclusive = entry.is_some_and(|w| w.2);
+            att.exclusive = entry.is_some_and(|w| w.exclusive);
             // Another CPU may start on the channel once this generation settles; by then
             // this client must be out of owned mode.
-            if att.submitter.mode() == Mode::Owned && !(att.current && att.exclusive) {
-                att.submitter.make_shared();
+            if att.owned && !(att.current && att.exclusive) {
+                att.share();
             }
             if att.current {
                 att.hold = None;
@@ -407,36 +420,38 @@ impl Client {
         }
         self.release_drained();
         let mut crowded_ids = Vec::new();
-        for (_, id, exclusive, core) in &mut wanted {
-            let Some(core) = core.take() else { continue };
-            if self.attachments.iter().any(|a| a.id == *id) {
-                continue;
-            }
-            let Some((route, completions)) = core.routes.attach(self.config.completion_ring) else {
-                crowded_ids.push(*id); // no route left: this capability gets no lane
+        for want in &mut wanted {
+            let Some(queue) = want.queue.take() else {
                 continue;
             };
-            // SAFETY: shared mode; nobody owns the channel once this generation settles, and
-            // this client submits nothing to it before then (`pending`).
-            let submitter = unsafe { Submitter::new(core, route, Mode::Shared) };
+            if self.attachments.iter().any(|a| a.id == want.id) {
+                continue;
+            }
+            // A new handle is shared: nobody owns the channel once this generation settles,
+            // and this client submits nothing to it before then (`pending`).
+            let Some(handle) = queue.attach(self.config.completion_ring) else {
+                crowded_ids.push(want.id); // no route left: this capability gets no lane
+                continue;
+            };
             self.attachments.push(Attachment {
-                id: *id,
-                submitter,
-                completions,
+                id: want.id,
+                completion_capacity: handle.completion_capacity(),
+                handle,
+                owned: false,
                 in_flight: 0,
                 current: true,
                 pending: true,
-                exclusive: *exclusive,
+                exclusive: want.exclusive,
                 hold: None,
             });
         }
         self.lane_ids = [None; Capability::COUNT];
         self.crowded = [None; Capability::COUNT];
-        for (cap, id, _, _) in &wanted {
-            if self.attachments.iter().any(|a| a.id == *id) {
-                self.lane_ids[cap.index()] = Some(*id);
-            } else if crowded_ids.contains(id) {
-                self.crowded[cap.index()] = Some(*id);
+        for want in &wanted {
+            if self.attachments.iter().any(|a| a.id == want.id) {
+                self.lane_ids[want.cap.index()] = Some(want.id);
+            } else if crowded_ids.contains(&want.id) {
+                self.crowded[want.cap.index()] = Some(want.id);
             }
         }
         self.remap_lanes();
@@ -444,20 +459,23 @@ impl Client {
 
     /// Lets go of channels that are no longer current and have nothing in flight.
     fn release_drained(&mut self) {
-        let before = self.attachments.len();
-        self.attachments.retain(|att| {
-            let keep = att.current || att.in_flight > 0;
-            if !keep {
-                // SAFETY: nothing of ours is in flight there: every completion was popped.
-                unsafe { att.core().detach_route(att.submitter.route) };
-            }
-            keep
-        });
-        if self.attachments.len() != before {
-            self.remap_lanes();
+        if self
+            .attachments
+            .iter()
+            .all(|att| att.current || att.in_flight > 0)
+        {
+            return;
         }
+        let (keep, drained): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attachments)
+            .into_iter()
+            .partition(|att| att.current || att.in_flight > 0);
+        self.attachments = keep;
+        for att in drained {
+            // SAFETY: nothing of ours is in flight there: every completion was popped.
+            unsafe { att.handle.detach() };
+        }
+        self.remap_lanes();
     }
-
     /// Points each capability's lane at its channel's position after attachments moved.
     fn remap_lanes(&mut self) {
         let Client {
@@ -496,7 +514,8 @@ impl Client {
                 // drained and let go. Nobody enters it before a later table settles, and this
                 // client leaves owned mode as soon as it sees that table, before its next
                 // quiescent state.
-                unsafe { att.submitter.make_owned() };
+                unsafe { att.handle.own() };
+                att.owned = true;
             }
         }
     }
@@ -519,7 +538,7 @@ impl Client {
             }
         }
         let att = &mut self.attachments[index];
-        if att.in_flight as usize >= att.completions.capacity() {
+        if att.in_flight as usize >= att.completion_capacity {
             return Err(ClientError::CompletionRingFull {
                 in_flight: att.in_flight,
             });
@@ -532,9 +551,10 @@ impl Client {
         let att = &mut self.attachments[index];
         att.in_flight += 1;
         self.stats.submitted += 1;
-        match att.submitter.mode() {
-            Mode::Owned => self.stats.owned_ops += 1,
-            Mode::Shared => self.stats.shared_ops += 1,
+        if att.owned {
+            self.stats.owned_ops += 1;
+        } else {
+            self.stats.shared_ops += 1;
         }
     }
 
@@ -567,7 +587,7 @@ impl Client {
             Err(err) => return Err(err),
         };
         // SAFETY: forwarded contract.
-        unsafe { att.submitter.copy(dst, src, len, user_data, flags) }?;
+        unsafe { att.handle.copy(dst, src, len, user_data, flags) }?;
         self.accepted(Capability::Memcpy);
         Ok(())
     }
@@ -601,7 +621,7 @@ impl Client {
             Err(err) => return Err(err),
         };
         // SAFETY: forwarded contract.
-        unsafe { att.submitter.fill(dst, pattern, len, user_data, flags) }?;
+        unsafe { att.handle.fill(dst, pattern, len, user_data, flags) }?;
         self.accepted(Capability::Fill);
         Ok(())
     }
@@ -635,7 +655,7 @@ impl Client {
     /// doorbell per batch.
     pub fn submit(&mut self) {
         for att in &mut self.attachments {
-            att.submitter.submit();
+            att.handle.submit();
         }
     }
 
@@ -643,9 +663,9 @@ impl Client {
     pub fn capacity(&mut self, cap: Capability) -> usize {
         match self.lane(cap) {
             Ok(att) => {
-                let room = att.completions.capacity() - att.in_flight as usize;
+                let room = att.completion_capacity - att.in_flight as usize;
                 // A fenced operation may need a second slot; count the plain kind.
-                room.min(att.submitter.capacity() as usize)
+                room.min(att.handle.capacity() as usize)
             }
             Err(_) => 0,
         }
@@ -663,26 +683,13 @@ impl Client {
         }
         let mut draining = false;
         for att in &mut self.attachments {
-            let mut got = att.completions.pop_into(&mut out[filled..]);
-            match att.submitter.mode() {
-                Mode::Owned => {
-                    let mut sink = crate::ioat::core::Sink {
-                        direct: Some((att.submitter.route, &mut out[filled + got..], 0)),
-                    };
-                    // SAFETY: owned mode: this client is the channel's only user (see
-                    // `activate_settled` and `migrate`).
-                    unsafe { att.core().poll_exclusive(&mut sink) };
-                    got += sink.direct.map_or(0, |(_, _, n)| n);
-                }
-                // A pending channel may still have an owner that has not seen the new table:
-                // its retire side is not ours to touch yet.
-                Mode::Shared if !att.pending => {
-                    if att.core().poll_shared() {
-                        got += att.completions.pop_into(&mut out[filled + got..]);
-                    }
-                }
-                Mode::Shared => {}
-            }
+            // A pending channel may still have an owner that has not seen the new table: its
+            // retire side is not ours to touch yet.
+            let got = if att.pending {
+                att.handle.collect(&mut out[filled..])
+            } else {
+                att.handle.poll(&mut out[filled..])
+            };
             att.in_flight -= got as u32;
             filled += got;
             // Without a hold (the engine refused one) the old table's reference is all that
@@ -735,7 +742,7 @@ impl Drop for Client {
                 std::mem::forget(att);
             } else {
                 // SAFETY: nothing of ours is in flight there: every completion was popped.
-                unsafe { att.core().detach_route(att.submitter.route) };
+                unsafe { att.handle.detach() };
             }
         }
         let _ = self.engine.put_client();

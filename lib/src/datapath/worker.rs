@@ -14,8 +14,9 @@ use std::thread::JoinHandle;
 use crossbeam_utils::Backoff;
 
 use super::client::{Client, ClientConfig};
+use crate::capability::Capability;
+use crate::engine::Engine;
 use crate::sync::pause;
-use crate::Engine;
 
 /// Size of the kernel CPU set `core_affinity` fills (glibc's `CPU_SETSIZE`).
 pub(crate) const MAX_PINNABLE_CPU: usize = 1024;
@@ -191,7 +192,7 @@ impl<T: Send + 'static> Workers<ClientWorker<T>> {
     {
         if let Some(&cpu) = cpus
             .iter()
-            .find(|&&cpu| engine.table_entry(crate::Capability::Memcpy, cpu).is_err())
+            .find(|&&cpu| engine.table_entry(Capability::Memcpy, cpu).is_err())
         {
             return Err(WorkerError::UnknownCpu(cpu));
         }

@@ -6,8 +6,8 @@ use std::fmt;
 
 use super::state::EngineState;
 use super::{ChannelId, DeviceId};
+use crate::capability::{CapMask, Capability};
 use crate::cpu::format_cpu_list;
-use crate::{CapMask, Capability};
 
 /// One channel in an [`EngineDump`].
 #[derive(Clone, Debug, PartialEq, Eq)]

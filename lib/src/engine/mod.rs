@@ -56,6 +56,7 @@
 
 mod device;
 mod dump;
+mod error;
 pub(crate) mod grace;
 mod removal;
 mod state;
@@ -66,10 +67,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::{Backoff, CachePadded};
 
-pub use device::{
-    BackendError, Channel, ChannelBackend, ChannelId, DeviceId, DeviceSpec, NullChannel, OpCounts,
-};
+pub use device::{Channel, ChannelId, DeviceId};
 pub use dump::{ChannelDump, DeviceDump, EngineDump};
+pub use error::EngineError;
 pub use removal::{RemovalKind, RemovalOptions, RemovalReport};
 pub use state::UnregisterReport;
 pub use table::TableReader;
@@ -78,10 +78,11 @@ use grace::{GraceDomain, Published};
 use state::EngineState;
 use table::TableSnapshot;
 
+use crate::capability::{CapMask, Capability};
 use crate::cpu::system_cpus;
 use crate::log::{stderr_warnings, LogHook};
+use crate::queue::{ChannelStats, DeviceSpec};
 use crate::sync::{lock, pause, Mutex};
-use crate::{CapMask, Capability, EngineError};
 
 /// Largest possible-CPU count an engine accepts.
 pub const MAX_CPUS: usize = 4096;
@@ -495,9 +496,9 @@ impl Engine {
 
     /// What a channel has completed so far: operations by outcome and bytes moved, summed
     /// over each time its backend was started.
-    pub fn channel_stats(&self, id: ChannelId) -> Result<OpCounts, EngineError> {
+    pub fn channel_stats(&self, id: ChannelId) -> Result<ChannelStats, EngineError> {
         let backend = Arc::clone(&self.state().channel(id)?.backend);
-        Ok(backend.completed())
+        Ok(backend.stats())
     }
 
     /// The possible CPUs: the width of the per-CPU table.

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
 
+use super::EngineError;
 use super::{DeviceId, Engine};
-use crate::EngineError;
+use crate::queue::{ChannelBackend, ChannelStats};
 
 /// How a removal proceeds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,12 +123,12 @@ impl Engine {
         } else {
             RemovalKind::Surprise
         };
-        let counts = |backends: &[std::sync::Arc<dyn super::ChannelBackend>]| {
+        let counts = |backends: &[std::sync::Arc<dyn ChannelBackend>]| {
             backends
                 .iter()
-                .fold(super::OpCounts::default(), |sum, b| sum + b.completed())
+                .fold(ChannelStats::default(), |sum, b| sum + b.stats())
         };
-        let in_flight = |backends: &[std::sync::Arc<dyn super::ChannelBackend>]| {
+        let in_flight = |backends: &[std::sync::Arc<dyn ChannelBackend>]| {
             backends.iter().map(|b| b.in_flight()).sum::<u64>()
         };
         let before = counts(&backends);
@@ -180,8 +181,8 @@ impl Engine {
             name,
             kind,
             in_flight_at_start,
-            ops_drained: after.ok - before.ok,
-            ops_failed: after.removed,
+            ops_drained: after.ops_ok - before.ops_ok,
+            ops_failed: after.ops_removed,
             forced,
             table_moved_after,
             released_after,

@@ -12,11 +12,13 @@
 //! - `client_count` therefore also counts slots of retired tables, and a private request sees
 //!   such a channel as busy, since a reader may still be using it.
 
-use super::device::{Channel, ChannelBackend, ChannelId, DeviceId, DeviceSpec};
+use super::device::{Channel, ChannelId, DeviceId};
 use super::grace::{GraceDomain, GracePeriod};
 use super::table::TableSnapshot;
+use super::EngineError;
+use crate::capability::{CapMask, Capability};
 use crate::log::{LogHook, LogLevel};
-use crate::{CapMask, Capability, EngineError};
+use crate::queue::{ChannelBackend, DeviceSpec};
 use std::sync::Arc;
 
 pub(crate) struct ChannelEntry {

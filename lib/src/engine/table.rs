@@ -16,8 +16,9 @@ use super::grace::{GracePeriod, ReaderSlot};
 use super::{Channel, EngineShared};
 use std::sync::Arc;
 
+use super::ChannelId;
+use crate::capability::Capability;
 use crate::sync::Arc as SlotArc;
-use crate::{Capability, ChannelId};
 
 /// One immutable distribution of channels to (capability, CPU) slots.
 pub(crate) struct TableSnapshot {

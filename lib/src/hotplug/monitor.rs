@@ -43,8 +43,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::uevent::{self, PciEvent, UeventSocket};
+use crate::engine::{DeviceId, Engine, EngineError, RemovalOptions, RemovalReport};
+use crate::queue::DeviceSpec;
 use crate::sync::lock_std;
-use crate::{DeviceId, DeviceSpec, Engine, EngineError, RemovalOptions, RemovalReport};
 
 /// What the monitor reports.
 #[derive(Clone, Debug, PartialEq, Eq)]

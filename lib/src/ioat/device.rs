@@ -8,15 +8,15 @@
 use std::any::Any;
 use std::sync::{Arc, Mutex};
 
-use crate::sync::lock_std;
-
-use super::channel::{ChannelConfig, ChannelError, Identity};
-use super::core::ChannelCore;
-use crate::engine::{BackendError, ChannelBackend, DeviceSpec};
+use super::channel::ChannelConfig;
+use super::error::ChannelError;
+use super::queue::{Identity, IoatEngine, IoatQueue};
+use crate::capability::{CapMask, Capability};
 use crate::mem::DmaPool;
 use crate::mmio::RegisterWindow;
 use crate::pci::ConfigSpace;
-use crate::{CapMask, Capability};
+use crate::queue::{BackendError, ChannelBackend, ChannelQueue, ChannelStats, DeviceSpec, Health};
+use crate::sync::lock_std;
 
 struct Function {
     registers: Arc<dyn RegisterWindow>,
@@ -62,8 +62,8 @@ impl IoatDevice {
                 Arc::new(IoatChannelBackend {
                     function: Arc::clone(&function),
                     index,
-                    channel: Mutex::new(None),
-                    earlier: Mutex::new(crate::OpCounts::default()),
+                    queue: Mutex::new(None),
+                    earlier: Mutex::new(ChannelStats::default()),
                 })
             })
             .collect();
@@ -102,9 +102,9 @@ impl IoatDevice {
 pub struct IoatChannelBackend {
     function: Arc<Function>,
     index: usize,
-    channel: Mutex<Option<Arc<ChannelCore>>>,
-    /// What the channel's earlier starts completed, so counts outlive each core.
-    earlier: Mutex<crate::OpCounts>,
+    queue: Mutex<Option<Arc<IoatQueue>>>,
+    /// What the channel's earlier starts did, so statistics outlive each start.
+    earlier: Mutex<ChannelStats>,
 }
 
 impl IoatChannelBackend {
@@ -113,78 +113,57 @@ impl IoatChannelBackend {
         self.index
     }
 
-    /// The started channel, if the engine holds a reference to it. The data path's clients
-    /// take it once, when the table gives them the channel, never per operation.
-    pub fn core(&self) -> Option<Arc<ChannelCore>> {
-        lock_std(&self.channel).clone()
-    }
-
     /// Whether the channel is started (the engine holds a reference to it).
     pub fn is_started(&self) -> bool {
-        lock_std(&self.channel).is_some()
+        lock_std(&self.queue).is_some()
     }
 }
 
 impl ChannelBackend for IoatChannelBackend {
     fn allocate_resources(&self) -> Result<(), BackendError> {
         let f = &self.function;
-        let channel = ChannelCore::start(
+        let queue = IoatEngine::start(
             Arc::clone(&f.registers),
             f.config_space.clone(),
             self.index,
             &f.pool,
             f.channel_config,
         )?;
-        *lock_std(&self.channel) = Some(channel);
+        *lock_std(&self.queue) = Some(queue);
         Ok(())
     }
 
     fn free_resources(&self) {
-        // Shutting down resets the channel so the device stops reading the ring and refuses
-        // later submits; the ring and completion word go back to the pool with the last
-        // handle (normally this one: a client lets go of a channel once it neither follows a
-        // table naming it nor has operations there, and then holds no engine reference).
-        if let Some(core) = lock_std(&self.channel).take() {
-            core.shut_down();
+        // Closing resets the channel so the device stops reading the ring and later submits
+        // are refused; the ring and completion word go back to the pool with the last handle
+        // (normally this one: a client lets go of a channel once it neither follows a table
+        // naming it nor has operations there, and then holds no engine reference).
+        if let Some(queue) = lock_std(&self.queue).take() {
+            queue.stop(Health::Closed);
             let mut earlier = lock_std(&self.earlier);
-            *earlier = *earlier + core.completed();
+            *earlier = *earlier + queue.ring.stats();
         }
+    }
+
+    fn queue(&self) -> Option<Arc<dyn ChannelQueue>> {
+        lock_std(&self.queue)
+            .clone()
+            .map(|queue| queue as Arc<dyn ChannelQueue>)
     }
 
     fn as_any(&self) -> &dyn Any {
         self
     }
 
-    fn begin_removal(&self, surprise: bool) {
-        if let Some(core) = self.core() {
-            if surprise {
-                core.remove();
-            } else {
-                core.begin_draining();
-            }
-        }
-    }
-
-    fn in_flight(&self) -> u64 {
-        self.core()
-            .map_or(0, |core| u64::from(core.in_flight_descriptors()))
-    }
-
-    fn fail_in_flight(&self) {
-        if let Some(core) = self.core() {
-            core.remove();
-        }
-    }
-
-    fn completed(&self) -> crate::OpCounts {
-        let current = self.core().map(|core| core.completed()).unwrap_or_default();
+    fn stats(&self) -> ChannelStats {
+        let current = lock_std(&self.queue)
+            .as_ref()
+            .map(|queue| queue.ring.stats())
+            .unwrap_or_default();
         *lock_std(&self.earlier) + current
     }
 
     fn is_present(&self) -> bool {
-        self.function
-            .registers
-            .read8(crate::ioat::spec::device::CBVER)
-            != u8::MAX
+        self.function.registers.read8(super::spec::device::CBVER) != u8::MAX
     }
 }

@@ -1,82 +1,19 @@
-//! Why the driver refused, failed or abandoned something: errors at start-up, at submission,
-//! and the status of an operation that was accepted but did not succeed.
+//! Why the driver could not start a channel, and how an operation the device halted on is
+//! reported (the backend-neutral operation errors live in `crate::queue::op`).
 
 use std::fmt;
 
 use super::spec::chanerr;
 use crate::mem::MemError;
+use crate::queue::OpError;
 
-/// Why an operation that was accepted did not succeed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpError {
-    /// The device halted on this operation; `chanerr` holds the CHANERR bits.
-    Device {
-        /// The CHANERR register at the halt.
-        chanerr: u32,
-    },
-    /// The channel could not be recovered; the operation was abandoned.
-    ChannelFailed,
-    /// The device disappeared (its registers read all-ones).
-    DeviceRemoved,
-}
-
-impl fmt::Display for OpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            OpError::Device { chanerr } => write!(
-                f,
-                "device error: {} (CHANERR {chanerr:#x})",
-                chanerr::describe(*chanerr)
-            ),
-            OpError::ChannelFailed => f.write_str("channel failed and was abandoned"),
-            OpError::DeviceRemoved => f.write_str("device removed"),
-        }
+/// The completion status of an operation the device halted on: CHANERR's bits, described.
+pub fn device_error(chanerr: u32) -> OpError {
+    OpError::Device {
+        code: chanerr,
+        cause: chanerr::describe(chanerr),
     }
 }
-
-impl std::error::Error for OpError {}
-
-/// Why an operation was refused at submission. A refused operation built nothing.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SubmitError {
-    /// The ring has `free` slots; the operation needs `needed`.
-    RingFull {
-        /// Slots the operation needs.
-        needed: u32,
-        /// Slots free now.
-        free: u32,
-    },
-    /// A zero-length operation.
-    ZeroLength,
-    /// The device does not offer block fill.
-    FillUnsupported,
-    /// Part of a buffer is not DMA memory (neither pool nor registered memory).
-    Unmapped(MemError),
-    /// The channel failed earlier and accepts nothing.
-    ChannelFailed,
-    /// The device is gone.
-    DeviceRemoved,
-}
-
-impl fmt::Display for SubmitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SubmitError::RingFull { needed, free } => {
-                write!(
-                    f,
-                    "descriptor ring full: {needed} slot(s) needed, {free} free"
-                )
-            }
-            SubmitError::ZeroLength => f.write_str("zero-length operation"),
-            SubmitError::FillUnsupported => f.write_str("the device does not support fill"),
-            SubmitError::Unmapped(err) => write!(f, "buffer is not DMA memory: {err}"),
-            SubmitError::ChannelFailed => f.write_str("channel failed and accepts no work"),
-            SubmitError::DeviceRemoved => f.write_str("device removed"),
-        }
-    }
-}
-
-impl std::error::Error for SubmitError {}
 
 /// Why a channel could not be started or reset.
 #[derive(Clone, Debug, PartialEq, Eq)]

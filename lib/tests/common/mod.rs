@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dmaplane::datapath::client::Client;
+use dmaplane::datapath::Client;
 use dmaplane::emu::PoolMemory;
-use dmaplane::ioat::Completion;
 use dmaplane::log::LogHook;
 use dmaplane::mem::{DmaBlock, DmaPool};
+use dmaplane::Completion;
 
 /// A small deterministic generator, so failures reproduce.
 pub struct SplitMix(pub u64);

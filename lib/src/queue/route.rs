@@ -142,6 +142,7 @@ impl<T> Routes<T> {
     /// # Safety
     ///
     /// As for [`Routes::deliver`].
+    #[cfg(any(test, loom))]
     #[inline]
     pub unsafe fn has_room(&self, route: u16) -> bool {
         // SAFETY: the caller is the only thread touching this producer now (contract).
@@ -183,16 +184,6 @@ impl<T> Routes<T> {
         cell.claimed.store(false, Ordering::Release);
         crate::sync::rmw::note();
         self.attached.fetch_sub(1, Ordering::Release);
-    }
-
-    /// How many routes exist.
-    pub fn len(&self) -> usize {
-        self.cells.len()
-    }
-
-    /// Whether there is no route at all.
-    pub fn is_empty(&self) -> bool {
-        self.cells.is_empty()
     }
 }
 

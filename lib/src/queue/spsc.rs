@@ -26,22 +26,6 @@
 //!
 //! The same code runs under loom (`tests/loom_spsc.rs`), which checks both edges against the
 //! slot accesses.
-//!
-//! ```
-//! use dmaplane::datapath::spsc::{channel, Full};
-//!
-//! let (mut producer, mut consumer) = channel::<u64>(3); // rounded up to 4
-//! assert_eq!(producer.capacity(), 4);
-//! for n in 0..4 {
-//!     producer.push(n).unwrap();
-//! }
-//! assert_eq!(producer.push(4), Err(Full(4))); // the value comes back
-//! assert_eq!(consumer.pop(), Some(0));
-//! let mut batch = [0; 8];
-//! assert_eq!(consumer.pop_into(&mut batch), 3);
-//! assert_eq!(batch[..3], [1, 2, 3]);
-//! assert_eq!(consumer.pop(), None);
-//! ```
 
 use std::cell::Cell;
 use std::fmt;
@@ -64,6 +48,7 @@ pub struct Full<T>(pub T);
 
 impl<T> Full<T> {
     /// The value that was not pushed.
+    #[cfg(any(test, loom))]
     pub fn into_inner(self) -> T {
         self.0
     }
@@ -176,11 +161,6 @@ fn channel_starting_at<T>(capacity: usize, start: u32) -> (Producer<T>, Consumer
 /// The pushing end of a ring made by [`channel`].
 ///
 /// `Send` but not `Sync`: one thread at a time pushes.
-///
-/// ```compile_fail
-/// fn shared_between_threads<T: Sync>() {}
-/// shared_between_threads::<dmaplane::datapath::spsc::Producer<u64>>();
-/// ```
 pub struct Producer<T> {
     shared: Arc<Shared<T>>,
     /// Our own index, mirrored here so a push never loads it.
@@ -233,6 +213,7 @@ impl<T> Producer<T> {
 
     /// Free slots: at least this many pushes in a row will succeed (more if the consumer pops
     /// meanwhile).
+    #[cfg(any(test, loom))]
     pub fn slots(&self) -> usize {
         // Relaxed: only a count. A push that then finds its cached view full reloads `head`
         // with acquire, and coherence guarantees it sees at least this value.
@@ -241,12 +222,14 @@ impl<T> Producer<T> {
     }
 
     /// The number of values the ring holds when full.
+    #[cfg(any(test, loom))]
     pub fn capacity(&self) -> usize {
         self.shared.capacity() as usize
     }
 
     /// Whether the [`Consumer`] has been dropped, so nothing pushed will ever be popped.
     /// Once true, stays true.
+    #[cfg(any(test, loom))]
     pub fn is_abandoned(&self) -> bool {
         Arc::strong_count(&self.shared) < 2
     }
@@ -255,11 +238,6 @@ impl<T> Producer<T> {
 /// The popping end of a ring made by [`channel`].
 ///
 /// `Send` but not `Sync`: one thread at a time pops.
-///
-/// ```compile_fail
-/// fn shared_between_threads<T: Sync>() {}
-/// shared_between_threads::<dmaplane::datapath::spsc::Consumer<u64>>();
-/// ```
 pub struct Consumer<T> {
     shared: Arc<Shared<T>>,
     /// Our own index, mirrored here so a pop never loads it.
@@ -272,6 +250,7 @@ pub struct Consumer<T> {
 
 impl<T> Consumer<T> {
     /// Takes the oldest value, or `None` if the ring is empty.
+    #[cfg(any(test, loom))]
     #[inline]
     pub fn pop(&mut self) -> Option<T> {
         // Release: the free edge, paired with the producer's acquire load of `head` in `push`:
@@ -281,6 +260,7 @@ impl<T> Consumer<T> {
 
     /// [`pop`](Self::pop) with the ordering of its `head` store as a parameter, so the loom
     /// negative control can weaken exactly that edge of the shipped code.
+    #[cfg(any(test, loom))]
     #[inline(always)]
     fn pop_releasing(&mut self, release: Ordering) -> Option<T> {
         if self.head == self.tail_seen {
@@ -342,6 +322,7 @@ impl<T> Consumer<T> {
     }
 
     /// The number of values ready to pop.
+    #[cfg(any(test, loom))]
     pub fn len(&self) -> usize {
         // Relaxed: only a count. A pop that then finds its cached view empty reloads `tail`
         // with acquire, and coherence guarantees it sees at least this value.
@@ -350,6 +331,7 @@ impl<T> Consumer<T> {
     }
 
     /// Whether no value is ready to pop.
+    #[cfg(any(test, loom))]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -361,6 +343,7 @@ impl<T> Consumer<T> {
 
     /// Whether the [`Producer`] has been dropped, so no value will arrive beyond those ready.
     /// Once true, stays true.
+    #[cfg(any(test, loom))]
     pub fn is_abandoned(&self) -> bool {
         Arc::strong_count(&self.shared) < 2
     }
@@ -375,6 +358,40 @@ mod tests {
     use super::*;
 
     fn assert_send<T: Send>() {}
+
+    /// `IS_SYNC` of a concrete type: the inherent constant when the type is `Sync`, the trait's
+    /// default otherwise (inherent items win over trait items where both apply).
+    struct SyncCheck<T>(PhantomData<T>);
+    trait NotSync {
+        const IS_SYNC: bool = false;
+    }
+    impl<T> NotSync for SyncCheck<T> {}
+    impl<T: Sync> SyncCheck<T> {
+        const IS_SYNC: bool = true;
+    }
+
+    #[test]
+    fn handles_are_not_sync_so_one_thread_at_a_time_uses_each_end() {
+        const { assert!(!SyncCheck::<Producer<u64>>::IS_SYNC) };
+        const { assert!(!SyncCheck::<Consumer<u64>>::IS_SYNC) };
+        // The control: a `Sync` type reads true.
+        const { assert!(SyncCheck::<Shared<u64>>::IS_SYNC) };
+    }
+
+    #[test]
+    fn a_full_ring_gives_the_value_back_and_pop_into_takes_a_batch() {
+        let (mut producer, mut consumer) = channel::<u64>(3); // rounded up to 4
+        assert_eq!(producer.capacity(), 4);
+        for n in 0..4 {
+            producer.push(n).unwrap();
+        }
+        assert_eq!(producer.push(4), Err(Full(4))); // the value comes back
+        assert_eq!(consumer.pop(), Some(0));
+        let mut batch = [0; 8];
+        assert_eq!(consumer.pop_into(&mut batch), 3);
+        assert_eq!(batch[..3], [1, 2, 3]);
+        assert_eq!(consumer.pop(), None);
+    }
 
     #[test]
     fn handles_are_send() {

@@ -6,7 +6,8 @@
 
 use std::fmt;
 
-use crate::{CapMask, ChannelId, DeviceId};
+use super::device::{ChannelId, DeviceId};
+use crate::capability::CapMask;
 
 /// Why an engine operation was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]

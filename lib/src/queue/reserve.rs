@@ -116,11 +116,6 @@ impl SlotReservation {
     pub fn reserved(&self) -> u32 {
         self.reserved.load(Ordering::Relaxed)
     }
-
-    /// Ring size.
-    pub fn size(&self) -> u32 {
-        self.size
-    }
 }
 
 /// The doorbell is being written by some thread.

@@ -1,0 +1,723 @@
+//! The IOAT half of a started channel: its registers and the memory the device reads and
+//! writes (descriptor ring, completion word), the register sequences (reset, program, arm,
+//! prove), descriptor building, and what the completion word says. The generic ring in
+//! `queue/ring.rs` does the indices, the retire bookkeeping and the routing.
+//!
+//! Errors: the channel is programmed to halt on any error and to write the completion word
+//! when it does, so a halted status names the last good descriptor; the next one failed. The
+//! retirer completes the operations before it, fails the operation holding it with the cause
+//! named from CHANERR, clears the error, resets the channel, restarts the chain after the failed
+//! operation and carries on. A channel that does not come back is failed as a whole: every
+//! outstanding operation completes with an error and later submits are refused. Registers that
+//! read all-ones mean the device is gone: the same, with "device removed". Every wait has a
+//! timeout.
+//!
+//! Submission: an **owner** asks for a completion write at the end of each batch (on `submit`)
+//! and every few operations within one; a fence rides on the previous descriptor while the
+//! device has not been told of it. A **sharer** asks for a completion write on every operation
+//! (another producer's batch may be announced after it), and a fence is always a null
+//! descriptor of its own, since the previous slot may be another producer's and announced.
+
+use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::channel::ChannelConfig;
+use super::completion::CompletionWord;
+use super::error::{device_error, ChannelError};
+use super::ring::DescriptorRing;
+use super::spec::{
+    self, cbver, chan, chancmd, chanctrl, chansts, ctl, device, op, Descriptor,
+    NULL_DESCRIPTOR_SIZE,
+};
+use crate::mem::{DmaPool, Translator};
+use crate::mmio::{read64_split, write64_split, RegisterWindow};
+use crate::pci::ConfigSpace;
+use crate::queue::ring::{Op, Producer, Retirer, Ring, RingEngine, RingQueue, Sink, SlotMeta};
+use crate::queue::{Health, OpError, OpFlags, SubmitError};
+
+/// A started IOAT channel.
+pub(crate) type IoatQueue = RingQueue<IoatEngine>;
+
+/// One descriptor's worth of a transfer: destination, source (none for a fill), length.
+#[derive(Clone, Copy)]
+struct Piece {
+    dest: u64,
+    src: Option<u64>,
+    len: u32,
+}
+
+/// An owner asks for a completion write at least this often (in operations) within a batch.
+const OWNED_COMPLETION_WRITE_EVERY: u32 = 16;
+
+/// What a function's device registers say about it, read once at probe and at channel start.
+pub(crate) struct Identity {
+    /// CBVER.
+    pub(crate) version: u8,
+    /// Usable channels: CHANCNT, capped at what v3 functions can expose.
+    pub(crate) channels: usize,
+    /// DMACAPABILITY offers block fill.
+    pub(crate) fill_supported: bool,
+    /// Largest transfer of one descriptor.
+    pub(crate) max_transfer: u64,
+}
+
+impl Identity {
+    /// Reads the registers; refuses a removed device and parts older than v3.
+    pub(crate) fn read(regs: &dyn RegisterWindow) -> Result<Identity, ChannelError> {
+        let version = regs.read8(device::CBVER);
+        if version == u8::MAX {
+            return Err(ChannelError::DeviceRemoved);
+        }
+        if version < cbver::V3_0 {
+            return Err(ChannelError::UnsupportedVersion(version));
+        }
+        Ok(Identity {
+            version,
+            channels: usize::from(regs.read8(device::CHANCNT) & device::CHANCNT_MASK)
+                .min(spec::MAX_CHANNELS),
+            fill_supported: regs.read32(device::DMACAPABILITY) & spec::dmacap::FILL != 0,
+            max_transfer: spec::max_transfer(regs.read8(device::XFERCAP)),
+        })
+    }
+}
+
+/// Reads all-ones: what a removed PCI device returns.
+fn all_ones_u64(value: u64) -> bool {
+    value == u64::MAX
+}
+
+/// The retire side's IOAT state.
+#[derive(Default)]
+pub(crate) struct IoatRetire {
+    /// The completion address last acted on.
+    last_completed: u64,
+    /// Polls without progress while work is outstanding.
+    stalled_polls: u32,
+}
+
+/// A submitter's IOAT state.
+pub(crate) struct IoatScratch {
+    translator: Translator,
+    pieces: Vec<Piece>,
+    /// Owned mode: operations built since the last one that asks for a completion write.
+    since_completion_write: u32,
+}
+
+/// The IOAT registers and device memory of one started channel.
+pub(crate) struct IoatEngine {
+    regs: Arc<dyn RegisterWindow>,
+    config_space: Option<Arc<dyn ConfigSpace>>,
+    base: usize,
+    version: u8,
+    split64: bool,
+    pub(crate) max_transfer: u64,
+    pub(crate) fill_supported: bool,
+    config: ChannelConfig,
+    pool: DmaPool,
+    /// Ring and completion word: memory the device reads and writes. Freed on drop only once
+    /// the device is known to have stopped; leaked otherwise (see `Drop`).
+    pub(crate) ring: ManuallyDrop<DescriptorRing>,
+    completion: ManuallyDrop<CompletionWord>,
+    /// Slot index the device's 16-bit count started from at the last (re)start. Read and
+    /// written only by whoever holds the doorbell (or the owner).
+    count_base: AtomicU32,
+    /// `halt` reset the hardware channel; `Drop` must not touch it again.
+    reset_done: AtomicBool,
+}
+
+impl IoatEngine {
+    /// Starts channel `index` of the device behind `regs`: reset, program, prove with a null
+    /// descriptor. `config_space` is needed on parts before v3.3 to clear CHANERR_INT.
+    pub(crate) fn start(
+        regs: Arc<dyn RegisterWindow>,
+        config_space: Option<Arc<dyn ConfigSpace>>,
+        index: usize,
+        pool: &DmaPool,
+        config: ChannelConfig,
+    ) -> Result<Arc<IoatQueue>, ChannelError> {
+        if !(4..=16).contains(&config.ring_order) {
+            return Err(ChannelError::BadRingOrder(config.ring_order));
+        }
+        let Identity {
+            version,
+            channels,
+            fill_supported,
+            max_transfer,
+        } = Identity::read(&*regs)?;
+        if index >= channels {
+            return Err(ChannelError::NoSuchChannel {
+                index,
+                count: channels,
+            });
+        }
+        if let Some(cs) = &config_space {
+            let command = cs
+                .read16(spec::config::COMMAND)
+                .map_err(|e| ChannelError::Config(e.to_string()))?;
+            cs.write16(
+                spec::config::COMMAND,
+                command | spec::config::COMMAND_BUS_MASTER,
+            )
+            .map_err(|e| ChannelError::Config(e.to_string()))?;
+        }
+        let ring = DescriptorRing::new(pool, config.ring_order)?;
+        let completion = CompletionWord::new(pool)?;
+        let size = ring.size();
+        let engine = IoatEngine {
+            regs,
+            config_space,
+            base: spec::channel_base(index),
+            version,
+            split64: cbver::needs_split_64(version),
+            max_transfer,
+            fill_supported,
+            config,
+            pool: pool.clone(),
+            ring: ManuallyDrop::new(ring),
+            completion: ManuallyDrop::new(completion),
+            count_base: AtomicU32::new(0),
+            reset_done: AtomicBool::new(false),
+        };
+        engine.reset()?;
+        engine.program_and_arm(0)?;
+        let queue = RingQueue {
+            ring: Ring::new(size),
+            engine,
+        };
+        queue.prove_with_null()?;
+        Ok(Arc::new(queue))
+    }
+
+    fn reg8(&self, offset: usize) -> u8 {
+        self.regs.read8(self.base + offset)
+    }
+
+    fn chansts(&self) -> u64 {
+        read64_split(&*self.regs, self.base + chan::CHANSTS, self.split64)
+    }
+
+    fn chanerr(&self) -> u32 {
+        self.regs.read32(self.base + chan::CHANERR)
+    }
+
+    /// Writes the 16-bit doorbell with the running count that announces every slot before
+    /// `announce`. The caller holds the doorbell (or is the owner).
+    #[inline]
+    fn write_dmacount(&self, announce: u32) {
+        // Descriptor stores must be visible to the device before it hears of them. On x86-64
+        // stores are not reordered with the uncached doorbell store, so a compiler fence would
+        // do; a release fence is that and also orders the emulator thread's acquire load.
+        std::sync::atomic::fence(Ordering::Release);
+        let count = announce.wrapping_sub(self.count_base.load(Ordering::Relaxed)) as u16;
+        self.regs.write16(self.base + chan::DMACOUNT, count);
+    }
+
+    /// Waits until `done(self)` or the timeout, yielding in between.
+    fn wait_for(
+        &self,
+        waiting_for: &'static str,
+        timeout: std::time::Duration,
+        mut done: impl FnMut(&Self) -> bool,
+    ) -> Result<(), ChannelError> {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            if done(self) {
+                return Ok(());
+            }
+            let status = self.chansts();
+            if all_ones_u64(status) {
+                return Err(ChannelError::DeviceRemoved);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(ChannelError::Timeout {
+                    waiting_for,
+                    chansts: status,
+                    chanerr: self.chanerr(),
+                });
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// The reset sequence: suspend a running channel, clear its errors, reset it, and wait for
+    /// the reset to finish. Leaves the channel HALTED with its count at zero.
+    fn reset(&self) -> Result<(), ChannelError> {
+        let status = self.chansts();
+        if all_ones_u64(status) {
+            return Err(ChannelError::DeviceRemoved);
+        }
+        let state = chansts::state(status);
+        if state == chansts::ACTIVE || state == chansts::IDLE {
+            self.regs
+                .write8(self.base + chan::CHANCMD, chancmd::SUSPEND);
+            self.wait_for("suspend", self.config.timeouts.suspend, |c| {
+                let s = chansts::state(c.chansts());
+                s != chansts::ACTIVE && s != chansts::IDLE
+            })?;
+        }
+        self.clear_errors()?;
+        self.regs.write8(self.base + chan::CHANCMD, chancmd::RESET);
+        self.wait_for("reset", self.config.timeouts.reset, |c| {
+            c.reg8(chan::CHANCMD) & chancmd::RESET == 0
+        })?;
+        Ok(())
+    }
+
+    /// Writes CHANERR back (write-1-to-clear) and, before v3.3, CHANERR_INT too: those parts
+    /// stay HALTED until both are clear.
+    fn clear_errors(&self) -> Result<(), ChannelError> {
+        let errors = self.chanerr();
+        self.regs.write32(self.base + chan::CHANERR, errors);
+        if self.version < cbver::V3_3 {
+            if let Some(cs) = &self.config_space {
+                let mirrored = cs
+                    .read32(spec::config::CHANERR_INT)
+                    .map_err(|e| ChannelError::Config(e.to_string()))?;
+                cs.write32(spec::config::CHANERR_INT, mirrored)
+                    .map_err(|e| ChannelError::Config(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Programs control, completion address and chain start (the slot at `tail`), after a
+    /// reset, and waits for ARMED. The caller holds the doorbell (or is the owner).
+    fn program_and_arm(&self, tail: u32) -> Result<(), ChannelError> {
+        self.regs.write16(
+            self.base + chan::CHANCTRL,
+            chanctrl::ANY_ERR_ABORT_EN | chanctrl::ERR_COMPLETION_EN,
+        );
+        write64_split(
+            &*self.regs,
+            self.base + chan::CHANCMP,
+            self.completion.iova(),
+            self.split64,
+        );
+        write64_split(
+            &*self.regs,
+            self.base + chan::CHAINADDR,
+            self.ring.bus_address(tail),
+            self.split64,
+        );
+        self.count_base.store(tail, Ordering::Relaxed);
+        self.wait_for(
+            "ARMED after programming the chain",
+            self.config.timeouts.start,
+            |c| chansts::state(c.chansts()) == chansts::ARMED,
+        )
+    }
+
+    /// Plans the descriptors of a transfer into `pieces`, each within XFERCAP and
+    /// IOVA-contiguous on both sides. `free` is the room in the ring: pieces beyond it are
+    /// counted, not stored, so a plan the ring cannot take is refused without growing.
+    fn plan(
+        &self,
+        translator: &mut Translator,
+        pieces: &mut Vec<Piece>,
+        free: u32,
+        dst: usize,
+        src: Option<usize>,
+        len: usize,
+    ) -> Result<(), SubmitError> {
+        pieces.clear();
+        let cap = self.max_transfer.min(u64::from(u32::MAX)) as usize;
+        let keep = free as usize + 1;
+        let mut count = 0u32;
+        let mut done = 0usize;
+        while done < len {
+            let want = (len - done).min(cap);
+            let (dest, dst_run) = translator
+                .translate(dst + done, want)
+                .map_err(SubmitError::Unmapped)?;
+            let mut piece = dst_run.min(want);
+            let src = match src {
+                Some(src) => {
+                    let (iova, run) = translator
+                        .translate(src + done, piece)
+                        .map_err(SubmitError::Unmapped)?;
+                    piece = piece.min(run);
+                    Some(iova)
+                }
+                None => None,
+            };
+            if pieces.len() < keep {
+                pieces.push(Piece {
+                    dest,
+                    src,
+                    len: piece as u32,
+                });
+            }
+            count = count.saturating_add(1);
+            done += piece;
+        }
+        if count as usize > pieces.len() {
+            return Err(SubmitError::RingFull {
+                needed: count,
+                free,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes one descriptor and its bookkeeping at `*at` and moves past it.
+    #[inline]
+    fn write(
+        &self,
+        ring: &Ring<IoatRetire>,
+        route: u16,
+        at: &mut u32,
+        descriptor: &Descriptor,
+        ends_op: Option<u64>,
+    ) {
+        self.ring.fill(*at, descriptor);
+        let meta = SlotMeta {
+            ends_op: ends_op.is_some(),
+            route,
+            bytes: descriptor.size,
+            user_data: ends_op.unwrap_or(0),
+        };
+        // SAFETY: slot `at` is the caller's: claimed by its producer and not yet published.
+        unsafe { ring.set_meta(*at, meta) };
+        *at = at.wrapping_add(1);
+    }
+
+    /// Position, counted from `tail`, of the announced slot whose bus address is `address`.
+    fn find_announced(&self, tail: u32, address: u64, announced: u32) -> Option<u32> {
+        (0..announced.wrapping_sub(tail))
+            .find(|&k| self.ring.bus_address(tail.wrapping_add(k)) == address)
+    }
+
+    /// Acts on a status value (from the completion word or CHANSTS): retires everything up to
+    /// the descriptor it names, and recovers if it says HALTED.
+    fn advance(
+        &self,
+        r: &mut Retirer<'_, IoatRetire>,
+        status: u64,
+        announced: u32,
+        sink: &mut Sink<'_>,
+    ) {
+        let address = chansts::completed_address(status);
+        if let Some(k) = self.find_announced(r.side.tail, address, announced) {
+            if r.retire(k + 1, sink, Ok(())) < k + 1 {
+                // A sink is full; the rest of the batch comes next time. Remember the last slot
+                // actually retired, not `address`: the batch's end may land on the slot of an
+                // older `last_completed` once the ring laps, and must not look like no progress.
+                r.side.engine.last_completed = self.ring.bus_address(r.side.tail.wrapping_sub(1));
+                return;
+            }
+            r.side.engine.last_completed = address;
+        }
+        if chansts::state(status) == chansts::HALTED {
+            self.recover(r, sink);
+        }
+    }
+
+    /// No completion progress for a while: read the status register, which catches a halt
+    /// whose completion write was lost, and a device that is gone.
+    fn check_stall(&self, r: &mut Retirer<'_, IoatRetire>, sink: &mut Sink<'_>) {
+        let status = self.chansts();
+        if all_ones_u64(status) {
+            r.abandon(OpError::DeviceRemoved, Health::Removed, sink, || {
+                self.device_stopped()
+            });
+        } else if chansts::state(status) == chansts::HALTED {
+            // CHANSTS names the last good descriptor as the completion word would have.
+            let announced = r.ring.doorbell.announced();
+            self.advance(r, status, announced, sink);
+        }
+    }
+
+    /// The channel halted: the operation at the tail failed. Complete it with the cause, skip
+    /// the rest of its descriptors, reset, and restart the chain after it. The doorbell is
+    /// held throughout, so no producer rings a channel in mid-reset.
+    fn recover(&self, r: &mut Retirer<'_, IoatRetire>, sink: &mut Sink<'_>) {
+        let ring = r.ring;
+        let stopped = || self.device_stopped();
+        let errors = self.chanerr();
+        if errors == u32::MAX {
+            return r.abandon(OpError::DeviceRemoved, Health::Removed, sink, stopped);
+        }
+        let mut doorbell = ring.doorbell.exclusive();
+        if !ring.health().works() {
+            // Shut down (or failed) meanwhile: nothing may re-arm it.
+            drop(doorbell);
+            return r.abandon_stopped(sink, stopped);
+        }
+        let announced = ring.doorbell.announced();
+        let tail = r.side.tail;
+        // The failing operation runs from `tail` to the first descriptor that ends an
+        // operation; the device halted inside it, so it was announced whole.
+        let span = (0..announced.wrapping_sub(tail))
+            // SAFETY: announced slots, read by the retirer.
+            .find(|&k| unsafe { ring.meta(tail.wrapping_add(k)) }.ends_op)
+            .map_or(0, |k| k + 1);
+        // The device is halted: it no longer touches the failed operation's buffers.
+        if r.retire(span, sink, Err(device_error(errors))) < span {
+            return; // no room to report it; the halted status stays and the next poll retries
+        }
+        r.note_recovery();
+        let restarted = self.reset().and_then(|()| {
+            let tail = r.side.tail;
+            // A status the device wrote before the reset must not be acted on twice.
+            let before = self.ring.bus_address(tail.wrapping_sub(1));
+            self.completion.prime(before | chansts::ARMED);
+            r.side.engine.last_completed = before;
+            self.program_and_arm(tail)
+        });
+        match restarted {
+            Ok(()) => {
+                if announced != r.side.tail {
+                    self.write_dmacount(announced);
+                    ring.note_doorbell();
+                }
+                doorbell.set_announced(announced);
+                drop(doorbell);
+                // Publications made while we held the doorbell were left to us.
+                ring.doorbell.ring(&ring.slots, |target| {
+                    if ring.health().works() {
+                        self.write_dmacount(target);
+                        ring.note_doorbell();
+                    }
+                });
+            }
+            // The health changes while the doorbell is still held, so no producer that saw the
+            // channel running can ring it after its operations are failed.
+            Err(ChannelError::DeviceRemoved) => {
+                ring.set_health(Health::Removed);
+                drop(doorbell);
+                r.abandon(OpError::DeviceRemoved, Health::Removed, sink, stopped)
+            }
+            Err(_) => {
+                ring.set_health(Health::Failed);
+                drop(doorbell);
+                r.abandon(OpError::ChannelFailed, Health::Failed, sink, stopped)
+            }
+        }
+    }
+}
+
+impl RingEngine for IoatEngine {
+    type RetireState = IoatRetire;
+    type Scratch = IoatScratch;
+
+    fn scratch(&self) -> IoatScratch {
+        IoatScratch {
+            translator: self.pool.translator(),
+            pieces: Vec::with_capacity(16),
+            since_completion_write: 0,
+        }
+    }
+
+    #[inline]
+    fn fill_supported(&self) -> bool {
+        self.fill_supported
+    }
+
+    #[inline]
+    fn build(
+        &self,
+        ring: &Ring<IoatRetire>,
+        producer: &mut Producer,
+        scratch: &mut IoatScratch,
+        op: Op,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), SubmitError> {
+        let free = producer.capacity(ring);
+        let IoatScratch {
+            translator,
+            pieces,
+            since_completion_write,
+        } = scratch;
+        let pattern = match op {
+            Op::Copy { dst, src, len } => {
+                self.plan(translator, pieces, free, dst, Some(src), len)?;
+                0
+            }
+            Op::Fill { dst, pattern, len } => {
+                self.plan(translator, pieces, free, dst, None, len)?;
+                pattern
+            }
+            Op::Null => {
+                pieces.clear();
+                0
+            }
+        };
+        let owned = producer.is_owner();
+        // A fence orders this operation after everything before it. IOAT's fence bit orders
+        // the descriptors *after* the one carrying it, so an owner puts it on the previous
+        // descriptor if the device has not been told about it yet, else on a null descriptor
+        // of its own; with nothing outstanding it is moot. A sharer always uses a null one.
+        let wants_fence = flags.contains(OpFlags::FENCE);
+        let (fence, fence_on_null) = if owned {
+            let outstanding = producer.head(ring) != ring.retired.load(Ordering::Relaxed);
+            let fence = wants_fence && outstanding;
+            (fence, fence && producer.all_announced())
+        } else {
+            (wants_fence, wants_fence)
+        };
+        let data = pieces.len().max(1) as u32;
+        let start = producer.claim(ring, data + u32::from(fence_on_null))?;
+        if fence && !fence_on_null {
+            self.ring
+                .set_control_bits(start.wrapping_sub(1), ctl::FENCE);
+        }
+        let route = producer.route;
+        let mut at = start;
+        if fence_on_null {
+            let null = Descriptor {
+                size: NULL_DESCRIPTOR_SIZE,
+                control: ctl::with_op(op::COPY, ctl::NULL | ctl::FENCE),
+                ..Descriptor::default()
+            };
+            self.write(ring, route, &mut at, &null, None);
+        }
+        // A sharer asks for a completion write on each operation: the doorbell may announce
+        // any producer's slot last. An owner asks at the end of each batch (`seal_batch`) and
+        // also every few operations within one, so a window of a single batch still shows
+        // progress to the poller before the whole batch is done.
+        let last_bits = if owned {
+            *since_completion_write += 1;
+            if *since_completion_write >= OWNED_COMPLETION_WRITE_EVERY {
+                *since_completion_write = 0;
+                ctl::COMPLETION_UPDATE
+            } else {
+                0
+            }
+        } else {
+            ctl::COMPLETION_UPDATE
+        };
+        if pieces.is_empty() {
+            let null = Descriptor {
+                size: NULL_DESCRIPTOR_SIZE,
+                control: ctl::with_op(op::COPY, ctl::NULL | last_bits),
+                ..Descriptor::default()
+            };
+            self.write(ring, route, &mut at, &null, Some(user_data));
+        }
+        let mut offset = 0u64;
+        for (i, piece) in pieces.iter().enumerate() {
+            // A descriptor restarts the fill pattern at its own start: carry the phase over.
+            let phase = (offset % 8) as u32;
+            offset += u64::from(piece.len);
+            let last = i + 1 == pieces.len();
+            let bits = if last { last_bits } else { 0 };
+            let descriptor = match piece.src {
+                Some(src) => Descriptor {
+                    size: piece.len,
+                    control: ctl::with_op(op::COPY, bits),
+                    src_or_pattern: src,
+                    dest: piece.dest,
+                    ..Descriptor::default()
+                },
+                None => Descriptor {
+                    size: piece.len,
+                    control: ctl::with_op(op::FILL, bits),
+                    src_or_pattern: pattern.rotate_right(8 * phase),
+                    dest: piece.dest,
+                    ..Descriptor::default()
+                },
+            };
+            self.write(ring, route, &mut at, &descriptor, last.then_some(user_data));
+        }
+        producer.written(ring, start, at.wrapping_sub(start));
+        Ok(())
+    }
+
+    #[inline]
+    fn seal_batch(&self, scratch: &mut IoatScratch, last: u32) {
+        self.ring.set_control_bits(last, ctl::COMPLETION_UPDATE);
+        scratch.since_completion_write = 0;
+    }
+
+    #[inline]
+    fn write_doorbell(&self, announce: u32) {
+        self.write_dmacount(announce);
+    }
+
+    fn retire(&self, r: &mut Retirer<'_, IoatRetire>, sink: &mut Sink<'_>) {
+        let announced = r.ring.doorbell.announced();
+        if r.side.tail == announced {
+            return;
+        }
+        let word = self.completion.load();
+        if chansts::completed_address(word) == r.side.engine.last_completed
+            && chansts::state(word) != chansts::HALTED
+        {
+            r.side.engine.stalled_polls += 1;
+            if r.side.engine.stalled_polls >= self.config.stall_check_polls {
+                r.side.engine.stalled_polls = 0;
+                self.check_stall(r, sink);
+            }
+            return;
+        }
+        r.side.engine.stalled_polls = 0;
+        self.advance(r, word, announced, sink);
+    }
+
+    /// Whether the device is known not to be working through descriptors: gone (all-ones),
+    /// or in any state but ACTIVE. Only then may operations be completed without their
+    /// descriptors having run, since only then will the device not touch their buffers.
+    fn device_stopped(&self) -> bool {
+        let status = self.chansts();
+        all_ones_u64(status) || chansts::state(status) != chansts::ACTIVE
+    }
+
+    fn halt(&self) {
+        if self.reset().is_ok() {
+            // Dropping the engine must not reset the hardware channel again: by then the
+            // backend may have started a new one on it.
+            self.reset_done.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl RingQueue<IoatEngine> {
+    /// Pushes a null descriptor through slot 0 and waits for its completion, proving the
+    /// channel. Runs before anyone else can see the queue.
+    fn prove_with_null(&self) -> Result<(), ChannelError> {
+        let engine = &self.engine;
+        let null = Descriptor {
+            size: NULL_DESCRIPTOR_SIZE,
+            control: ctl::with_op(op::COPY, ctl::NULL | ctl::COMPLETION_UPDATE),
+            ..Descriptor::default()
+        };
+        engine.ring.fill(0, &null);
+        // SAFETY: the queue is not shared yet; slot 0 is ours.
+        unsafe { self.ring.set_meta(0, SlotMeta::default()) };
+        self.ring.slots.advance_owned(1);
+        self.ring.doorbell.announce_owned(1);
+        engine.write_dmacount(1);
+        self.ring.note_doorbell();
+        let target = engine.ring.bus_address(0);
+        engine.wait_for(
+            "the start-up null descriptor",
+            engine.config.timeouts.start,
+            |c| chansts::completed_address(c.completion.load()) == target,
+        )?;
+        // SAFETY: the queue is not shared yet.
+        unsafe { self.poll_exclusive(&mut Sink::routed()) };
+        Ok(())
+    }
+}
+
+impl Drop for IoatEngine {
+    fn drop(&mut self) {
+        // The device must stop using the ring and the completion word before they go back to
+        // the pool. If it cannot be stopped (a reset that times out), the memory is leaked:
+        // better a lost ring than a device writing into someone else's allocation.
+        let stopped = self.reset_done.load(Ordering::Acquire)
+            || self.reset().is_ok()
+            || self.device_stopped();
+        if stopped {
+            // SAFETY: the fields are dropped exactly once, here, and the device no longer
+            // accesses them (reset done, or CHANSTS shows it gone or not running).
+            unsafe {
+                ManuallyDrop::drop(&mut self.ring);
+                ManuallyDrop::drop(&mut self.completion);
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! What an operation is to every backend and to the client: the flags it is submitted with,
+//! the completion it ends with, why it may be refused at submission, and why it may fail once
+//! accepted. Nothing here knows a descriptor format; a backend translates its device's own
+//! error word into [`OpError::Device`] with a description of its own.
+
+use std::fmt;
+
+use crate::mem::MemError;
+
+/// How an operation is submitted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpFlags(u32);
+
+impl OpFlags {
+    /// No flag: queue the operation, ring the doorbell later with `submit`.
+    pub const NONE: OpFlags = OpFlags(0);
+    /// The operation starts only after every operation queued before it has finished.
+    pub const FENCE: OpFlags = OpFlags(1);
+    /// Ring the doorbell right after queueing the operation.
+    pub const SUBMIT: OpFlags = OpFlags(2);
+
+    /// Whether every flag of `other` is set.
+    #[inline]
+    pub const fn contains(self, other: OpFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for OpFlags {
+    type Output = OpFlags;
+    fn bitor(self, rhs: OpFlags) -> OpFlags {
+        OpFlags(self.0 | rhs.0)
+    }
+}
+
+/// The end of one operation: exactly one per operation accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// What the submitter passed in.
+    pub user_data: u64,
+    /// Success, or why not.
+    pub result: Result<(), OpError>,
+}
+
+impl Default for Completion {
+    /// A placeholder to size output buffers with: user data 0, success.
+    fn default() -> Self {
+        Completion {
+            user_data: 0,
+            result: Ok(()),
+        }
+    }
+}
+
+/// Why an operation that was accepted did not succeed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpError {
+    /// The device reported an error on this operation and moved on (or was recovered).
+    Device {
+        /// The device's own error word (IOAT: the CHANERR bits; the software engine: the
+        /// injected code).
+        code: u32,
+        /// What the backend makes of `code`.
+        cause: &'static str,
+    },
+    /// The channel could not be recovered; the operation was abandoned.
+    ChannelFailed,
+    /// The device disappeared, or was removed before the operation could run.
+    DeviceRemoved,
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpError::Device { code, cause } => write!(f, "device error: {cause} ({code:#x})"),
+            OpError::ChannelFailed => f.write_str("channel failed and was abandoned"),
+            OpError::DeviceRemoved => f.write_str("device removed"),
+        }
+    }
+}
+
+impl std::error::Error for OpError {}
+
+/// Why an operation was refused at submission. A refused operation built nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue has `free` slots; the operation needs `needed`.
+    RingFull {
+        /// Slots the operation needs.
+        needed: u32,
+        /// Slots free now.
+        free: u32,
+    },
+    /// A zero-length operation.
+    ZeroLength,
+    /// The device does not offer block fill.
+    FillUnsupported,
+    /// Part of a buffer is not DMA memory (neither pool nor registered memory).
+    Unmapped(MemError),
+    /// The channel failed earlier and accepts nothing.
+    ChannelFailed,
+    /// The device is gone, or being removed.
+    DeviceRemoved,
+}
+
+impl fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubmitError::RingFull { needed, free } => {
+                write!(
+                    f,
+                    "descriptor ring full: {needed} slot(s) needed, {free} free"
+                )
+            }
+            SubmitError::ZeroLength => f.write_str("zero-length operation"),
+            SubmitError::FillUnsupported => f.write_str("the device does not support fill"),
+            SubmitError::Unmapped(err) => write!(f, "buffer is not DMA memory: {err}"),
+            SubmitError::ChannelFailed => f.write_str("channel failed and accepts no work"),
+            SubmitError::DeviceRemoved => f.write_str("device removed"),
+        }
+    }
+}
+
+impl std::error::Error for SubmitError {}
