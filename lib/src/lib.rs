@@ -36,6 +36,7 @@ pub mod mem;
 pub mod mmio;
 pub mod pci;
 pub mod queue;
+pub mod soft;
 mod sync;
 
 pub use capability::{CapMask, Capability};

@@ -198,6 +198,32 @@ impl Attachment {
     }
 }
 
+/// The client's own software queue: where operations go when the table gives the CPU no
+/// channel and the client falls back on the CPU.
+struct CpuQueue {
+    handle: Box<dyn QueueHandle>,
+    capacity: usize,
+    in_flight: u32,
+}
+
+impl CpuQueue {
+    /// A queue whose ring holds as many operations as a completion ring of `completion_ring`.
+    fn new(completion_ring: usize) -> CpuQueue {
+        let slots = (completion_ring + 1).next_power_of_two().clamp(16, 1 << 16);
+        let queue = crate::soft::private_queue(slots.trailing_zeros());
+        let mut handle = queue
+            .attach(completion_ring)
+            .expect("a new queue has free routes");
+        // SAFETY: the queue was just made and only this handle reaches it.
+        unsafe { handle.own() };
+        CpuQueue {
+            capacity: handle.completion_capacity(),
+            handle,
+            in_flight: 0,
+        }
+    }
+}
+
 /// What the table says of one capability, as a migration reads it.
 struct Wanted {
     cap: Capability,
@@ -256,8 +282,8 @@ pub struct Client {
     attachments: Vec<Attachment>,
     config: ClientConfig,
     stats: ClientStats,
-    /// Completions of operations done on the CPU, returned by the next poll.
-    done_on_cpu: Vec<Completion>,
+    /// The client's own software queue, made on first use ([`ClientConfig::cpu_fallback`]).
+    on_cpu: Option<CpuQueue>,
     _cpu: CpuClaim,
 }
 
@@ -286,7 +312,7 @@ impl Client {
             attachments: Vec::new(),
             config,
             stats: ClientStats::default(),
-            done_on_cpu: Vec::new(),
+            on_cpu: None,
             _cpu: claim,
         };
         client.wait_settled(config.settle_timeout);
@@ -341,7 +367,10 @@ impl Client {
             .iter()
             .map(|a| u64::from(a.in_flight))
             .sum::<u64>()
-            + self.done_on_cpu.len() as u64
+            + self
+                .on_cpu
+                .as_ref()
+                .map_or(0, |cpu| u64::from(cpu.in_flight))
     }
 
     /// The channel the client submits `cap` operations to, and whether it owns it.
@@ -581,8 +610,8 @@ impl Client {
         let att = match self.lane(Capability::Memcpy) {
             Ok(att) => att,
             Err(ClientError::NoChannel(_)) if fallback => {
-                // SAFETY: forwarded contract; the CPU is done with the buffers on return.
-                return self.on_cpu(len, user_data, || unsafe { std::ptr::copy(src, dst, len) });
+                // SAFETY: forwarded contract.
+                return self.on_cpu(|cpu| unsafe { cpu.copy(dst, src, len, user_data, flags) });
             }
             Err(err) => return Err(err),
         };
@@ -610,13 +639,8 @@ impl Client {
         let att = match self.lane(Capability::Fill) {
             Ok(att) => att,
             Err(ClientError::NoChannel(_)) if fallback => {
-                let bytes = pattern.to_le_bytes();
-                return self.on_cpu(len, user_data, || {
-                    for i in 0..len {
-                        // SAFETY: forwarded contract: `dst` is valid for `len` bytes.
-                        unsafe { dst.add(i).write(bytes[i % 8]) };
-                    }
-                });
+                // SAFETY: forwarded contract.
+                return self.on_cpu(|cpu| unsafe { cpu.fill(dst, pattern, len, user_data, flags) });
             }
             Err(err) => return Err(err),
         };
@@ -626,26 +650,21 @@ impl Client {
         Ok(())
     }
 
-    /// Does an operation on the calling CPU, its completion queued for the next poll.
+    /// Queues an operation on the client's own software queue, carried out on this CPU at a
+    /// later poll like any device's work.
     fn on_cpu(
         &mut self,
-        len: usize,
-        user_data: u64,
-        work: impl FnOnce(),
+        queue: impl FnOnce(&mut dyn QueueHandle) -> Result<(), SubmitError>,
     ) -> Result<(), ClientError> {
-        if len == 0 {
-            return Err(ClientError::Submit(SubmitError::ZeroLength));
-        }
-        if self.done_on_cpu.len() >= self.config.completion_ring {
+        let ring = self.config.completion_ring;
+        let cpu = self.on_cpu.get_or_insert_with(|| CpuQueue::new(ring));
+        if cpu.in_flight as usize >= cpu.capacity {
             return Err(ClientError::CompletionRingFull {
-                in_flight: self.done_on_cpu.len() as u32,
+                in_flight: cpu.in_flight,
             });
         }
-        work();
-        self.done_on_cpu.push(Completion {
-            user_data,
-            result: Ok(()),
-        });
+        queue(&mut *cpu.handle)?;
+        cpu.in_flight += 1;
         self.stats.submitted += 1;
         self.stats.cpu_ops += 1;
         Ok(())
@@ -656,6 +675,9 @@ impl Client {
     pub fn submit(&mut self) {
         for att in &mut self.attachments {
             att.handle.submit();
+        }
+        if let Some(cpu) = &mut self.on_cpu {
+            cpu.handle.submit();
         }
     }
 
@@ -677,9 +699,10 @@ impl Client {
     /// and reports the client's quiescent state when it holds nothing from an older table.
     pub fn poll(&mut self, out: &mut [Completion]) -> usize {
         self.refresh();
-        let mut filled = self.done_on_cpu.len().min(out.len());
-        for (slot, done) in out.iter_mut().zip(self.done_on_cpu.drain(..filled)) {
-            *slot = done;
+        let mut filled = 0;
+        if let Some(cpu) = &mut self.on_cpu {
+            filled = cpu.handle.poll(out);
+            cpu.in_flight -= filled as u32;
         }
         let mut draining = false;
         for att in &mut self.attachments {

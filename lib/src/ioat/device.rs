@@ -6,17 +6,17 @@
 //! sysfs) and the emulated device (its register and configuration models).
 
 use std::any::Any;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::channel::ChannelConfig;
 use super::error::ChannelError;
-use super::queue::{Identity, IoatEngine, IoatQueue};
+use super::queue::{Identity, IoatEngine};
 use crate::capability::{CapMask, Capability};
 use crate::mem::DmaPool;
 use crate::mmio::RegisterWindow;
 use crate::pci::ConfigSpace;
-use crate::queue::{BackendError, ChannelBackend, ChannelQueue, ChannelStats, DeviceSpec, Health};
-use crate::sync::lock_std;
+use crate::queue::ring::QueueCell;
+use crate::queue::{BackendError, ChannelBackend, ChannelQueue, ChannelStats, DeviceSpec};
 
 struct Function {
     registers: Arc<dyn RegisterWindow>,
@@ -62,8 +62,7 @@ impl IoatDevice {
                 Arc::new(IoatChannelBackend {
                     function: Arc::clone(&function),
                     index,
-                    queue: Mutex::new(None),
-                    earlier: Mutex::new(ChannelStats::default()),
+                    queue: QueueCell::default(),
                 })
             })
             .collect();
@@ -102,9 +101,7 @@ impl IoatDevice {
 pub struct IoatChannelBackend {
     function: Arc<Function>,
     index: usize,
-    queue: Mutex<Option<Arc<IoatQueue>>>,
-    /// What the channel's earlier starts did, so statistics outlive each start.
-    earlier: Mutex<ChannelStats>,
+    queue: QueueCell<IoatEngine>,
 }
 
 impl IoatChannelBackend {
@@ -115,40 +112,29 @@ impl IoatChannelBackend {
 
     /// Whether the channel is started (the engine holds a reference to it).
     pub fn is_started(&self) -> bool {
-        lock_std(&self.queue).is_some()
+        self.queue.is_started()
     }
 }
 
 impl ChannelBackend for IoatChannelBackend {
     fn allocate_resources(&self) -> Result<(), BackendError> {
         let f = &self.function;
-        let queue = IoatEngine::start(
+        self.queue.set(IoatEngine::start(
             Arc::clone(&f.registers),
             f.config_space.clone(),
             self.index,
             &f.pool,
             f.channel_config,
-        )?;
-        *lock_std(&self.queue) = Some(queue);
+        )?);
         Ok(())
     }
 
     fn free_resources(&self) {
-        // Closing resets the channel so the device stops reading the ring and later submits
-        // are refused; the ring and completion word go back to the pool with the last handle
-        // (normally this one: a client lets go of a channel once it neither follows a table
-        // naming it nor has operations there, and then holds no engine reference).
-        if let Some(queue) = lock_std(&self.queue).take() {
-            queue.stop(Health::Closed);
-            let mut earlier = lock_std(&self.earlier);
-            *earlier = *earlier + queue.ring.stats();
-        }
+        self.queue.close();
     }
 
     fn queue(&self) -> Option<Arc<dyn ChannelQueue>> {
-        lock_std(&self.queue)
-            .clone()
-            .map(|queue| queue as Arc<dyn ChannelQueue>)
+        self.queue.queue()
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -156,11 +142,7 @@ impl ChannelBackend for IoatChannelBackend {
     }
 
     fn stats(&self) -> ChannelStats {
-        let current = lock_std(&self.queue)
-            .as_ref()
-            .map(|queue| queue.ring.stats())
-            .unwrap_or_default();
-        *lock_std(&self.earlier) + current
+        self.queue.stats()
     }
 
     fn is_present(&self) -> bool {

@@ -20,7 +20,7 @@
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crossbeam_utils::CachePadded;
 
@@ -31,6 +31,7 @@ use super::{
     ChannelQueue, ChannelStats, Completion, Health, OpError, OpFlags, QueueHandle, SubmitError,
     MAX_CLIENTS_PER_CHANNEL,
 };
+use crate::sync::lock_std;
 
 /// One operation as a submitter asks for it, before any backend has planned it.
 #[derive(Clone, Copy, Debug)]
@@ -653,6 +654,67 @@ impl Producer {
     pub(crate) fn share(&mut self) {
         debug_assert!(!self.owned || self.submitted == self.head);
         self.owned = false;
+    }
+}
+
+/// The started queue of one channel backend, while the engine holds a reference to the
+/// channel, and what its earlier starts did: the part of a [`ChannelBackend`]
+/// (`crate::queue::ChannelBackend`) that is the same for every ring backend.
+pub(crate) struct QueueCell<E: RingEngine> {
+    current: Mutex<Option<Arc<RingQueue<E>>>>,
+    /// What the channel's earlier starts did, so statistics outlive each start.
+    earlier: Mutex<ChannelStats>,
+}
+
+impl<E: RingEngine> Default for QueueCell<E> {
+    fn default() -> Self {
+        QueueCell {
+            current: Mutex::new(None),
+            earlier: Mutex::new(ChannelStats::default()),
+        }
+    }
+}
+
+impl<E: RingEngine> QueueCell<E> {
+    /// Holds a newly started queue.
+    pub(crate) fn set(&self, queue: Arc<RingQueue<E>>) {
+        *lock_std(&self.current) = Some(queue);
+    }
+
+    /// Closes the current queue, if any: the device stops reading its ring and later submits
+    /// are refused. Its memory goes back with the last handle (normally the cell's: a client
+    /// lets go of a channel once it neither follows a table naming it nor has operations
+    /// there, and then holds no reference).
+    pub(crate) fn close(&self) {
+        if let Some(queue) = lock_std(&self.current).take() {
+            queue.stop(Health::Closed);
+            let mut earlier = lock_std(&self.earlier);
+            *earlier = *earlier + queue.ring.stats();
+        }
+    }
+
+    /// The current queue.
+    pub(crate) fn get(&self) -> Option<Arc<RingQueue<E>>> {
+        lock_std(&self.current).clone()
+    }
+
+    /// The current queue behind the seam.
+    pub(crate) fn queue(&self) -> Option<Arc<dyn ChannelQueue>> {
+        self.get().map(|queue| queue as Arc<dyn ChannelQueue>)
+    }
+
+    /// Whether a queue is started.
+    pub(crate) fn is_started(&self) -> bool {
+        lock_std(&self.current).is_some()
+    }
+
+    /// What every start of the channel did.
+    pub(crate) fn stats(&self) -> ChannelStats {
+        let current = lock_std(&self.current)
+            .as_ref()
+            .map(|queue| queue.ring.stats())
+            .unwrap_or_default();
+        *lock_std(&self.earlier) + current
     }
 }
 

@@ -1,0 +1,279 @@
+//! The software engine's half of a ring channel: operations are written into the ring as
+//! they are (addresses, length, pattern), and whoever retires the ring carries them out on
+//! its own CPU, oldest first, before reporting them done. So work runs at poll time, in
+//! submission order, only once announced by a doorbell, and completes exactly like a
+//! device's: one completion per operation at a later poll.
+//!
+//! In-order execution makes every operation fenced already, so [`OpFlags::FENCE`] needs no
+//! slot of its own.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use crate::mem::Translator;
+use crate::queue::ring::{Op, Producer, Retirer, Ring, RingEngine, Sink, SlotMeta};
+use crate::queue::{Health, OpError, OpFlags, SubmitError};
+
+/// What an injected failure reports.
+const INJECTED: &str = "injected fault";
+
+/// The largest piece one slot carries, so a slot's byte count fits the ring's bookkeeping.
+const MAX_PIECE: usize = 1 << 30;
+
+/// One slot: a piece of an operation as the CPU will carry it out.
+#[derive(Clone, Copy, Default)]
+struct Work {
+    dst: usize,
+    /// The source, or `None` for a fill.
+    src: Option<usize>,
+    /// The fill pattern, rotated to the phase the piece starts at.
+    pattern: u64,
+    len: usize,
+    /// Set by the executor: the device error code the piece failed with (0: success).
+    failed_with: u32,
+}
+
+/// The faults a test or application can inject into one channel.
+#[derive(Debug, Default)]
+pub(crate) struct ChannelFaults {
+    /// The channel takes no work while set.
+    pub(crate) stalled: AtomicBool,
+    /// Pieces to carry out before the injected failure; 0: none armed.
+    pub(crate) fail_in: AtomicU32,
+    /// The code the injected failure reports.
+    pub(crate) fail_code: AtomicU32,
+}
+
+/// The faults of a whole device.
+#[derive(Debug, Default)]
+pub(crate) struct DeviceFaults {
+    /// The device left: nothing runs any more, and the channels fail their work with
+    /// "device removed".
+    pub(crate) removed: AtomicBool,
+}
+
+/// The retire side's own state.
+#[derive(Default)]
+pub(crate) struct SoftRetire {
+    /// Slots before this index have been carried out.
+    executed: u32,
+    /// The code an earlier piece of the operation being carried out failed with (0: none):
+    /// its later pieces are skipped and fail alike, so the operation completes with it.
+    failing: u32,
+}
+
+/// A submitter's own state.
+pub(crate) struct SoftScratch {
+    /// Checks that buffers are DMA memory, when the device was given a pool.
+    translator: Option<Translator>,
+}
+
+/// The software engine of one channel.
+pub(crate) struct SoftEngine {
+    work: Box<[UnsafeCell<Work>]>,
+    mask: u32,
+    fill_supported: bool,
+    pool: Option<crate::mem::DmaPool>,
+    faults: Arc<ChannelFaults>,
+    device: Arc<DeviceFaults>,
+}
+
+// SAFETY: a slot's work is written by the producer that claimed it before publication and read
+// and updated by the retirer after, the same protocol as the ring's own per-slot bookkeeping.
+unsafe impl Sync for SoftEngine {}
+
+impl SoftEngine {
+    pub(crate) fn new(
+        size: u32,
+        fill_supported: bool,
+        pool: Option<crate::mem::DmaPool>,
+        faults: Arc<ChannelFaults>,
+        device: Arc<DeviceFaults>,
+    ) -> SoftEngine {
+        SoftEngine {
+            work: (0..size)
+                .map(|_| UnsafeCell::new(Work::default()))
+                .collect(),
+            mask: size - 1,
+            fill_supported,
+            pool,
+            faults,
+            device,
+        }
+    }
+
+    fn slot(&self, index: u32) -> *mut Work {
+        self.work[(index & self.mask) as usize].get()
+    }
+
+    /// Refuses ranges that are not DMA memory, as a device behind an IOMMU would.
+    fn check(translator: &mut Translator, start: usize, len: usize) -> Result<(), SubmitError> {
+        let mut done = 0;
+        while done < len {
+            let (_, run) = translator
+                .translate(start + done, len - done)
+                .map_err(SubmitError::Unmapped)?;
+            done += run;
+        }
+        Ok(())
+    }
+
+    /// Carries out slot `index` on this CPU, or fails it if a failure is due, and returns the
+    /// code it failed with (0: success).
+    fn execute(&self, index: u32, failing: u32) -> u32 {
+        // SAFETY: the slot is published and announced, and the caller is the retirer, the only
+        // one touching it until it is retired.
+        let work = unsafe { &mut *self.slot(index) };
+        work.failed_with = failing;
+        let due = self.faults.fail_in.load(Ordering::Acquire);
+        if failing == 0 && due > 0 {
+            self.faults.fail_in.store(due - 1, Ordering::Release);
+            if due == 1 {
+                work.failed_with = self.faults.fail_code.load(Ordering::Acquire).max(1);
+            }
+        }
+        if work.failed_with != 0 {
+            return work.failed_with;
+        }
+        match work.src {
+            // SAFETY: the submitter promised both buffers stay valid and untouched by anyone
+            // else until the completion is returned, which happens after this.
+            Some(src) => unsafe { std::ptr::copy(src as *const u8, work.dst as *mut u8, work.len) },
+            None => {
+                let bytes = work.pattern.to_le_bytes();
+                for i in 0..work.len {
+                    // SAFETY: as above, for the destination.
+                    unsafe { (work.dst as *mut u8).add(i).write(bytes[i % 8]) };
+                }
+            }
+        }
+        0
+    }
+
+    /// The outcome of carried-out slot `index`.
+    fn outcome(&self, index: u32) -> Result<(), OpError> {
+        // SAFETY: as in `execute`.
+        match unsafe { (*self.slot(index)).failed_with } {
+            0 => Ok(()),
+            code => Err(OpError::Device {
+                code,
+                cause: INJECTED,
+            }),
+        }
+    }
+}
+
+impl RingEngine for SoftEngine {
+    type RetireState = SoftRetire;
+    type Scratch = SoftScratch;
+
+    fn scratch(&self) -> SoftScratch {
+        SoftScratch {
+            translator: self.pool.as_ref().map(|pool| pool.translator()),
+        }
+    }
+
+    fn fill_supported(&self) -> bool {
+        self.fill_supported
+    }
+
+    fn build(
+        &self,
+        ring: &Ring<SoftRetire>,
+        producer: &mut Producer,
+        scratch: &mut SoftScratch,
+        op: Op,
+        user_data: u64,
+        _flags: OpFlags,
+    ) -> Result<(), SubmitError> {
+        let (dst, src, pattern, len) = match op {
+            Op::Copy { dst, src, len } => (dst, Some(src), 0, len),
+            Op::Fill { dst, pattern, len } => (dst, None, pattern, len),
+            Op::Null => (0, None, 0, 0),
+        };
+        if let Some(translator) = &mut scratch.translator {
+            if len > 0 {
+                Self::check(translator, dst, len)?;
+                if let Some(src) = src {
+                    Self::check(translator, src, len)?;
+                }
+            }
+        }
+        let pieces = len.div_ceil(MAX_PIECE).max(1) as u32;
+        let start = producer.claim(ring, pieces)?;
+        for k in 0..pieces {
+            let offset = k as usize * MAX_PIECE;
+            let piece = (len - offset.min(len)).min(MAX_PIECE);
+            let index = start.wrapping_add(k);
+            let work = Work {
+                dst: dst + offset,
+                src: src.map(|s| s + offset),
+                pattern: pattern.rotate_right(8 * (offset % 8) as u32),
+                len: piece,
+                failed_with: 0,
+            };
+            let last = k + 1 == pieces;
+            // SAFETY: the slot was claimed by this producer and is not published yet.
+            unsafe {
+                self.slot(index).write(work);
+                ring.set_meta(
+                    index,
+                    SlotMeta {
+                        ends_op: last,
+                        route: producer.route,
+                        bytes: piece as u32,
+                        user_data: if last { user_data } else { 0 },
+                    },
+                );
+            }
+        }
+        producer.written(ring, start, pieces);
+        Ok(())
+    }
+
+    fn seal_batch(&self, _scratch: &mut SoftScratch, _last: u32) {}
+
+    fn write_doorbell(&self, _announce: u32) {
+        // The announcement itself (the doorbell's index) is what the executor reads.
+    }
+
+    fn retire(&self, r: &mut Retirer<'_, SoftRetire>, sink: &mut Sink<'_>) {
+        let gone = self.device.removed.load(Ordering::Acquire);
+        if !gone && !self.faults.stalled.load(Ordering::Acquire) {
+            let announced = r.ring.doorbell.announced();
+            let state = &mut r.side.engine;
+            while state.executed != announced {
+                let failing = self.execute(state.executed, state.failing);
+                // SAFETY: an announced slot, read by the retirer.
+                let ends_op = unsafe { r.ring.meta(state.executed) }.ends_op;
+                state.failing = if ends_op { 0 } else { failing };
+                state.executed = state.executed.wrapping_add(1);
+            }
+        }
+        // Report what ran, in runs of equal outcome.
+        while r.side.tail != r.side.engine.executed {
+            let result = self.outcome(r.side.tail);
+            let mut run = 1;
+            while r.side.tail.wrapping_add(run) != r.side.engine.executed
+                && self.outcome(r.side.tail.wrapping_add(run)) == result
+            {
+                run += 1;
+            }
+            if r.retire(run, sink, result) < run {
+                return; // a sink is full; the rest comes next time
+            }
+        }
+        if gone {
+            // What ran was reported above; nothing else will run.
+            r.abandon(OpError::DeviceRemoved, Health::Removed, sink, || true);
+        }
+    }
+
+    fn device_stopped(&self) -> bool {
+        // Work runs only inside `retire`, which is not running when this is asked.
+        true
+    }
+
+    fn halt(&self) {}
+}
