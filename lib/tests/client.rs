@@ -1,29 +1,30 @@
-//! The per-CPU client on the emulated device: owned and shared channels, completion routing,
-//! backpressure, fences, migration while clients submit, and the ledger of hundreds of
-//! thousands of operations from more threads than cores.
+//! The per-CPU client: owned and shared channels, completion routing, backpressure, fences,
+//! migration while clients submit, and the ledger of hundreds of thousands of operations from
+//! more threads than cores. Every test body runs twice, through the same seam: on the IOAT
+//! driver over the emulated IOAT device (`ioat::`), and on the software engine (`soft::`).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dmaplane::datapath::{Client, ClientConfig, ClientError};
-use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice};
-use dmaplane::ioat::{ChannelConfig, IoatDevice};
+use dmaplane::emu::EmuMode;
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, DeviceId, Engine, EngineConfig};
 use dmaplane::{Completion, OpFlags, SubmitError};
 
 mod common;
-use common::{block, collect, device_memory, quiet, SplitMix};
+use common::{block, collect, quiet, Backend, Executed, SplitMix, TestDevice};
 
 struct Rig {
+    backend: Backend,
     engine: Engine,
     pool: DmaPool,
-    devices: Vec<(Arc<EmulatedDevice>, IoatDevice, DeviceId)>,
+    devices: Vec<(TestDevice, DeviceId)>,
 }
 
-/// An engine with `cpus` CPUs and the memcpy and fill tables.
-fn rig(cpus: usize) -> Rig {
+/// An engine with `cpus` CPUs and the memcpy and fill tables, for devices of `backend`.
+fn rig(cpus: usize, backend: Backend) -> Rig {
     Rig {
+        backend,
         engine: Engine::new(EngineConfig::with_cpus(cpus).log_hook(quiet())).unwrap(),
         pool: DmaPool::new(DmaPoolConfig::default()).unwrap(),
         devices: Vec::new(),
@@ -32,25 +33,10 @@ fn rig(cpus: usize) -> Rig {
 
 impl Rig {
     fn add_device(&mut self, channels: usize, mode: EmuMode, ring_order: u32) -> DeviceId {
-        let emu = EmuConfig {
-            channels,
-            mode,
-            ..EmuConfig::default()
-        };
-        let device = EmulatedDevice::new(emu, device_memory(&self.pool)).unwrap();
-        let ioat = IoatDevice::probe(
-            format!("emu{}", self.devices.len()),
-            device.registers(),
-            Some(device.config_space()),
-            self.pool.clone(),
-            ChannelConfig {
-                ring_order,
-                ..ChannelConfig::default()
-            },
-        )
-        .unwrap();
-        let id = self.engine.register_device(ioat.spec()).unwrap();
-        self.devices.push((device, ioat, id));
+        let name = format!("dev{}", self.devices.len());
+        let device = TestDevice::new(self.backend, &self.pool, &name, channels, mode, ring_order);
+        let id = self.engine.register_device(device.spec()).unwrap();
+        self.devices.push((device, id));
         id
     }
 
@@ -59,9 +45,8 @@ impl Rig {
     }
 }
 
-#[test]
-fn a_client_alone_on_its_channel_owns_it_and_moves_data() {
-    let mut r = rig(1);
+fn a_client_alone_on_its_channel_owns_it_and_moves_data(backend: Backend) {
+    let mut r = rig(1, backend);
     r.add_device(1, EmuMode::Inline, 8);
     let mut client = r.client(0);
     let (channel, owned) = client.channel(Capability::Memcpy).unwrap();
@@ -108,9 +93,8 @@ fn a_client_alone_on_its_channel_owns_it_and_moves_data() {
     );
 }
 
-#[test]
-fn clients_sharing_a_channel_get_their_own_completions_whoever_polls() {
-    let mut r = rig(2);
+fn clients_sharing_a_channel_get_their_own_completions_whoever_polls(backend: Backend) {
+    let mut r = rig(2, backend);
     r.add_device(1, EmuMode::Inline, 8);
     let mut a = r.client(0);
     let mut b = r.client(1);
@@ -148,9 +132,10 @@ fn clients_sharing_a_channel_get_their_own_completions_whoever_polls() {
     assert_eq!(a.stats().shared_ops + b.stats().shared_ops, 6);
 }
 
-#[test]
-fn a_full_completion_ring_or_descriptor_ring_refuses_distinctly_and_loses_nothing() {
-    let mut r = rig(1);
+fn a_full_completion_ring_or_descriptor_ring_refuses_distinctly_and_loses_nothing(
+    backend: Backend,
+) {
+    let mut r = rig(1, backend);
     r.add_device(1, EmuMode::Threaded, 4); // 16 slots: 15 usable
     let mut small = Client::new(
         &r.engine,
@@ -204,8 +189,7 @@ fn a_full_completion_ring_or_descriptor_ring_refuses_distinctly_and_loses_nothin
     assert_eq!(client.in_flight(), 0);
 }
 
-#[test]
-fn an_owned_channel_does_no_atomic_read_modify_write_per_operation() {
+fn an_owned_channel_does_no_atomic_read_modify_write_per_operation(backend: Backend) {
     let Some(_) = dmaplane::datapath::debug_rmw_count() else {
         println!("release build: read-modify-writes are not counted");
         return;
@@ -229,7 +213,7 @@ fn an_owned_channel_does_no_atomic_read_modify_write_per_operation() {
         }
         dmaplane::datapath::debug_rmw_count().unwrap() - before
     }
-    let mut r = rig(2);
+    let mut r = rig(2, backend);
     r.add_device(2, EmuMode::Threaded, 10);
     let mut owner = r.client(0);
     assert!(owner.channel(Capability::Memcpy).unwrap().1);
@@ -241,7 +225,7 @@ fn an_owned_channel_does_no_atomic_read_modify_write_per_operation() {
     drop(owner);
 
     // The control: with one channel for two CPUs the same loop pays for sharing.
-    let mut r = rig(2);
+    let mut r = rig(2, backend);
     r.add_device(1, EmuMode::Threaded, 10);
     let mut sharer = r.client(0);
     let _other = r.client(1);
@@ -427,8 +411,8 @@ fn drive(
 }
 
 /// `threads` clients, one per CPU, share the `channels` of one threaded device.
-fn ledger(threads: u64, channels: usize, ops: u64) {
-    let mut r = rig(threads as usize);
+fn ledger(backend: Backend, threads: u64, channels: usize, ops: u64) {
+    let mut r = rig(threads as usize, backend);
     r.add_device(channels, EmuMode::Threaded, 6); // 64 slots: fewer than the depth wants
     let engine = r.engine.clone();
     let progress = std::sync::atomic::AtomicU64::new(0);
@@ -456,14 +440,16 @@ fn ledger(threads: u64, channels: usize, ops: u64) {
     );
 }
 
-#[test]
-fn every_operation_of_six_threads_on_two_shared_channels_completes_once_with_its_data() {
-    ledger(6, 2, 40_000);
+fn every_operation_of_six_threads_on_two_shared_channels_completes_once_with_its_data(
+    backend: Backend,
+) {
+    ledger(backend, 6, 2, 40_000);
 }
 
-#[test]
-fn every_operation_of_four_threads_on_one_shared_channel_completes_once_with_its_data() {
-    ledger(4, 1, 40_000);
+fn every_operation_of_four_threads_on_one_shared_channel_completes_once_with_its_data(
+    backend: Backend,
+) {
+    ledger(backend, 4, 1, 40_000);
 }
 
 /// Waits until `progress` has moved by `by` since the call (at most 60 s).
@@ -476,15 +462,14 @@ fn wait_progress(progress: &std::sync::atomic::AtomicU64, by: u64) {
     }
 }
 
-#[test]
-fn clients_follow_rebalances_without_losing_or_repeating_an_operation() {
+fn clients_follow_rebalances_without_losing_or_repeating_an_operation(backend: Backend) {
     let threads = 4u64;
-    let mut r = rig(threads as usize);
+    let mut r = rig(threads as usize, backend);
     let first = r.add_device(1, EmuMode::Threaded, 6);
     let engine = r.engine.clone();
     let progress = std::sync::atomic::AtomicU64::new(0);
     let deadline = Instant::now() + Duration::from_secs(240);
-    let first_channels: Vec<_> = r.devices[0].1.channels().to_vec();
+    let first_device = &r.devices[0].0;
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -502,27 +487,8 @@ fn clients_follow_rebalances_without_losing_or_repeating_an_operation() {
 
         // A second device arrives: the four CPUs spread over three channels.
         wait_progress(&progress, 5_000);
-        let second = {
-            let emu = EmuConfig {
-                channels: 2,
-                mode: EmuMode::Threaded,
-                ..EmuConfig::default()
-            };
-            let device = EmulatedDevice::new(emu, device_memory(&r.pool)).unwrap();
-            let ioat = IoatDevice::probe(
-                "emu-late",
-                device.registers(),
-                Some(device.config_space()),
-                r.pool.clone(),
-                ChannelConfig {
-                    ring_order: 6,
-                    ..ChannelConfig::default()
-                },
-            )
-            .unwrap();
-            let id = engine.register_device(ioat.spec()).unwrap();
-            (device, ioat, id)
-        };
+        let second = TestDevice::new(backend, &r.pool, "late", 2, EmuMode::Threaded, 6);
+        engine.register_device(second.spec()).unwrap();
         // A CPU goes offline and comes back: its client finds no channel meanwhile.
         wait_progress(&progress, 5_000);
         engine.set_cpu_online(3, false).unwrap();
@@ -533,7 +499,7 @@ fn clients_follow_rebalances_without_losing_or_repeating_an_operation() {
         wait_progress(&progress, 5_000);
         engine.unregister_device(first).unwrap();
         let released_by = Instant::now() + Duration::from_secs(60);
-        while first_channels.iter().any(|c| c.is_started()) {
+        while first_device.started().iter().any(|&started| started) {
             assert!(
                 Instant::now() < released_by,
                 "the removed device's channel was never released"
@@ -554,10 +520,10 @@ fn clients_follow_rebalances_without_losing_or_repeating_an_operation() {
     engine.synchronize(Duration::from_secs(5)).unwrap();
 }
 
-/// Checks the device's record of one channel: every descriptor of `fenced_len` bytes (the
-/// fenced operations) follows a descriptor carrying the fence bit, and starts only after every
-/// descriptor before it has finished. Returns how many fenced operations it found.
-fn check_fences(trace: &[dmaplane::emu::TraceEvent], fenced_len: impl Fn(u64) -> bool) -> usize {
+/// Checks the device's record: every piece of work of `fenced_len` bytes (the fenced
+/// operations) starts only after every piece before it has finished, and on IOAT follows a
+/// descriptor carrying the fence bit. Returns how many fenced operations it found.
+fn check_fences(trace: &[Executed], fenced_len: impl Fn(u64) -> bool) -> usize {
     let mut found = 0;
     for (i, event) in trace.iter().enumerate() {
         if !fenced_len(event.bytes) {
@@ -565,8 +531,9 @@ fn check_fences(trace: &[dmaplane::emu::TraceEvent], fenced_len: impl Fn(u64) ->
         }
         found += 1;
         assert!(i > 0, "a fenced operation ran first");
-        assert!(
+        assert_ne!(
             trace[i - 1].fence,
+            Some(false),
             "the descriptor before a fenced operation carries no fence: {:?}",
             &trace[i.saturating_sub(3)..=i]
         );
@@ -579,14 +546,13 @@ fn check_fences(trace: &[dmaplane::emu::TraceEvent], fenced_len: impl Fn(u64) ->
     found
 }
 
-#[test]
-fn a_fenced_operation_starts_only_after_everything_before_it_finished() {
+fn a_fenced_operation_starts_only_after_everything_before_it_finished(backend: Backend) {
     // Owned (the fence rides on the previous unannounced descriptor, or on a null one after
     // a doorbell) and shared (always a null descriptor of its own, from either client).
     for shared in [false, true] {
-        let mut r = rig(2);
+        let mut r = rig(2, backend);
         r.add_device(if shared { 1 } else { 2 }, EmuMode::Threaded, 10);
-        let device = Arc::clone(&r.devices[0].0);
+        let device = &r.devices[0].0;
         let mut a = r.client(0);
         let mut b = r.client(1);
         assert_eq!(a.channel(Capability::Memcpy).unwrap().1, !shared);
@@ -632,10 +598,9 @@ fn a_fenced_operation_starts_only_after_everything_before_it_finished() {
     }
 }
 
-#[test]
-fn owned_buffers_come_back_with_their_completion_or_their_refusal() {
+fn owned_buffers_come_back_with_their_completion_or_their_refusal(backend: Backend) {
     use dmaplane::datapath::{BufferClient, Buffers};
-    let mut r = rig(1);
+    let mut r = rig(1, backend);
     r.add_device(1, EmuMode::Threaded, 8);
     let mut buffers = BufferClient::new(r.client(0));
     // Too long for its buffer: refused, the buffers handed back untouched.
@@ -690,11 +655,10 @@ fn owned_buffers_come_back_with_their_completion_or_their_refusal() {
     assert_eq!(buffers.in_flight(), 0);
 }
 
-#[test]
-fn pinned_workers_each_drive_their_own_client_and_stop_cleanly() {
+fn pinned_workers_each_drive_their_own_client_and_stop_cleanly(backend: Backend) {
     use dmaplane::datapath::{Step, WorkerError, Workers};
     let cpus = 2usize;
-    let mut r = rig(cpus);
+    let mut r = rig(cpus, backend);
     r.add_device(2, EmuMode::Threaded, 8);
     let pool = r.pool.clone();
     assert_eq!(
@@ -742,16 +706,16 @@ fn pinned_workers_each_drive_their_own_client_and_stop_cleanly() {
     }
 }
 
-#[test]
-fn a_removed_devices_channel_lives_until_the_operations_on_it_drain_while_the_client_moves_on() {
-    use dmaplane::emu::Fault;
-    let mut r = rig(1);
+fn a_removed_devices_channel_lives_until_the_operations_on_it_drain_while_the_client_moves_on(
+    backend: Backend,
+) {
+    let mut r = rig(1, backend);
     let first = r.add_device(1, EmuMode::Threaded, 8);
     r.add_device(1, EmuMode::Threaded, 8);
     let mut client = r.client(0);
     assert_eq!(client.channel(Capability::Memcpy).unwrap().0.device, first);
-    let (old_device, old_ioat) = (Arc::clone(&r.devices[0].0), &r.devices[0].1);
-    old_device.inject(Fault::Stall { channel: 0 }).unwrap();
+    let old_device = &r.devices[0].0;
+    old_device.stall(0, true);
     let src = block(&r.pool, 4096, 1);
     let dsts: Vec<DmaBlock> = (0..4).map(|i| block(&r.pool, 4096, i)).collect();
     for (i, dst) in dsts.iter().take(3).enumerate() {
@@ -789,25 +753,21 @@ fn a_removed_devices_channel_lives_until_the_operations_on_it_drain_while_the_cl
     // Every table reference to the old channel is gone (the client keeps reporting quiescent
     // states), yet the channel stays started: the client holds it for its three operations.
     r.engine.synchronize(Duration::from_secs(5)).unwrap();
-    assert!(old_ioat.channels()[0].is_started());
+    assert!(old_device.started()[0]);
     assert_eq!(client.in_flight(), 3);
 
-    old_device.inject(Fault::Unstall { channel: 0 }).unwrap();
+    old_device.stall(0, false);
     let drained = collect(&mut client, 3);
     assert_eq!(
         drained.iter().map(|c| c.user_data).collect::<Vec<_>>(),
         vec![0, 1, 2]
     );
     assert!(dsts.iter().all(|d| d.to_vec() == src.to_vec()));
-    assert!(
-        !old_ioat.channels()[0].is_started(),
-        "released once drained"
-    );
+    assert!(!old_device.started()[0], "released once drained");
 }
 
-#[test]
-fn a_cpu_has_one_client_at_a_time() {
-    let mut r = rig(1);
+fn a_cpu_has_one_client_at_a_time(backend: Backend) {
+    let mut r = rig(1, backend);
     r.add_device(1, EmuMode::Inline, 8);
     let first = r.client(0);
     let second = Client::new(&r.engine, Some(0), ClientConfig::default());
@@ -823,11 +783,10 @@ fn a_cpu_has_one_client_at_a_time() {
     );
 }
 
-#[test]
-fn a_channel_whose_routes_are_all_taken_refuses_with_too_many_clients() {
+fn a_channel_whose_routes_are_all_taken_refuses_with_too_many_clients(backend: Backend) {
     use dmaplane::queue::MAX_CLIENTS_PER_CHANNEL;
     let cpus = MAX_CLIENTS_PER_CHANNEL + 1;
-    let mut r = rig(cpus);
+    let mut r = rig(cpus, backend);
     let id = r.add_device(1, EmuMode::Inline, 6);
     let mut clients: Vec<Client> = (0..cpus).map(|cpu| r.client(cpu)).collect();
     let src = block(&r.pool, 64, 1);
@@ -848,3 +807,19 @@ fn a_channel_whose_routes_are_all_taken_refuses_with_too_many_clients() {
         "{refused:?}"
     );
 }
+
+on_every_backend!(
+    a_client_alone_on_its_channel_owns_it_and_moves_data,
+    clients_sharing_a_channel_get_their_own_completions_whoever_polls,
+    a_full_completion_ring_or_descriptor_ring_refuses_distinctly_and_loses_nothing,
+    an_owned_channel_does_no_atomic_read_modify_write_per_operation,
+    every_operation_of_six_threads_on_two_shared_channels_completes_once_with_its_data,
+    every_operation_of_four_threads_on_one_shared_channel_completes_once_with_its_data,
+    clients_follow_rebalances_without_losing_or_repeating_an_operation,
+    a_fenced_operation_starts_only_after_everything_before_it_finished,
+    owned_buffers_come_back_with_their_completion_or_their_refusal,
+    pinned_workers_each_drive_their_own_client_and_stop_cleanly,
+    a_removed_devices_channel_lives_until_the_operations_on_it_drain_while_the_client_moves_on,
+    a_cpu_has_one_client_at_a_time,
+    a_channel_whose_routes_are_all_taken_refuses_with_too_many_clients,
+);

@@ -8,8 +8,10 @@
 //! slot of its own.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{SoftConfig, TraceEvent};
 
 use crate::mem::Translator;
 use crate::queue::ring::{Op, Producer, Retirer, Ring, RingEngine, Sink, SlotMeta};
@@ -17,9 +19,6 @@ use crate::queue::{Health, OpError, OpFlags, SubmitError};
 
 /// What an injected failure reports.
 const INJECTED: &str = "injected fault";
-
-/// The largest piece one slot carries, so a slot's byte count fits the ring's bookkeeping.
-const MAX_PIECE: usize = 1 << 30;
 
 /// One slot: a piece of an operation as the CPU will carry it out.
 #[derive(Clone, Copy, Default)]
@@ -45,12 +44,23 @@ pub(crate) struct ChannelFaults {
     pub(crate) fail_code: AtomicU32,
 }
 
-/// The faults of a whole device.
+/// The faults of a whole device, and its record of the work it carried out.
 #[derive(Debug, Default)]
 pub(crate) struct DeviceFaults {
     /// The device left: nothing runs any more, and the channels fail their work with
     /// "device removed".
     pub(crate) removed: AtomicBool,
+    /// Work carried out is recorded while set.
+    pub(crate) tracing: AtomicBool,
+    /// Device-wide sequence numbers for the record.
+    sequence: AtomicU64,
+    pub(crate) trace: Mutex<Vec<TraceEvent>>,
+}
+
+impl DeviceFaults {
+    fn next_sequence(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// The retire side's own state.
@@ -71,9 +81,11 @@ pub(crate) struct SoftScratch {
 
 /// The software engine of one channel.
 pub(crate) struct SoftEngine {
+    channel: usize,
     work: Box<[UnsafeCell<Work>]>,
     mask: u32,
     fill_supported: bool,
+    max_transfer: usize,
     pool: Option<crate::mem::DmaPool>,
     faults: Arc<ChannelFaults>,
     device: Arc<DeviceFaults>,
@@ -85,19 +97,21 @@ unsafe impl Sync for SoftEngine {}
 
 impl SoftEngine {
     pub(crate) fn new(
+        channel: usize,
         size: u32,
-        fill_supported: bool,
-        pool: Option<crate::mem::DmaPool>,
+        config: &SoftConfig,
         faults: Arc<ChannelFaults>,
         device: Arc<DeviceFaults>,
     ) -> SoftEngine {
         SoftEngine {
+            channel,
             work: (0..size)
                 .map(|_| UnsafeCell::new(Work::default()))
                 .collect(),
             mask: size - 1,
-            fill_supported,
-            pool,
+            fill_supported: config.fill,
+            max_transfer: config.max_transfer,
+            pool: config.pool.clone(),
             faults,
             device,
         }
@@ -136,6 +150,12 @@ impl SoftEngine {
         if work.failed_with != 0 {
             return work.failed_with;
         }
+        let tracing = self.device.tracing.load(Ordering::Relaxed);
+        let start = if tracing {
+            self.device.next_sequence()
+        } else {
+            0
+        };
         match work.src {
             // SAFETY: the submitter promised both buffers stay valid and untouched by anyone
             // else until the completion is returned, which happens after this.
@@ -147,6 +167,15 @@ impl SoftEngine {
                     unsafe { (work.dst as *mut u8).add(i).write(bytes[i % 8]) };
                 }
             }
+        }
+        if tracing {
+            let event = TraceEvent {
+                channel: self.channel,
+                start,
+                finish: self.device.next_sequence(),
+                bytes: work.len as u64,
+            };
+            crate::sync::lock_std(&self.device.trace).push(event);
         }
         0
     }
@@ -200,11 +229,12 @@ impl RingEngine for SoftEngine {
                 }
             }
         }
-        let pieces = len.div_ceil(MAX_PIECE).max(1) as u32;
+        // More pieces than a ring holds are refused by the claim below.
+        let pieces = u32::try_from(len.div_ceil(self.max_transfer).max(1)).unwrap_or(u32::MAX);
         let start = producer.claim(ring, pieces)?;
         for k in 0..pieces {
-            let offset = k as usize * MAX_PIECE;
-            let piece = (len - offset.min(len)).min(MAX_PIECE);
+            let offset = k as usize * self.max_transfer;
+            let piece = (len - offset.min(len)).min(self.max_transfer);
             let index = start.wrapping_add(k);
             let work = Work {
                 dst: dst + offset,

@@ -42,6 +42,9 @@ use crate::mem::DmaPool;
 use crate::queue::ring::{QueueCell, Ring, RingQueue};
 use crate::queue::{BackendError, ChannelBackend, ChannelQueue, ChannelStats, DeviceSpec};
 
+/// The default and largest transfer of one slot: its byte count fits the ring's bookkeeping.
+pub const MAX_TRANSFER: usize = 1 << 30;
+
 /// How a software device is made.
 #[derive(Clone, Debug)]
 pub struct SoftConfig {
@@ -51,6 +54,9 @@ pub struct SoftConfig {
     pub ring_order: u32,
     /// Whether the device fills as well as copies.
     pub fill: bool,
+    /// The most bytes one slot carries: longer operations are split, as a device splits at
+    /// its largest transfer, and complete once. 1 to 1 GiB.
+    pub max_transfer: usize,
     /// When set, buffers must be DMA memory of this pool (or registered with it), as for a
     /// device behind an IOMMU: others are refused with
     /// [`SubmitError::Unmapped`](crate::SubmitError::Unmapped). When unset, any memory goes.
@@ -63,6 +69,7 @@ impl Default for SoftConfig {
             channels: 1,
             ring_order: 10,
             fill: true,
+            max_transfer: MAX_TRANSFER,
             pool: None,
         }
     }
@@ -118,6 +125,19 @@ pub enum SoftFault {
     SurpriseRemoval,
 }
 
+/// One piece of work a software device carried out, recorded while tracing is enabled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// The channel.
+    pub channel: usize,
+    /// Device-wide sequence number taken before the piece ran.
+    pub start: u64,
+    /// Device-wide sequence number taken once its data was in place.
+    pub finish: u64,
+    /// Bytes it copied or filled (0 for a null operation).
+    pub bytes: u64,
+}
+
 /// A software device: a name, its capabilities and its channels, ready to register.
 pub struct SoftDevice {
     name: String,
@@ -139,6 +159,12 @@ impl SoftDevice {
             return Err(SoftError::InvalidConfig(format!(
                 "ring order {} is outside 4..=16",
                 config.ring_order
+            )));
+        }
+        if !(1..=MAX_TRANSFER).contains(&config.max_transfer) {
+            return Err(SoftError::InvalidConfig(format!(
+                "largest transfer {} is outside 1..=2^30",
+                config.max_transfer
             )));
         }
         let faults = Arc::new(DeviceFaults::default());
@@ -214,6 +240,16 @@ impl SoftDevice {
         Ok(())
     }
 
+    /// Starts (or stops) recording the work the device carries out.
+    pub fn enable_trace(&self, on: bool) {
+        self.faults.tracing.store(on, Ordering::Relaxed);
+    }
+
+    /// The record so far, emptied.
+    pub fn take_trace(&self) -> Vec<TraceEvent> {
+        std::mem::take(&mut *crate::sync::lock_std(&self.faults.trace))
+    }
+
     /// Whether a surprise removal was injected.
     pub fn is_removed(&self) -> bool {
         self.faults.removed.load(Ordering::Acquire)
@@ -253,6 +289,7 @@ impl SoftChannelBackend {
 
 /// A started software queue of `size` slots.
 fn start(
+    channel: usize,
     size: u32,
     config: &SoftConfig,
     faults: Arc<ChannelFaults>,
@@ -260,7 +297,7 @@ fn start(
 ) -> Arc<RingQueue<SoftEngine>> {
     Arc::new(RingQueue {
         ring: Ring::new(size),
-        engine: SoftEngine::new(size, config.fill, config.pool.clone(), faults, device),
+        engine: SoftEngine::new(channel, size, config, faults, device),
     })
 }
 
@@ -271,12 +308,13 @@ pub(crate) fn private_queue(ring_order: u32) -> Arc<dyn ChannelQueue> {
         ring_order,
         ..SoftConfig::default()
     };
-    start(1 << ring_order, &config, Arc::default(), Arc::default())
+    start(0, 1 << ring_order, &config, Arc::default(), Arc::default())
 }
 
 impl ChannelBackend for SoftChannelBackend {
     fn allocate_resources(&self) -> Result<(), BackendError> {
         self.queue.set(start(
+            self.index,
             1 << self.config.ring_order,
             &self.config,
             Arc::clone(&self.faults),

@@ -1,0 +1,259 @@
+//! The software engine driven through the seam alone (`ChannelBackend::queue`, `ChannelQueue`,
+//! `QueueHandle`), as the client drives any backend: work runs only once announced, in order,
+//! split at the largest transfer and completed once; faults injected into it surface as the
+//! completions a device's would; removal fails what is left with "device removed".
+
+use std::sync::Arc;
+
+use dmaplane::mem::{DmaPool, DmaPoolConfig};
+use dmaplane::queue::{ChannelQueue, Health, QueueHandle};
+use dmaplane::soft::{SoftConfig, SoftDevice, SoftFault};
+use dmaplane::{ChannelBackend, Completion, OpError, OpFlags, SubmitError};
+
+mod common;
+use common::block;
+
+/// A started channel 0 of `device` and one owned handle on it.
+fn owned_handle(device: &SoftDevice) -> (Arc<dyn ChannelQueue>, Box<dyn QueueHandle>) {
+    let backend = &device.channels()[0];
+    backend.allocate_resources().unwrap();
+    let queue = backend.queue().expect("a started channel has a queue");
+    let mut handle = Arc::clone(&queue).attach(64).unwrap();
+    // SAFETY: the only handle on a queue nobody else can reach.
+    unsafe { handle.own() };
+    (queue, handle)
+}
+
+fn poll_all(handle: &mut Box<dyn QueueHandle>, count: usize) -> Vec<Completion> {
+    let mut got = Vec::new();
+    let mut out = [Completion::default(); 16];
+    for _ in 0..1000 {
+        if got.len() == count {
+            break;
+        }
+        let n = handle.poll(&mut out);
+        got.extend_from_slice(&out[..n]);
+    }
+    assert_eq!(got.len(), count, "{got:?}");
+    got
+}
+
+#[test]
+fn nothing_runs_before_the_doorbell_and_everything_after_it_in_order() {
+    let device = SoftDevice::new("soft", SoftConfig::default()).unwrap();
+    let (queue, mut handle) = owned_handle(&device);
+    let src: Vec<u8> = (0..200u8).collect();
+    let mut dst = vec![0u8; 200];
+    // SAFETY: the buffers outlive the operations, polled to completion below.
+    unsafe {
+        handle
+            .copy(dst.as_mut_ptr(), src.as_ptr(), 100, 1, OpFlags::NONE)
+            .unwrap();
+        handle
+            .copy(
+                dst.as_mut_ptr().add(100),
+                src.as_ptr().add(100),
+                100,
+                2,
+                OpFlags::NONE,
+            )
+            .unwrap();
+    }
+    let mut out = [Completion::default(); 4];
+    assert_eq!(handle.poll(&mut out), 0, "not announced: not run");
+    assert_eq!(dst, vec![0u8; 200]);
+    handle.submit();
+    assert_eq!(queue.in_flight(), 2, "announced, not yet run");
+    let done = poll_all(&mut handle, 2);
+    assert_eq!(
+        done.iter()
+            .map(|c| (c.user_data, c.result))
+            .collect::<Vec<_>>(),
+        vec![(1, Ok(())), (2, Ok(()))]
+    );
+    assert_eq!(dst, src);
+    let stats = queue.stats();
+    assert_eq!((stats.ops_ok, stats.bytes, stats.doorbells), (2, 200, 1));
+}
+
+#[test]
+fn long_operations_split_at_the_largest_transfer_complete_once_with_the_fill_phase_kept() {
+    let config = SoftConfig {
+        max_transfer: 100,
+        ..SoftConfig::default()
+    };
+    let device = SoftDevice::new("soft", config).unwrap();
+    let (queue, mut handle) = owned_handle(&device);
+    let mut dst = vec![0u8; 1003];
+    let pattern = 0x0807_0605_0403_0201u64;
+    // SAFETY: as above.
+    unsafe { handle.fill(dst.as_mut_ptr(), pattern, 1003, 9, OpFlags::SUBMIT) }.unwrap();
+    let done = poll_all(&mut handle, 1);
+    assert_eq!((done[0].user_data, done[0].result), (9, Ok(())));
+    let bytes = pattern.to_le_bytes();
+    assert!(dst.iter().enumerate().all(|(i, &b)| b == bytes[i % 8]));
+    assert_eq!(
+        queue.stats().descriptors,
+        11,
+        "eleven pieces of at most 100 bytes"
+    );
+    // The control: the same fill with the largest transfer left at its default is one piece.
+    let device = SoftDevice::new("soft", SoftConfig::default()).unwrap();
+    let (queue, mut handle) = owned_handle(&device);
+    // SAFETY: as above.
+    unsafe { handle.fill(dst.as_mut_ptr(), pattern, 1003, 9, OpFlags::SUBMIT) }.unwrap();
+    poll_all(&mut handle, 1);
+    assert_eq!(queue.stats().descriptors, 1);
+}
+
+#[test]
+fn an_injected_failure_fails_that_operation_alone_and_the_channel_goes_on() {
+    let config = SoftConfig {
+        max_transfer: 64,
+        ..SoftConfig::default()
+    };
+    let device = SoftDevice::new("soft", config).unwrap();
+    let (queue, mut handle) = owned_handle(&device);
+    let src = vec![5u8; 4 * 128];
+    let mut dst = vec![0u8; 4 * 128];
+    // The third piece is the first piece of operation 1 (two pieces each): operation 1 fails
+    // whole, even though its second piece would have run.
+    device
+        .inject(SoftFault::FailOp {
+            channel: 0,
+            nth: 3,
+            code: 0x42,
+        })
+        .unwrap();
+    for op in 0..4usize {
+        // SAFETY: as above.
+        unsafe {
+            handle.copy(
+                dst.as_mut_ptr().add(op * 128),
+                src.as_ptr().add(op * 128),
+                128,
+                op as u64,
+                OpFlags::SUBMIT,
+            )
+        }
+        .unwrap();
+    }
+    let done = poll_all(&mut handle, 4);
+    let injected = OpError::Device {
+        code: 0x42,
+        cause: "injected fault",
+    };
+    assert_eq!(
+        done.iter()
+            .map(|c| (c.user_data, c.result))
+            .collect::<Vec<_>>(),
+        vec![(0, Ok(())), (1, Err(injected)), (2, Ok(())), (3, Ok(()))]
+    );
+    assert!(
+        dst[128..256].iter().all(|&b| b == 0),
+        "the failed one moved nothing"
+    );
+    assert!(dst[..128].iter().chain(&dst[256..]).all(|&b| b == 5));
+    assert_eq!(
+        queue.health(),
+        Health::Running,
+        "no halt: the channel goes on"
+    );
+    assert_eq!(queue.stats().ops_failed, 1);
+}
+
+#[test]
+fn a_stalled_channel_keeps_its_work_in_flight_until_unstalled() {
+    let device = SoftDevice::new("soft", SoftConfig::default()).unwrap();
+    let (queue, mut handle) = owned_handle(&device);
+    device.inject(SoftFault::Stall { channel: 0 }).unwrap();
+    let src = vec![3u8; 64];
+    let mut dst = vec![0u8; 64];
+    // SAFETY: as above.
+    unsafe { handle.copy(dst.as_mut_ptr(), src.as_ptr(), 64, 1, OpFlags::SUBMIT) }.unwrap();
+    let mut out = [Completion::default(); 2];
+    for _ in 0..100 {
+        assert_eq!(handle.poll(&mut out), 0);
+    }
+    assert_eq!(queue.in_flight(), 1);
+    assert_eq!(dst, vec![0u8; 64]);
+    device.inject(SoftFault::Unstall { channel: 0 }).unwrap();
+    assert_eq!(poll_all(&mut handle, 1)[0].result, Ok(()));
+    assert_eq!(dst, src);
+}
+
+#[test]
+fn a_surprise_removal_fails_what_is_left_with_device_removed_and_refuses_more() {
+    let device = SoftDevice::new("soft", SoftConfig::default()).unwrap();
+    let backend = Arc::clone(&device.channels()[0]);
+    let (queue, mut handle) = owned_handle(&device);
+    let src = [3u8; 64];
+    let mut dst = vec![0u8; 64];
+    // SAFETY: as above.
+    unsafe { handle.copy(dst.as_mut_ptr(), src.as_ptr(), 64, 1, OpFlags::SUBMIT) }.unwrap();
+    assert!(backend.is_present());
+    device.inject(SoftFault::SurpriseRemoval).unwrap();
+    assert!(
+        !backend.is_present(),
+        "a monitor's presence check sees it gone"
+    );
+    let done = poll_all(&mut handle, 1);
+    assert_eq!(done[0].result, Err(OpError::DeviceRemoved));
+    assert_eq!(dst, vec![0u8; 64], "nothing ran after the removal");
+    assert_eq!(queue.health(), Health::Removed);
+    // SAFETY: as above (refused, so never queued).
+    let refused = unsafe { handle.copy(dst.as_mut_ptr(), src.as_ptr(), 64, 2, OpFlags::SUBMIT) };
+    assert_eq!(refused, Err(SubmitError::DeviceRemoved));
+    assert_eq!(queue.stats().ops_removed, 1);
+}
+
+#[test]
+fn with_a_pool_only_dma_memory_is_accepted_and_without_one_any_memory() {
+    let pool = DmaPool::new(DmaPoolConfig::default()).unwrap();
+    let config = SoftConfig {
+        pool: Some(pool.clone()),
+        ..SoftConfig::default()
+    };
+    let device = SoftDevice::new("soft", config).unwrap();
+    let (_queue, mut handle) = owned_handle(&device);
+    let dma = block(&pool, 64, 1);
+    let mut heap = vec![0u8; 64];
+    // SAFETY: refused, so never queued.
+    let refused = unsafe { handle.copy(heap.as_mut_ptr(), dma.as_ptr(), 64, 1, OpFlags::SUBMIT) };
+    assert!(
+        matches!(refused, Err(SubmitError::Unmapped(_))),
+        "{refused:?}"
+    );
+    let device = SoftDevice::new("soft", SoftConfig::default()).unwrap();
+    let (_queue, mut handle) = owned_handle(&device);
+    // SAFETY: both buffers outlive the operation, polled below.
+    unsafe { handle.copy(heap.as_mut_ptr(), dma.as_ptr(), 64, 1, OpFlags::SUBMIT) }.unwrap();
+    assert_eq!(poll_all(&mut handle, 1)[0].result, Ok(()));
+    assert_eq!(heap, dma.to_vec());
+}
+
+#[test]
+fn bad_settings_are_refused_with_the_reason() {
+    for config in [
+        SoftConfig {
+            channels: 0,
+            ..SoftConfig::default()
+        },
+        SoftConfig {
+            ring_order: 3,
+            ..SoftConfig::default()
+        },
+        SoftConfig {
+            max_transfer: 0,
+            ..SoftConfig::default()
+        },
+    ] {
+        let err = SoftDevice::new("bad", config).unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid software device"),
+            "{err}"
+        );
+    }
+    let device = SoftDevice::new("soft", SoftConfig::default()).unwrap();
+    assert!(device.inject(SoftFault::Stall { channel: 1 }).is_err());
+}
