@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use dmaplane::datapath::{Client, ClientConfig, ClientError};
 use dmaplane::emu::{EmuMode, EmulatedDevice, Fault};
-use dmaplane::hotplug::monitor::{HotplugEvent, Monitor, MonitorConfig};
+use dmaplane::hotplug::{HotplugEvent, Monitor, MonitorConfig};
 use dmaplane::ioat::{ChannelConfig, IoatDevice};
 use dmaplane::mem::{DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, DeviceId, Engine, EngineConfig, RemovalOptions, RemovalReport};

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use dmaplane::datapath::{Client, ClientConfig, ClientError};
 use dmaplane::emu::{EmuMode, EmulatedDevice, Fault};
-use dmaplane::hotplug::monitor::{HotplugEvent, Monitor, MonitorConfig};
+use dmaplane::hotplug::{HotplugEvent, Monitor, MonitorConfig};
 use dmaplane::ioat::{ChannelConfig, IoatDevice};
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
 use dmaplane::{

@@ -184,9 +184,9 @@ pub unsafe extern "C" fn dmaplane_client_create(
             let cpu = cpu
                 .or_else(dmaplane::cpu::current_cpu)
                 .ok_or(DMAPLANE_EINVAL)?;
-            Client::pinned(&handle.engine, cpu, config)
+            Client::pinned(handle.engine(), cpu, config)
         } else {
-            Client::new(&handle.engine, cpu, config)
+            Client::new(handle.engine(), cpu, config)
         }
         .map_err(|e| of_client(&e))?;
         let shell = Box::into_raw(Box::new(ClientHandle {

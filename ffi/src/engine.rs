@@ -15,12 +15,11 @@ use std::ffi::{c_char, c_void};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault, PoolMemory};
-use dmaplane::hotplug::monitor::{HotplugEvent, Monitor, MonitorConfig};
-use dmaplane::ioat::{ChannelConfig, IoatDevice, Timeouts};
+use dmaplane::emu::EmuMode;
+use dmaplane::hotplug::HotplugEvent;
 use dmaplane::log::LogHook;
-use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig, IovaMode};
-use dmaplane::{Capability, ChannelId, DeviceId, DeviceSpec, Engine, EngineConfig, RemovalKind};
+use dmaplane::mem::DmaBlock;
+use dmaplane::{Capability, ChannelId, DeviceId, Engine, Removal, RemovalKind, Setup};
 
 use crate::boundary::{guarded, input, out, out_slice, write_text};
 use crate::client::ClientHandle;
@@ -153,19 +152,6 @@ pub struct dmaplane_channel_stats {
     pub bytes: u64,
 }
 
-/// A device the handle attached, kept until the engine is destroyed.
-struct Attached {
-    id: DeviceId,
-    /// The emulator behind it, for surprise removal; `None` for hardware.
-    emulated: Option<Arc<EmulatedDevice>>,
-    /// The hardware function's address; `None` for an emulated device.
-    pci_address: Option<String>,
-    /// `dmaplane_device_remove` started its removal: a second request is refused, although
-    /// the monitor may not have unregistered the device yet.
-    removal_requested: bool,
-    _driver: IoatDevice,
-}
-
 /// A live client's shell, listed by its engine so that destroying the engine releases it.
 pub(crate) struct OwnedClient(pub(crate) *const ClientHandle);
 
@@ -175,11 +161,8 @@ unsafe impl Send for OwnedClient {}
 
 #[derive(Default)]
 struct Holdings {
-    /// Devices attached and not yet released by the engine.
-    devices: Vec<Attached>,
     blocks: HashMap<usize, DmaBlock>,
     clients: Vec<OwnedClient>,
-    next_serial: u32,
 }
 
 /// `dmaplane_engine` in C: opaque. A slot that is never freed (a few bytes per engine made):
@@ -188,15 +171,11 @@ pub struct EngineHandle {
     core: RwLock<Option<Arc<EngineCore>>>,
 }
 
-/// An engine with what the C caller made through it.
+/// An engine (the library's setup: engine, pool, devices, monitor) with what the C caller
+/// made through it.
 pub(crate) struct EngineCore {
-    pub(crate) engine: Engine,
-    pool: DmaPool,
-    monitor: Option<Monitor>,
-    options: dmaplane_options,
+    setup: Setup,
     holdings: Mutex<Holdings>,
-    /// Serializes hardware attaches, so two threads never probe the same PCI function.
-    attaching: Mutex<()>,
 }
 
 // C calls on one engine come from many threads at once (clients, the application's control
@@ -285,191 +264,40 @@ fn validate(options: &dmaplane_options) -> Result<(), Code> {
 impl EngineCore {
     fn create(options: dmaplane_options) -> Result<EngineCore, Code> {
         validate(&options)?;
-        let mut config = if options.cpus == 0 {
-            EngineConfig::from_system()
-        } else {
-            EngineConfig::with_cpus(options.cpus as usize)
-        };
-        config = config.log_hook(quiet());
-        let engine = Engine::new(config).map_err(|e| of_engine(&e))?;
-        let iova_mode = if options.backend == DMAPLANE_BACKEND_HARDWARE {
-            IovaMode::Physical
-        } else {
-            IovaMode::Va
-        };
-        let pool = DmaPool::new(DmaPoolConfig {
-            iova_mode,
-            ..DmaPoolConfig::default()
-        })
-        .map_err(|e| of_mem(&e))?;
-        let monitor = Monitor::start(
-            &engine,
-            MonitorConfig {
-                uevents: options.uevents != 0,
-                removal: dmaplane::RemovalOptions {
-                    drain_timeout: Duration::from_millis(options.drain_timeout_ms.into()),
-                    ..dmaplane::RemovalOptions::default()
-                },
-                ..MonitorConfig::default()
-            },
-        )
-        .map_err(|_| DMAPLANE_EIO)?;
-        let handle = EngineCore {
-            engine,
-            pool,
-            monitor: Some(monitor),
-            options,
-            holdings: Mutex::new(Holdings::default()),
-            attaching: Mutex::new(()),
-        };
-        if options.backend == DMAPLANE_BACKEND_HARDWARE {
-            if handle.attach_hardware(usize::MAX)?.is_empty() {
-                return Err(DMAPLANE_ENODEV);
-            }
-        } else {
-            for _ in 0..options.devices {
-                handle.attach_emulated()?;
-            }
+        let mut builder = Setup::builder()
+            .log(quiet())
+            .channels_per_device(options.channels_per_device as usize)
+            .fill(options.capabilities & DMAPLANE_CAP_FILL != 0)
+            .emulation(if options.threaded != 0 {
+                EmuMode::Threaded
+            } else {
+                EmuMode::Inline
+            })
+            .ring_order(options.ring_order)
+            .uevents(options.uevents != 0)
+            .drain_timeout(Duration::from_millis(options.drain_timeout_ms.into()));
+        if options.cpus != 0 {
+            builder = builder.cpus(options.cpus as usize);
         }
-        Ok(handle)
+        builder = if options.backend == DMAPLANE_BACKEND_HARDWARE {
+            builder.hardware_ioat()
+        } else {
+            builder.emulated_ioat(options.devices as usize)
+        };
+        Ok(EngineCore {
+            setup: builder.build().map_err(|e| of_setup(&e))?,
+            holdings: Mutex::new(Holdings::default()),
+        })
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        self.setup.engine()
     }
 
     fn holdings(&self) -> MutexGuard<'_, Holdings> {
         self.holdings
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn monitor(&self) -> &Monitor {
-        self.monitor
-            .as_ref()
-            .expect("the monitor lives until destroy")
-    }
-
-    fn channel_config(&self) -> ChannelConfig {
-        let mut config = ChannelConfig {
-            ring_order: self.options.ring_order,
-            ..ChannelConfig::default()
-        };
-        if self.options.backend == DMAPLANE_BACKEND_EMULATED {
-            // The emulator is a thread sharing the CPUs with the application (and, in tests,
-            // with valgrind): a start-up or reset that hardware finishes in microseconds may
-            // wait long for a time slice. A channel that timed out would be left out of the
-            // table, so emulated channels get deadlines no scheduler delay reaches.
-            config.timeouts = Timeouts {
-                suspend: Duration::from_secs(1),
-                reset: Duration::from_secs(5),
-                start: Duration::from_secs(5),
-            };
-        }
-        config
-    }
-
-    /// Makes, probes and adds one emulated device.
-    fn attach_emulated(&self) -> Result<DeviceId, Code> {
-        let serial = {
-            let mut holdings = self.holdings();
-            holdings.next_serial += 1;
-            holdings.next_serial
-        };
-        let emu = EmuConfig {
-            channels: self.options.channels_per_device as usize,
-            fill: self.options.capabilities & DMAPLANE_CAP_FILL != 0,
-            mode: if self.options.threaded != 0 {
-                EmuMode::Threaded
-            } else {
-                EmuMode::Inline
-            },
-            ..EmuConfig::default()
-        };
-        // SAFETY: descriptors reach the emulated device only through `dmaplane_copy` and
-        // `dmaplane_fill`, whose callers keep the named buffers allocated and untouched until
-        // the completion (the ABI's contract).
-        let memory = Arc::new(unsafe { PoolMemory::new(self.pool.clone()) });
-        let device = EmulatedDevice::new(emu, memory).map_err(|_| DMAPLANE_EINVAL)?;
-        let driver = IoatDevice::probe(
-            format!("emu{serial}"),
-            device.registers(),
-            Some(device.config_space()),
-            self.pool.clone(),
-            self.channel_config(),
-        )
-        .map_err(|_| DMAPLANE_EIO)?;
-        self.add(driver, Some(device), None)
-    }
-
-    /// Probes and adds up to `limit` IOAT functions not attached yet; returns their ids.
-    fn attach_hardware(&self, limit: usize) -> Result<Vec<DeviceId>, Code> {
-        let _one_at_a_time = self.attaching.lock().unwrap_or_else(|p| p.into_inner());
-        let attached: Vec<String> = {
-            let mut holdings = self.holdings();
-            self.forget_released(&mut holdings);
-            let live = self.engine.devices();
-            holdings
-                .devices
-                .iter()
-                .filter(|d| live.iter().any(|(id, _)| *id == d.id))
-                .filter_map(|d| d.pci_address.clone())
-                .collect()
-        };
-        let mut added = Vec::new();
-        for function in dmaplane::pci::discover() {
-            if added.len() == limit {
-                break;
-            }
-            // The kernel driver owns a bound function; sharing its registers would corrupt
-            // both. It must be unbound (or bound to vfio-pci/uio) first.
-            if attached.contains(&function.bdf) || function.driver.as_deref() == Some("ioatdma") {
-                continue;
-            }
-            let (Ok(registers), Ok(config)) = (
-                function.map_bar0(dmaplane::ioat::spec::BAR_SIZE),
-                function.config(),
-            ) else {
-                continue;
-            };
-            let Ok(driver) = IoatDevice::probe(
-                function.bdf.clone(),
-                Arc::new(registers),
-                Some(Arc::new(config)),
-                self.pool.clone(),
-                self.channel_config(),
-            ) else {
-                continue;
-            };
-            let id = self.add(driver, None, Some(function.bdf.clone()))?;
-            self.monitor().watch_pci(id, function.bdf);
-            added.push(id);
-        }
-        Ok(added)
-    }
-
-    /// Drops the drivers (and emulators) of devices the engine has released, so a long run
-    /// of removals and additions does not keep every device it ever had.
-    fn forget_released(&self, holdings: &mut Holdings) {
-        holdings
-            .devices
-            .retain(|d| self.engine.device_present(d.id).is_some());
-    }
-
-    fn add(
-        &self,
-        driver: IoatDevice,
-        emulated: Option<Arc<EmulatedDevice>>,
-        pci_address: Option<String>,
-    ) -> Result<DeviceId, Code> {
-        let spec: DeviceSpec = driver.spec();
-        let id = self.monitor().add(spec).map_err(|e| of_engine(&e))?;
-        let mut holdings = self.holdings();
-        self.forget_released(&mut holdings);
-        holdings.devices.push(Attached {
-            id,
-            emulated,
-            pci_address,
-            removal_requested: false,
-            _driver: driver,
-        });
-        Ok(id)
     }
 
     pub(crate) fn adopt_client(&self, client: *const ClientHandle) {
@@ -483,17 +311,14 @@ impl EngineCore {
     }
 
     pub(crate) fn possible_cpus(&self) -> usize {
-        self.engine.possible_cpus()
+        self.engine().possible_cpus()
     }
 }
 
 impl Drop for EngineCore {
     fn drop(&mut self) {
-        // The monitor first, so no removal runs while clients go; then the clients (each
-        // drains what it has in flight); then the memory their operations used.
-        if let Some(monitor) = self.monitor.take() {
-            monitor.stop();
-        }
+        // The clients first (each drains what it has in flight), then the memory their
+        // operations used; the setup goes last (its monitor, then its devices).
         let holdings = std::mem::take(&mut *self.holdings());
         for client in holdings.clients {
             // SAFETY: shells are never freed; no call runs on a client of an engine being
@@ -501,7 +326,6 @@ impl Drop for EngineCore {
             unsafe { (*client.0).retire() };
         }
         drop(holdings.blocks);
-        drop(holdings.devices);
     }
 }
 
@@ -605,7 +429,11 @@ pub unsafe extern "C" fn dmaplane_dma_alloc(
         // SAFETY: the caller passes a writable pointer or NULL.
         let slot = unsafe { out(ptr) }?;
         let align = if align == 0 { 64 } else { align };
-        let block = handle.pool.alloc(len, align).map_err(|e| of_mem(&e))?;
+        let block = handle
+            .setup
+            .pool()
+            .alloc(len, align)
+            .map_err(|e| of_mem(&e))?;
         let address = block.as_mut_ptr();
         handle.holdings().blocks.insert(address as usize, block);
         *slot = address.cast();
@@ -643,7 +471,7 @@ pub unsafe extern "C" fn dmaplane_device_list(
         let handle = engine_ref(engine)?;
         // SAFETY: the caller passes `len` writable ids, or NULL with 0.
         let ids = unsafe { out_slice(ids, len) }?;
-        let devices = handle.engine.devices();
+        let devices = handle.engine().devices();
         for (slot, (id, _)) in ids.iter_mut().zip(&devices) {
             *slot = id.0;
         }
@@ -658,7 +486,7 @@ pub unsafe extern "C" fn dmaplane_device_list(
 pub unsafe extern "C" fn dmaplane_device_channels(engine: *const EngineHandle, device: u32) -> i32 {
     guarded(|| {
         let handle = engine_ref(engine)?;
-        let dump = handle.engine.dump();
+        let dump = handle.engine().dump();
         dump.devices
             .iter()
             .find(|d| d.id == DeviceId(device) && d.registered)
@@ -686,37 +514,16 @@ pub unsafe extern "C" fn dmaplane_device_remove(
     guarded(|| {
         let handle = engine_ref(engine)?;
         let id = DeviceId(device);
-        if handle.engine.device_present(id).is_none()
-            || !handle.engine.devices().iter().any(|(d, _)| *d == id)
-        {
-            return Err(DMAPLANE_ENOENT);
-        }
-        // The monitor runs removals asynchronously: until it has unregistered the device, the
-        // device still looks registered above. The mark, set under the holdings lock, makes a
-        // second request (from any thread) fail with ENOENT instead of queueing a removal that
-        // would end in a `DMAPLANE_EVENT_FAILED`.
-        let mut holdings = handle.holdings();
-        handle.forget_released(&mut holdings);
-        let attached = holdings
-            .devices
-            .iter_mut()
-            .find(|d| d.id == id)
-            .ok_or(DMAPLANE_ENOENT)?;
-        if attached.removal_requested {
-            return Err(DMAPLANE_ENOENT);
-        }
-        match how {
-            DMAPLANE_REMOVE_ORDERLY => handle.monitor().remove(id),
-            DMAPLANE_REMOVE_SURPRISE => {
-                let emulated = attached.emulated.as_ref().ok_or(DMAPLANE_ENOTSUP)?;
-                // The monitor notices the registers reading all-ones and runs the removal.
-                emulated
-                    .inject(Fault::SurpriseRemoval)
-                    .map_err(|_| DMAPLANE_EINVAL)?;
-            }
-            _ => return Err(DMAPLANE_EINVAL),
-        }
-        attached.removal_requested = true;
+        let how = match how {
+            DMAPLANE_REMOVE_ORDERLY => Removal::Orderly,
+            DMAPLANE_REMOVE_SURPRISE => Removal::Surprise,
+            _ if handle.setup.devices().iter().any(|d| d.id == id) => return Err(DMAPLANE_EINVAL),
+            _ => return Err(DMAPLANE_ENOENT),
+        };
+        handle
+            .setup
+            .remove_device(id, how)
+            .map_err(|e| of_setup(&e))?;
         Ok(0)
     })
 }
@@ -732,11 +539,7 @@ pub unsafe extern "C" fn dmaplane_device_remove(
 pub unsafe extern "C" fn dmaplane_device_add(engine: *mut EngineHandle, device: *mut u32) -> i32 {
     guarded(|| {
         let handle = engine_ref(engine)?;
-        let id = if handle.options.backend == DMAPLANE_BACKEND_HARDWARE {
-            *handle.attach_hardware(1)?.first().ok_or(DMAPLANE_ENODEV)?
-        } else {
-            handle.attach_emulated()?
-        };
+        let id = handle.setup.add_device().map_err(|e| of_setup(&e))?;
         // SAFETY: the caller passes a writable pointer or NULL.
         if let Some(slot) = unsafe { device.as_mut() } {
             *slot = id.0;
@@ -797,7 +600,7 @@ pub unsafe extern "C" fn dmaplane_event_next(
         // SAFETY: the caller passes a writable event or NULL.
         let slot = unsafe { out(event) }?;
         match handle
-            .monitor()
+            .setup
             .next_event(Duration::from_millis(timeout_ms.into()))
         {
             Some(next) => {
@@ -830,7 +633,7 @@ pub unsafe extern "C" fn dmaplane_table(
         let cpus = handle.possible_cpus();
         for (cpu, slot) in channels.iter_mut().enumerate().take(cpus) {
             let entry = handle
-                .engine
+                .engine()
                 .table_entry(cap, cpu)
                 .map_err(|e| of_engine(&e))?;
             *slot = entry.map_or(DMAPLANE_NO_CHANNEL, encode_channel);
@@ -853,7 +656,7 @@ pub unsafe extern "C" fn dmaplane_channel_get_counts(
         // SAFETY: the caller passes a writable struct or NULL.
         let slot = unsafe { out(counts) }?;
         let got = handle
-            .engine
+            .engine()
             .channel_counts(decode_channel(channel)?)
             .map_err(|e| of_engine(&e))?;
         *slot = dmaplane_channel_counts {
@@ -879,7 +682,7 @@ pub unsafe extern "C" fn dmaplane_channel_get_stats(
         // SAFETY: the caller passes a writable struct or NULL.
         let slot = unsafe { out(stats) }?;
         let got = handle
-            .engine
+            .engine()
             .channel_stats(decode_channel(channel)?)
             .map_err(|e| of_engine(&e))?;
         *slot = dmaplane_channel_stats {
@@ -905,7 +708,7 @@ pub unsafe extern "C" fn dmaplane_engine_dump(
 ) -> i32 {
     guarded(|| {
         let handle = engine_ref(engine)?;
-        let text = handle.engine.dump().to_string();
+        let text = handle.engine().dump().to_string();
         // SAFETY: the caller passes `len` writable bytes, or NULL with 0.
         unsafe { write_text(&text, buf.cast(), len) }
     })

@@ -8,7 +8,7 @@ use std::ffi::c_char;
 
 use dmaplane::datapath::ClientError;
 use dmaplane::mem::MemError;
-use dmaplane::EngineError;
+use dmaplane::{EngineError, SetupError};
 use dmaplane::{OpError, SubmitError};
 
 /// Success.
@@ -69,6 +69,18 @@ pub(crate) fn of_engine(err: &EngineError) -> Code {
         EngineError::InvalidConfig(_) => DMAPLANE_EINVAL,
         EngineError::ChannelAllocation { .. } => DMAPLANE_EIO,
         EngineError::GracePeriodTimeout { .. } => DMAPLANE_ETIMEDOUT,
+        _ => DMAPLANE_EINVAL,
+    }
+}
+
+pub(crate) fn of_setup(err: &SetupError) -> Code {
+    match err {
+        SetupError::Engine(err) => of_engine(err),
+        SetupError::Memory(err) => of_mem(err),
+        SetupError::Monitor(_) | SetupError::Probe(_) => DMAPLANE_EIO,
+        SetupError::NoDevice => DMAPLANE_ENODEV,
+        SetupError::UnknownDevice(_) => DMAPLANE_ENOENT,
+        SetupError::SurpriseUnsupported(_) => DMAPLANE_ENOTSUP,
         _ => DMAPLANE_EINVAL,
     }
 }

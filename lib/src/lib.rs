@@ -36,6 +36,7 @@ pub mod mem;
 pub mod mmio;
 pub mod pci;
 pub mod queue;
+mod setup;
 pub mod soft;
 mod sync;
 
@@ -49,6 +50,7 @@ pub use queue::{
     BackendError, ChannelBackend, ChannelStats, Completion, DeviceSpec, NullChannel, OpError,
     OpFlags, SubmitError,
 };
+pub use setup::{DeviceInfo, DeviceKind, Removal, Setup, SetupBuilder, SetupError};
 
 /// The lock-free protocols, exposed for the loom model tests only.
 #[cfg(loom)]

@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use dmaplane::hotplug::monitor::{HotplugEvent, Monitor, MonitorConfig};
+//! use dmaplane::hotplug::{HotplugEvent, Monitor, MonitorConfig};
 //! use dmaplane::{CapMask, DeviceSpec, Engine, EngineConfig, NullChannel};
 //!
 //! let engine = Engine::new(EngineConfig::with_cpus(2)).unwrap();

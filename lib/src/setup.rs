@@ -1,0 +1,619 @@
+//! Everything an application sets up before its clients run, in one place: the engine, the
+//! DMA memory pool, the devices (emulated IOAT, the software engine, or real IOAT functions
+//! found in sysfs), and the hotplug monitor with PCI watching. Built with [`SetupBuilder`];
+//! the C ABI and the examples are thin users of it.
+//!
+//! The [`Setup`] keeps each device it added (the emulator behind an emulated device, the driver
+//! behind a real one) for as long as the engine may use it, adds more while clients run, and
+//! removes them in order or by surprise.
+//!
+//! ```
+//! use std::time::Duration;
+//! use dmaplane::hotplug::HotplugEvent;
+//! use dmaplane::{Removal, Setup};
+//!
+//! let setup = Setup::builder().cpus(2).emulated_ioat(2).build().unwrap();
+//! let first = setup.devices()[0].id;
+//! setup.remove_device(first, Removal::Surprise).unwrap();
+//! loop {
+//!     match setup.next_event(Duration::from_secs(5)) {
+//!         Some(HotplugEvent::Removed(report)) => break assert_eq!(report.device, first),
+//!         Some(_) => continue,
+//!         None => panic!("no removal report"),
+//!     }
+//! }
+//! let again = setup.add_device().unwrap();
+//! assert_ne!(again, first);
+//! ```
+
+use std::fmt;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::datapath::{Client, ClientConfig, ClientError};
+use crate::emu::{EmuConfig, EmuError, EmuMode, EmulatedDevice, Fault, PoolMemory};
+use crate::engine::{DeviceId, Engine, EngineConfig, EngineError, RemovalOptions};
+use crate::hotplug::{HotplugEvent, Monitor, MonitorConfig};
+use crate::ioat::{ChannelConfig, ChannelError, IoatDevice, Timeouts};
+use crate::log::LogHook;
+use crate::mem::{DmaPool, DmaPoolConfig, IovaMode, MemError};
+use crate::queue::DeviceSpec;
+use crate::soft::{SoftConfig, SoftDevice, SoftError, SoftFault};
+use crate::sync::lock_std;
+
+/// The kind of device a setup starts with, and adds with [`Setup::add_device`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// Emulated IOAT devices driven by the IOAT driver: the embedded default.
+    EmulatedIoat,
+    /// The software engine.
+    Soft,
+    /// Real IOAT functions from `/sys/bus/pci/devices`, unbound from `ioatdma`, with
+    /// physical addresses (needs root).
+    HardwareIoat,
+}
+
+/// How a device leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// In order: new work is refused, work in flight drains up to the monitor's deadline, the
+    /// rest completes with "device removed".
+    Orderly,
+    /// The device leaves at once (emulated and software devices only): work in flight
+    /// completes with "device removed", and the monitor notices by itself.
+    Surprise,
+}
+
+/// Why a setup could not be built, or a device added or removed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// A setting is out of range; the text says which.
+    InvalidConfig(String),
+    /// The engine refused.
+    Engine(EngineError),
+    /// The DMA memory pool could not be made.
+    Memory(MemError),
+    /// The hotplug monitor could not start (its uevent socket, its thread).
+    Monitor(io::Error),
+    /// An emulated device could not be made.
+    Emulator(EmuError),
+    /// A software device could not be made, or a fault injected.
+    Soft(SoftError),
+    /// A device did not probe.
+    Probe(ChannelError),
+    /// No IOAT function is available to attach.
+    NoDevice,
+    /// The setup added no device with this id, or it is gone, or its removal was already
+    /// asked for.
+    UnknownDevice(DeviceId),
+    /// A surprise removal of real hardware (only the hardware can leave by surprise).
+    SurpriseUnsupported(DeviceId),
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupError::InvalidConfig(why) => write!(f, "invalid setup: {why}"),
+            SetupError::Engine(err) => err.fmt(f),
+            SetupError::Memory(err) => write!(f, "DMA memory: {err}"),
+            SetupError::Monitor(err) => write!(f, "starting the hotplug monitor: {err}"),
+            SetupError::Emulator(err) => write!(f, "emulated device: {err}"),
+            SetupError::Soft(err) => err.fmt(f),
+            SetupError::Probe(err) => write!(f, "probing a device: {err}"),
+            SetupError::NoDevice => f.write_str("no usable IOAT function found"),
+            SetupError::UnknownDevice(id) => {
+                write!(f, "device {id} is not one of this setup's present devices")
+            }
+            SetupError::SurpriseUnsupported(id) => {
+                write!(
+                    f,
+                    "device {id} is real hardware: it cannot be removed by surprise"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+impl From<EngineError> for SetupError {
+    fn from(err: EngineError) -> Self {
+        SetupError::Engine(err)
+    }
+}
+
+/// Builds a [`Setup`]. Defaults: this machine's CPUs, two emulated IOAT devices of one
+/// threaded channel each with copy and fill, 1024-descriptor rings, and a monitor without
+/// uevents whose removals let work drain for 100 ms.
+#[derive(Clone, Debug)]
+pub struct SetupBuilder {
+    engine: EngineConfig,
+    kind: DeviceKind,
+    devices: usize,
+    channels_per_device: usize,
+    fill: bool,
+    emulation: EmuMode,
+    ring_order: u32,
+    pool: Option<DmaPoolConfig>,
+    monitor: MonitorConfig,
+}
+
+impl Default for SetupBuilder {
+    fn default() -> Self {
+        SetupBuilder {
+            engine: EngineConfig::from_system(),
+            kind: DeviceKind::EmulatedIoat,
+            devices: 2,
+            channels_per_device: 1,
+            fill: true,
+            emulation: EmuMode::Threaded,
+            ring_order: 10,
+            pool: None,
+            monitor: MonitorConfig {
+                removal: RemovalOptions {
+                    drain_timeout: Duration::from_millis(100),
+                    ..RemovalOptions::default()
+                },
+                ..MonitorConfig::default()
+            },
+        }
+    }
+}
+
+impl SetupBuilder {
+    /// `cpus` possible CPUs, all online (instead of this machine's).
+    #[must_use]
+    pub fn cpus(mut self, cpus: usize) -> Self {
+        let log = self.engine.log.clone();
+        self.engine = EngineConfig::with_cpus(cpus).log_hook(log);
+        self
+    }
+
+    /// The engine's configuration, whole.
+    #[must_use]
+    pub fn engine_config(mut self, config: EngineConfig) -> Self {
+        self.engine = config;
+        self
+    }
+
+    /// Where the library's warnings go.
+    #[must_use]
+    pub fn log(mut self, hook: LogHook) -> Self {
+        self.engine = self.engine.log_hook(hook);
+        self
+    }
+
+    /// Starts with `count` emulated IOAT devices.
+    #[must_use]
+    pub fn emulated_ioat(mut self, count: usize) -> Self {
+        self.kind = DeviceKind::EmulatedIoat;
+        self.devices = count;
+        self
+    }
+
+    /// Starts with `count` software devices.
+    #[must_use]
+    pub fn soft(mut self, count: usize) -> Self {
+        self.kind = DeviceKind::Soft;
+        self.devices = count;
+        self
+    }
+
+    /// Attaches every usable IOAT function of the machine (at least one, or the build fails
+    /// with [`SetupError::NoDevice`]).
+    #[must_use]
+    pub fn hardware_ioat(mut self) -> Self {
+        self.kind = DeviceKind::HardwareIoat;
+        self
+    }
+
+    /// Channels of each emulated or software device.
+    #[must_use]
+    pub fn channels_per_device(mut self, channels: usize) -> Self {
+        self.channels_per_device = channels;
+        self
+    }
+
+    /// Whether emulated and software devices fill as well as copy.
+    #[must_use]
+    pub fn fill(mut self, fill: bool) -> Self {
+        self.fill = fill;
+        self
+    }
+
+    /// Whether emulated IOAT devices work on a thread of their own (like hardware beside the
+    /// CPU) or inline, at each doorbell.
+    #[must_use]
+    pub fn emulation(mut self, mode: EmuMode) -> Self {
+        self.emulation = mode;
+        self
+    }
+
+    /// log2 of the descriptors per channel ring, 4 to 16.
+    #[must_use]
+    pub fn ring_order(mut self, order: u32) -> Self {
+        self.ring_order = order;
+        self
+    }
+
+    /// The DMA pool's configuration. By default the IOVA mode follows the devices: physical
+    /// addresses for real hardware, virtual ones otherwise.
+    #[must_use]
+    pub fn pool(mut self, config: DmaPoolConfig) -> Self {
+        self.pool = Some(config);
+        self
+    }
+
+    /// The hotplug monitor's configuration.
+    #[must_use]
+    pub fn monitor(mut self, config: MonitorConfig) -> Self {
+        self.monitor = config;
+        self
+    }
+
+    /// Whether the monitor listens to kernel uevents (removal and unbind of attached PCI
+    /// functions).
+    #[must_use]
+    pub fn uevents(mut self, on: bool) -> Self {
+        self.monitor.uevents = on;
+        self
+    }
+
+    /// How long an orderly removal lets work drain before failing the rest.
+    #[must_use]
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.monitor.removal.drain_timeout = timeout;
+        self
+    }
+
+    /// Makes the engine, the pool and the monitor, then the first devices; the per-CPU table
+    /// is built before it returns.
+    pub fn build(self) -> Result<Setup, SetupError> {
+        if !(4..=16).contains(&self.ring_order) {
+            return Err(SetupError::InvalidConfig(format!(
+                "ring order {} is outside 4..=16",
+                self.ring_order
+            )));
+        }
+        let engine = Engine::new(self.engine.clone())?;
+        let iova_mode = match self.kind {
+            DeviceKind::HardwareIoat => IovaMode::Physical,
+            DeviceKind::EmulatedIoat | DeviceKind::Soft => IovaMode::Va,
+        };
+        let pool = DmaPool::new(self.pool.unwrap_or(DmaPoolConfig {
+            iova_mode,
+            ..DmaPoolConfig::default()
+        }))
+        .map_err(SetupError::Memory)?;
+        let monitor = Monitor::start(&engine, self.monitor.clone()).map_err(SetupError::Monitor)?;
+        let setup = Setup {
+            engine,
+            pool,
+            monitor: Some(monitor),
+            builder: self,
+            devices: Mutex::new(Devices::default()),
+            attaching: Mutex::new(()),
+        };
+        match setup.builder.kind {
+            DeviceKind::HardwareIoat => {
+                if setup.add_hardware(usize::MAX)?.is_empty() {
+                    return Err(SetupError::NoDevice);
+                }
+            }
+            DeviceKind::EmulatedIoat | DeviceKind::Soft => {
+                for _ in 0..setup.builder.devices {
+                    setup.add_device()?;
+                }
+            }
+        }
+        Ok(setup)
+    }
+}
+
+/// What is behind a device the setup added.
+enum Behind {
+    Emulated {
+        emulator: Arc<EmulatedDevice>,
+        driver: IoatDevice,
+    },
+    Soft(SoftDevice),
+    Hardware {
+        pci_address: String,
+        driver: IoatDevice,
+    },
+}
+
+/// A device the setup added, kept until the engine has released it.
+struct Attached {
+    id: DeviceId,
+    name: String,
+    behind: Behind,
+    /// Its removal was asked for (the monitor may not have unregistered it yet).
+    removal_requested: bool,
+}
+
+#[derive(Default)]
+struct Devices {
+    attached: Vec<Attached>,
+    serial: u32,
+}
+
+/// A device of the setup, as [`Setup::devices`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Its engine id.
+    pub id: DeviceId,
+    /// Its name (`emuN`, `softN`, or the PCI address).
+    pub name: String,
+    /// What it is.
+    pub kind: DeviceKind,
+    /// Whether its removal was asked for and has not finished.
+    pub removal_requested: bool,
+}
+
+/// An engine with its DMA memory, devices and hotplug monitor. See the module documentation.
+pub struct Setup {
+    engine: Engine,
+    pool: DmaPool,
+    monitor: Option<Monitor>,
+    builder: SetupBuilder,
+    devices: Mutex<Devices>,
+    /// Serializes hardware attaches, so two threads never probe the same PCI function.
+    attaching: Mutex<()>,
+}
+
+impl Setup {
+    /// A builder with the defaults.
+    pub fn builder() -> SetupBuilder {
+        SetupBuilder::default()
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The DMA memory pool the devices reach.
+    pub fn pool(&self) -> &DmaPool {
+        &self.pool
+    }
+
+    /// The hotplug monitor.
+    pub fn monitor(&self) -> &Monitor {
+        self.monitor
+            .as_ref()
+            .expect("the monitor lives as long as the setup")
+    }
+
+    /// The kind of device the setup adds.
+    pub fn device_kind(&self) -> DeviceKind {
+        self.builder.kind
+    }
+
+    /// A client for `cpu` with the default settings; see [`Client::new`].
+    pub fn client(&self, cpu: usize) -> Result<Client, ClientError> {
+        Client::new(&self.engine, Some(cpu), ClientConfig::default())
+    }
+
+    /// The next hotplug event, waiting up to `timeout`.
+    pub fn next_event(&self, timeout: Duration) -> Option<HotplugEvent> {
+        self.monitor().next_event(timeout)
+    }
+
+    fn devices_locked(&self) -> MutexGuard<'_, Devices> {
+        let mut devices = lock_std(&self.devices);
+        // Drop what the engine has released, so a long run of removals and additions does not
+        // keep every device it ever had.
+        devices
+            .attached
+            .retain(|d| self.engine.device_present(d.id).is_some());
+        devices
+    }
+
+    /// The devices the setup added that the engine has not released yet.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        self.devices_locked()
+            .attached
+            .iter()
+            .map(|d| DeviceInfo {
+                id: d.id,
+                name: d.name.clone(),
+                kind: match d.behind {
+                    Behind::Emulated { .. } => DeviceKind::EmulatedIoat,
+                    Behind::Soft(_) => DeviceKind::Soft,
+                    Behind::Hardware { .. } => DeviceKind::HardwareIoat,
+                },
+                removal_requested: d.removal_requested,
+            })
+            .collect()
+    }
+
+    /// The settings of an IOAT channel: emulated channels get deadlines no scheduler delay
+    /// reaches, since the emulator is a thread sharing the CPUs with the application (and,
+    /// in tests, with valgrind); a channel whose start timed out would be left out.
+    fn channel_config(&self, emulated: bool) -> ChannelConfig {
+        let mut config = ChannelConfig {
+            ring_order: self.builder.ring_order,
+            ..ChannelConfig::default()
+        };
+        if emulated {
+            config.timeouts = Timeouts {
+                suspend: Duration::from_secs(1),
+                reset: Duration::from_secs(5),
+                start: Duration::from_secs(5),
+            };
+        }
+        config
+    }
+
+    /// Adds one device of the setup's kind while clients run (for real hardware, the first
+    /// IOAT function not attached yet); the table is rebalanced onto it before this returns
+    /// and the monitor reports it.
+    pub fn add_device(&self) -> Result<DeviceId, SetupError> {
+        let b = &self.builder;
+        let serial = {
+            let mut devices = lock_std(&self.devices);
+            devices.serial += 1;
+            devices.serial
+        };
+        let (name, behind) = match b.kind {
+            DeviceKind::HardwareIoat => {
+                return self
+                    .add_hardware(1)?
+                    .first()
+                    .copied()
+                    .ok_or(SetupError::NoDevice)
+            }
+            DeviceKind::EmulatedIoat => {
+                let config = EmuConfig {
+                    channels: b.channels_per_device,
+                    fill: b.fill,
+                    mode: b.emulation,
+                    ..EmuConfig::default()
+                };
+                // SAFETY: descriptors reach the emulated device only through the clients' and
+                // the driver's `unsafe` submit calls, whose callers keep the named buffers
+                // allocated and untouched until the completion.
+                let memory = Arc::new(unsafe { PoolMemory::new(self.pool.clone()) });
+                let emulator = EmulatedDevice::new(config, memory).map_err(SetupError::Emulator)?;
+                let name = format!("emu{serial}");
+                let driver = IoatDevice::probe(
+                    name.clone(),
+                    emulator.registers(),
+                    Some(emulator.config_space()),
+                    self.pool.clone(),
+                    self.channel_config(true),
+                )
+                .map_err(SetupError::Probe)?;
+                (name, Behind::Emulated { emulator, driver })
+            }
+            DeviceKind::Soft => {
+                let name = format!("soft{serial}");
+                let config = SoftConfig {
+                    channels: b.channels_per_device,
+                    ring_order: b.ring_order,
+                    fill: b.fill,
+                    pool: Some(self.pool.clone()),
+                    ..SoftConfig::default()
+                };
+                let device = SoftDevice::new(name.clone(), config).map_err(SetupError::Soft)?;
+                (name, Behind::Soft(device))
+            }
+        };
+        self.attach(name, behind)
+    }
+
+    /// Registers a device through the monitor and keeps what is behind it.
+    fn attach(&self, name: String, behind: Behind) -> Result<DeviceId, SetupError> {
+        let spec: DeviceSpec = match &behind {
+            Behind::Emulated { driver, .. } | Behind::Hardware { driver, .. } => driver.spec(),
+            Behind::Soft(device) => device.spec(),
+        };
+        let id = self.monitor().add(spec)?;
+        if let Behind::Hardware { pci_address, .. } = &behind {
+            self.monitor().watch_pci(id, pci_address.clone());
+        }
+        self.devices_locked().attached.push(Attached {
+            id,
+            name,
+            behind,
+            removal_requested: false,
+        });
+        Ok(id)
+    }
+
+    /// Probes and adds up to `limit` IOAT functions not attached yet; returns their ids.
+    fn add_hardware(&self, limit: usize) -> Result<Vec<DeviceId>, SetupError> {
+        let _one_at_a_time = lock_std(&self.attaching);
+        let attached: Vec<String> = self
+            .devices_locked()
+            .attached
+            .iter()
+            .filter_map(|d| match &d.behind {
+                Behind::Hardware { pci_address, .. } => Some(pci_address.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut added = Vec::new();
+        for function in crate::pci::discover() {
+            if added.len() == limit {
+                break;
+            }
+            // The kernel driver owns a bound function; sharing its registers would corrupt
+            // both. It must be unbound (or bound to vfio-pci/uio) first.
+            if attached.contains(&function.bdf) || function.driver.as_deref() == Some("ioatdma") {
+                continue;
+            }
+            let (Ok(registers), Ok(config)) = (
+                function.map_bar0(crate::ioat::spec::BAR_SIZE),
+                function.config(),
+            ) else {
+                continue;
+            };
+            let Ok(driver) = IoatDevice::probe(
+                function.bdf.clone(),
+                Arc::new(registers),
+                Some(Arc::new(config)),
+                self.pool.clone(),
+                self.channel_config(false),
+            ) else {
+                continue;
+            };
+            let behind = Behind::Hardware {
+                pci_address: function.bdf.clone(),
+                driver,
+            };
+            added.push(self.attach(function.bdf, behind)?);
+        }
+        Ok(added)
+    }
+
+    /// Starts the removal of `device` while clients keep working; the outcome arrives as a
+    /// [`HotplugEvent::Removed`] (or `Failed`) event. Clients must keep polling for the
+    /// release to complete. A second request for the same device is refused.
+    pub fn remove_device(&self, device: DeviceId, how: Removal) -> Result<(), SetupError> {
+        let mut devices = self.devices_locked();
+        let attached = devices
+            .attached
+            .iter_mut()
+            .find(|d| d.id == device && !d.removal_requested)
+            .filter(|_| self.engine.devices().iter().any(|(id, _)| *id == device))
+            .ok_or(SetupError::UnknownDevice(device))?;
+        match (how, &attached.behind) {
+            (Removal::Orderly, _) => self.monitor().remove(device),
+            // The device leaves the bus: the monitor notices it reading all-ones (or gone)
+            // and runs the removal.
+            (Removal::Surprise, Behind::Emulated { emulator, .. }) => emulator
+                .inject(Fault::SurpriseRemoval)
+                .map_err(SetupError::Emulator)?,
+            (Removal::Surprise, Behind::Soft(soft)) => soft
+                .inject(SoftFault::SurpriseRemoval)
+                .map_err(SetupError::Soft)?,
+            (Removal::Surprise, Behind::Hardware { .. }) => {
+                return Err(SetupError::SurpriseUnsupported(device))
+            }
+        }
+        attached.removal_requested = true;
+        Ok(())
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        // The monitor first, so no removal runs while the devices go.
+        if let Some(monitor) = self.monitor.take() {
+            monitor.stop();
+        }
+    }
+}
+
+impl fmt::Debug for Setup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Setup")
+            .field("kind", &self.builder.kind)
+            .field("devices", &self.devices())
+            .finish_non_exhaustive()
+    }
+}
