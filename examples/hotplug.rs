@@ -11,15 +11,13 @@
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dmaplane::datapath::{Client, ClientConfig, ClientError};
-use dmaplane::emu::{EmuMode, EmulatedDevice, Fault};
+use dmaplane::emu::EmuMode;
 use dmaplane::hotplug::{HotplugEvent, Monitor, MonitorConfig};
-use dmaplane::ioat::{ChannelConfig, IoatDevice};
-use dmaplane::mem::{DmaPool, DmaPoolConfig};
-use dmaplane::{Capability, DeviceId, Engine, EngineConfig, RemovalOptions, RemovalReport};
+use dmaplane::mem::DmaPool;
+use dmaplane::{Capability, DeviceId, Engine, Removal, RemovalOptions, RemovalReport, Setup};
 use dmaplane::{Completion, OpError, OpFlags, SubmitError};
 
 mod common;
@@ -222,30 +220,21 @@ fn copy_loop(
 // ---------------------------------------------------------------------------------------
 // The main thread: removals, re-adds and what the table does meanwhile.
 
-/// A registered device: the emulator, its driver, its engine id.
+/// A registered device: its engine id and name.
 struct LiveDevice {
-    emu: Arc<EmulatedDevice>,
-    _ioat: IoatDevice,
     id: DeviceId,
     name: String,
 }
 
-fn add_device(monitor: &Monitor, pool: &DmaPool, serial: usize) -> Result<LiveDevice, String> {
-    let name = format!("emu{serial}");
-    let (emu, ioat) = emulated_device(
-        pool,
-        name.clone(),
-        1,
-        EmuMode::Threaded,
-        ChannelConfig::default(),
-    )?;
-    let id = monitor.add(ioat.spec()).map_err(|e| e.to_string())?;
-    Ok(LiveDevice {
-        emu,
-        _ioat: ioat,
-        id,
-        name,
-    })
+/// Adds one more emulated device to `setup`.
+fn add_device(setup: &Setup) -> Result<LiveDevice, String> {
+    let id = setup.add_device().map_err(|e| e.to_string())?;
+    let name = setup
+        .devices()
+        .into_iter()
+        .find(|d| d.id == id)
+        .map_or_else(|| "?".into(), |d| d.name);
+    Ok(LiveDevice { id, name })
 }
 
 /// The memcpy channel the table gives each CPU, on one line, with the devices registered.
@@ -320,27 +309,31 @@ fn print_report(report: &RemovalReport) {
 
 fn run(options: Options) -> Result<(), String> {
     let cpus = options.clients;
-    let engine =
-        Engine::new(EngineConfig::with_cpus(cpus).log_hook(quiet())).map_err(|e| e.to_string())?;
-    let monitor = Monitor::start(
-        &engine,
-        MonitorConfig {
+    let setup = Setup::builder()
+        .cpus(cpus)
+        .log(quiet())
+        .emulated_ioat(options.devices)
+        .emulation(EmuMode::Threaded)
+        .ring_order(12)
+        .monitor(MonitorConfig {
             presence_interval: Duration::from_millis(1),
             removal: RemovalOptions {
                 drain_timeout: Duration::from_millis(20),
                 release_timeout: Duration::from_millis(100),
             },
             ..MonitorConfig::default()
-        },
-    )
-    .map_err(|e| format!("starting the hotplug monitor: {e}"))?;
-    let pool = DmaPool::new(DmaPoolConfig::default()).map_err(|e| e.to_string())?;
-    let mut serial = 0;
-    let mut live = Vec::new();
-    for _ in 0..options.devices {
-        live.push(add_device(&monitor, &pool, serial)?);
-        serial += 1;
-    }
+        })
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (engine, pool, monitor) = (setup.engine(), setup.pool(), setup.monitor());
+    let mut live: Vec<LiveDevice> = setup
+        .devices()
+        .into_iter()
+        .map(|d| LiveDevice {
+            id: d.id,
+            name: d.name,
+        })
+        .collect();
     println!(
         "hotplug: {} client(s) copying through {} device(s) for {} s; a removal about every second\n",
         options.clients, options.devices, options.seconds
@@ -377,34 +370,34 @@ fn run(options: Options) -> Result<(), String> {
                 victim.id,
                 victim.name
             );
-            println!("  before:      {}", table_line(&engine, cpus));
-            if surprise {
-                // The device leaves the bus: its registers read all-ones from now on, and the
-                // monitor's presence check notices.
-                if let Err(err) = victim.emu.inject(Fault::SurpriseRemoval) {
-                    main_errors.push(format!("surprise removal of device {}: {err}", victim.id));
-                    continue;
-                }
+            println!("  before:      {}", table_line(engine, cpus));
+            // A surprise removal takes the device off the bus: its registers read all-ones from
+            // now on, and the monitor's presence check notices.
+            let how = if surprise {
+                Removal::Surprise
             } else {
-                monitor.remove(victim.id);
+                Removal::Orderly
+            };
+            if let Err(err) = setup.remove_device(victim.id, how) {
+                main_errors.push(format!("removal of device {}: {err}", victim.id));
+                continue;
             }
-            match removal_of(&monitor, victim.id) {
+            match removal_of(monitor, victim.id) {
                 Ok(report) => print_report(&report),
                 Err(err) => {
                     println!("  {err}");
                     main_errors.push(err);
                 }
             }
-            println!("  after:       {}", table_line(&engine, cpus));
-            match add_device(&monitor, &pool, serial) {
+            println!("  after:       {}", table_line(engine, cpus));
+            match add_device(&setup) {
                 Ok(device) => {
                     println!("  added device {} ({})", device.id, device.name);
                     live.push(device);
                 }
                 Err(err) => main_errors.push(format!("adding a device: {err}")),
             }
-            serial += 1;
-            println!("  after add:   {}\n", table_line(&engine, cpus));
+            println!("  after add:   {}\n", table_line(engine, cpus));
         }
         std::thread::sleep(
             (started + Duration::from_secs(options.seconds))

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use dmaplane::datapath::{Client, ClientConfig};
 use dmaplane::emu::EmuMode;
-use dmaplane::ioat::ChannelConfig;
-use dmaplane::mem::{DmaPool, DmaPoolConfig};
-use dmaplane::{Capability, Engine, EngineConfig};
+use dmaplane::mem::DmaPool;
+use dmaplane::{Capability, Engine, Setup};
 use dmaplane::{Completion, OpFlags};
 
 mod common;
@@ -125,44 +124,33 @@ fn print_channel_stats(engine: &Engine) {
 }
 
 fn run(options: Options) -> Result<(), String> {
-    let config = match options.cpus {
-        Some(cpus) => EngineConfig::with_cpus(cpus),
-        None => EngineConfig::from_system(),
-    };
-    let cpus = config.possible_cpus;
-    let engine = Engine::new(config).map_err(|e| e.to_string())?;
-    let pool = DmaPool::new(DmaPoolConfig::default()).map_err(|e| e.to_string())?;
+    let mut builder = Setup::builder()
+        .emulated_ioat(options.devices)
+        .channels_per_device(options.channels)
+        .emulation(EmuMode::Inline)
+        .ring_order(12);
+    if let Some(cpus) = options.cpus {
+        builder = builder.cpus(cpus);
+    }
+    let setup = builder.build().map_err(|e| e.to_string())?;
+    let (engine, pool) = (setup.engine(), setup.pool());
+    let cpus = engine.possible_cpus();
     println!(
         "DMA memory backing: {:?}, IOVA mode: {:?}\n",
         pool.backing(),
         pool.iova_mode()
     );
-    let mut devices = Vec::new();
-    for i in 0..options.devices {
-        let (_device, ioat) = emulated_device(
-            &pool,
-            format!("emu{i}"),
-            options.channels,
-            EmuMode::Inline,
-            ChannelConfig::default(),
-        )?;
-        devices.push(
-            engine
-                .register_device(ioat.spec())
-                .map_err(|e| e.to_string())?,
-        );
-    }
     engine.get_client(); // populates the table before the first dump
     println!("{}", engine.dump());
     let mut failed = false;
     for cpu in 0..cpus {
-        let line = copy_on(&engine, &pool, cpu)?;
+        let line = copy_on(engine, pool, cpu)?;
         failed |= line.contains("MISMATCH");
         println!("{line}");
     }
     println!();
-    print_channel_stats(&engine);
-    if let Some(&first) = devices.first() {
+    print_channel_stats(engine);
+    if let Some(first) = setup.devices().first().map(|d| d.id) {
         let report = engine.unregister_device(first).map_err(|e| e.to_string())?;
         println!(
             "unregistered device {first} while a client was active; channels still held \

@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 use dmaplane::cpu::{format_cpu_list, parse_cpu_list, system_cpus};
 use dmaplane::datapath::{Client, ClientConfig, ClientError};
 use dmaplane::emu::EmuMode;
-use dmaplane::ioat::ChannelConfig;
-use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
+use dmaplane::mem::{DmaBlock, DmaPool};
 use dmaplane::{Capability, ChannelId, Engine, EngineConfig};
 use dmaplane::{Completion, OpFlags, SubmitError};
 
@@ -146,7 +145,7 @@ struct Shared {
 }
 
 /// What a client thread reports once it is set up.
-struct Setup {
+struct ThreadReady {
     cpu: usize,
     note: Option<String>,
 }
@@ -338,7 +337,7 @@ impl CopyLoop<'_> {
     }
 }
 
-/// Sets up a client for `cpu` (pinned if asked and possible), reports through `setup`, waits
+/// Sets up a client for `cpu` (pinned if asked and possible), reports through `ready`, waits
 /// for the start, and runs the copy loop.
 fn client_thread(
     engine: &Engine,
@@ -347,7 +346,7 @@ fn client_thread(
     index: usize,
     cpu: usize,
     options: &Options,
-    setup: mpsc::Sender<Setup>,
+    ready: mpsc::Sender<ThreadReady>,
 ) -> ThreadResult {
     let mut result = ThreadResult {
         cpu,
@@ -386,7 +385,7 @@ fn client_thread(
             .collect::<Result<_, _>>()?;
         Ok((src, pattern, dsts))
     })();
-    let _ = setup.send(Setup { cpu, note });
+    let _ = ready.send(ThreadReady { cpu, note });
     // Every thread reaches the barrier, set up or not, so the main thread never waits forever.
     shared.start.wait();
     let (client, (src, pattern, dsts)) = match (client, buffers) {
@@ -477,23 +476,15 @@ fn run(options: Options) -> Result<(), String> {
         ..EngineConfig::with_cpus(possible_cpus)
     }
     .log_hook(quiet());
-    let engine = Engine::new(config).map_err(|e| e.to_string())?;
-    let pool = DmaPool::new(DmaPoolConfig::default()).map_err(|e| e.to_string())?;
-    // The emulated devices and their drivers, kept for the whole run.
-    let mut devices = Vec::new();
-    for i in 0..options.devices {
-        let (device, ioat) = emulated_device(
-            &pool,
-            format!("emu{i}"),
-            options.channels,
-            EmuMode::Threaded,
-            ChannelConfig::default(),
-        )?;
-        engine
-            .register_device(ioat.spec())
-            .map_err(|e| e.to_string())?;
-        devices.push((device, ioat));
-    }
+    let setup = dmaplane::Setup::builder()
+        .engine_config(config)
+        .emulated_ioat(options.devices)
+        .channels_per_device(options.channels)
+        .emulation(EmuMode::Threaded)
+        .ring_order(12)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (engine, pool) = (setup.engine(), setup.pool());
     println!(
         "perf: {} B copies, queue depth {}, {} s, {} device(s) x {} channel(s), cpus {}{}",
         options.size,
@@ -513,24 +504,24 @@ fn run(options: Options) -> Result<(), String> {
     };
     let run_time = Duration::from_secs_f64(options.seconds);
     let (results, window) = std::thread::scope(|s| {
-        let (setup_tx, setup_rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
         let threads: Vec<_> = cpus
             .iter()
             .enumerate()
             .map(|(index, &cpu)| {
-                let (engine, pool, shared, options) = (&engine, &pool, &shared, &options);
-                let setup = setup_tx.clone();
-                s.spawn(move || client_thread(engine, pool, shared, index, cpu, options, setup))
+                let (shared, options) = (&shared, &options);
+                let ready = ready_tx.clone();
+                s.spawn(move || client_thread(engine, pool, shared, index, cpu, options, ready))
             })
             .collect();
-        drop(setup_tx);
-        let setups: Vec<Setup> = setup_rx.iter().take(cpus.len()).collect();
+        drop(ready_tx);
+        let readies: Vec<ThreadReady> = ready_rx.iter().take(cpus.len()).collect();
         shared.start.wait();
         let started = Instant::now();
         let _stop_clients = StopOnDrop(&shared.stop);
-        for setup in setups {
-            if let Some(note) = setup.note {
-                println!("cpu{}: {note}", setup.cpu);
+        for ready in readies {
+            if let Some(note) = ready.note {
+                println!("cpu{}: {note}", ready.cpu);
             }
         }
         let mut last = (started, 0u64);
@@ -615,7 +606,7 @@ fn run(options: Options) -> Result<(), String> {
         mib_per_second(total_ops as f64 * size, window)
     );
     let baseline_time = (run_time / 5).clamp(Duration::from_millis(200), Duration::from_secs(1));
-    let (copies, seconds) = memcpy_baseline(&pool, options.size, baseline_time)?;
+    let (copies, seconds) = memcpy_baseline(pool, options.size, baseline_time)?;
     let memcpy_rate = copies as f64 / seconds;
     println!(
         "{:<9} {:<7} {:<8} {:>14.0} {:>12.1}   dmaplane total / memcpy = {:.3}",

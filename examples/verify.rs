@@ -13,18 +13,14 @@
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dmaplane::datapath::{Client, ClientConfig, ClientError};
-use dmaplane::emu::{EmuMode, EmulatedDevice, Fault};
-use dmaplane::hotplug::{HotplugEvent, Monitor, MonitorConfig};
-use dmaplane::ioat::{ChannelConfig, IoatDevice};
-use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
-use dmaplane::{
-    ChannelBackend, ChannelStats, DeviceId, Engine, EngineConfig, RemovalKind, RemovalOptions,
-};
+use dmaplane::emu::EmuMode;
+use dmaplane::hotplug::{HotplugEvent, MonitorConfig};
+use dmaplane::mem::{DmaBlock, DmaPool};
 use dmaplane::{Completion, OpError, OpFlags, SubmitError};
+use dmaplane::{DeviceId, Engine, Removal, RemovalKind, RemovalOptions, Setup};
 
 mod common;
 use common::*;
@@ -518,70 +514,6 @@ fn client_thread(
 // ---------------------------------------------------------------------------------------
 // The main thread: devices, removals and re-adds, progress and the summary.
 
-/// A registered device: the emulator, its driver, its engine id.
-struct LiveDevice {
-    emu: Arc<EmulatedDevice>,
-    ioat: IoatDevice,
-    id: DeviceId,
-}
-
-/// The devices of the run and what their drivers counted.
-struct Devices {
-    pool: DmaPool,
-    serial: usize,
-    live: Vec<LiveDevice>,
-    /// Removed devices whose channels may still be started (operations to collect).
-    retiring: Vec<IoatDevice>,
-    /// What the channels of fully released devices completed.
-    released_counts: ChannelStats,
-}
-
-impl Devices {
-    fn add(&mut self, monitor: &Monitor) -> Result<(), String> {
-        let name = format!("emu{}", self.serial);
-        self.serial += 1;
-        let ring = ChannelConfig {
-            ring_order: 9,
-            ..ChannelConfig::default()
-        };
-        let (emu, ioat) = emulated_device(&self.pool, name, 1, EmuMode::Threaded, ring)?;
-        let id = monitor.add(ioat.spec()).map_err(|e| e.to_string())?;
-        self.live.push(LiveDevice { emu, ioat, id });
-        Ok(())
-    }
-
-    /// Folds the counts of removed devices whose channels have stopped into
-    /// `released_counts` and lets them go, so that the emulator no longer serves them.
-    fn reap(&mut self) {
-        let (stopped, running): (Vec<_>, Vec<_>) = self
-            .retiring
-            .drain(..)
-            .partition(|d| d.channels().iter().all(|c| !c.is_started()));
-        self.retiring = running;
-        for device in stopped {
-            self.released_counts = self.released_counts + driver_counts(&device);
-        }
-    }
-
-    /// What every device's channels completed, over the whole run.
-    fn total_counts(&self) -> ChannelStats {
-        self.live
-            .iter()
-            .map(|d| &d.ioat)
-            .chain(&self.retiring)
-            .fold(self.released_counts, |sum, d| sum + driver_counts(d))
-    }
-}
-
-fn driver_counts(device: &IoatDevice) -> ChannelStats {
-    device
-        .channels()
-        .iter()
-        .fold(ChannelStats::default(), |sum, c| {
-            sum + ChannelBackend::stats(&**c)
-        })
-}
-
 /// What the main thread did and saw.
 #[derive(Default)]
 struct Hotplug {
@@ -620,27 +552,24 @@ fn pause(rng: &mut SplitMix) -> Duration {
 /// surprise one (the device leaves the bus; the monitor notices its registers reading
 /// all-ones, and what was in flight fails with "device removed"), in turn.
 fn start_removal(
-    monitor: &Monitor,
-    devices: &mut Devices,
+    setup: &Setup,
+    live: &mut Vec<DeviceId>,
     hotplug: &mut Hotplug,
     rng: &mut SplitMix,
 ) {
-    let victim = devices.live.swap_remove(rng.below(devices.live.len()));
-    let orderly = hotplug.started % 2 == 0;
+    let victim = live.swap_remove(rng.below(live.len()));
+    let how = if hotplug.started % 2 == 0 {
+        Removal::Orderly
+    } else {
+        Removal::Surprise
+    };
     hotplug.started += 1;
-    hotplug.removing = Some((victim.id, Instant::now()));
-    if orderly {
-        monitor.remove(victim.id);
-    } else if let Err(err) = victim.emu.inject(Fault::SurpriseRemoval) {
-        eprintln!(
-            "verify: cannot remove device {} by surprise: {err}",
-            victim.id
-        );
+    hotplug.removing = Some((victim, Instant::now()));
+    if let Err(err) = setup.remove_device(victim, how) {
+        eprintln!("verify: cannot remove device {victim} ({how:?}): {err}");
         hotplug.errors += 1;
         hotplug.removing = None;
     }
-    // Kept until its channels stop, so that its driver's counts can be read at the end.
-    devices.retiring.push(victim.ioat);
 }
 
 /// The progress line: the clients' totals so far and the removals reported.
@@ -670,31 +599,24 @@ fn run(options: Options) -> Result<(), String> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
-    let engine = Engine::new(EngineConfig::with_cpus(options.clients).log_hook(quiet()))
-        .map_err(|e| e.to_string())?;
-    let monitor = Monitor::start(
-        &engine,
-        MonitorConfig {
+    let setup = Setup::builder()
+        .cpus(options.clients)
+        .log(quiet())
+        .emulated_ioat(options.devices)
+        .emulation(EmuMode::Threaded)
+        .ring_order(9)
+        .monitor(MonitorConfig {
             presence_interval: Duration::from_millis(1),
             removal: RemovalOptions {
                 drain_timeout: Duration::from_millis(5),
                 release_timeout: Duration::from_millis(20),
             },
             ..MonitorConfig::default()
-        },
-    )
-    .map_err(|e| format!("starting the hotplug monitor: {e}"))?;
-    let pool = DmaPool::new(DmaPoolConfig::default()).map_err(|e| e.to_string())?;
-    let mut devices = Devices {
-        pool: pool.clone(),
-        serial: 0,
-        live: Vec::new(),
-        retiring: Vec::new(),
-        released_counts: ChannelStats::default(),
-    };
-    for _ in 0..options.devices {
-        devices.add(&monitor)?;
-    }
+        })
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (engine, pool, monitor) = (setup.engine(), setup.pool(), setup.monitor());
+    let mut live: Vec<DeviceId> = setup.devices().iter().map(|d| d.id).collect();
     // The initial additions' events: not re-adds.
     while monitor.next_event(Duration::ZERO).is_some() {}
     println!(
@@ -714,8 +636,7 @@ fn run(options: Options) -> Result<(), String> {
     let results: Vec<Result<Ledger, String>> = std::thread::scope(|s| {
         let threads: Vec<_> = (0..options.clients)
             .map(|cpu| {
-                let (engine, pool, options, progress, stop) =
-                    (&engine, &pool, &options, &progress[cpu], &stop);
+                let (options, progress, stop) = (&options, &progress[cpu], &stop);
                 s.spawn(move || client_thread(engine, pool, options, seed, cpu, progress, stop))
             })
             .collect();
@@ -741,13 +662,16 @@ fn run(options: Options) -> Result<(), String> {
                 };
                 if finished {
                     hotplug.removing = None;
-                    devices.reap();
                     // A new device takes the removed one's place.
-                    if let Err(err) = devices.add(&monitor) {
-                        eprintln!("verify: adding a device: {err}");
-                        hotplug.errors += 1;
-                    } else {
-                        hotplug.re_adds += 1;
+                    match setup.add_device() {
+                        Ok(id) => {
+                            live.push(id);
+                            hotplug.re_adds += 1;
+                        }
+                        Err(err) => {
+                            eprintln!("verify: adding a device: {err}");
+                            hotplug.errors += 1;
+                        }
                     }
                     next_removal = Instant::now() + pause(&mut rng);
                 }
@@ -769,9 +693,9 @@ fn run(options: Options) -> Result<(), String> {
                 && hotplug.removing.is_none()
                 && now >= next_removal
                 && now < end
-                && !devices.live.is_empty()
+                && !live.is_empty()
             {
-                start_removal(&monitor, &mut devices, &mut hotplug, &mut rng);
+                start_removal(&setup, &mut live, &mut hotplug, &mut rng);
             }
         }
         stop.store(true, Ordering::Release);
@@ -790,7 +714,6 @@ fn run(options: Options) -> Result<(), String> {
     if let Err(err) = engine.synchronize(Duration::from_secs(5)) {
         eprintln!("verify: retired tables still held: {err}");
     }
-    devices.reap();
 
     let mut errors = Vec::new();
     let mut total = Ledger::default();
@@ -811,7 +734,7 @@ fn run(options: Options) -> Result<(), String> {
         }
     }
     let lost = total.submitted - total.completed;
-    let drivers = devices.total_counts();
+    let drivers = setup.stats();
     let drivers_agree = (drivers.ops_ok, drivers.ops_removed, drivers.ops_failed)
         == (
             total.succeeded,

@@ -1,7 +1,7 @@
-//! Pieces the Rust examples share: emulated devices and their memory, a quiet log, a small
-//! deterministic generator, a cache-line-padded counter, a stop flag raised on unwinding,
-//! option values, and the `main` every example runs (usage on `--help`, exit status 2 on a
-//! bad argument).
+//! Pieces the Rust examples share: a quiet log, a small deterministic generator, a
+//! cache-line-padded counter, a stop flag raised on unwinding, option values, and the `main`
+//! every example runs (usage on `--help`, exit status 2 on a bad argument). Devices come from
+//! the library's `Setup`.
 
 #![allow(dead_code)] // each example uses its own subset
 
@@ -9,18 +9,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, PoolMemory};
-use dmaplane::ioat::{ChannelConfig, IoatDevice};
 use dmaplane::log::LogHook;
-use dmaplane::mem::DmaPool;
-
-/// The pool as the emulated device's memory.
-pub fn device_memory(pool: &DmaPool) -> Arc<PoolMemory> {
-    // SAFETY: descriptors reach the device only through the clients' and the driver's
-    // `unsafe` submit calls, whose callers keep the named buffers alive and untouched until
-    // completion.
-    Arc::new(unsafe { PoolMemory::new(pool.clone()) })
-}
 
 /// A log hook that drops the library's warnings, which would clutter the examples' output.
 pub fn quiet() -> LogHook {
@@ -88,32 +77,6 @@ pub fn main_of<O>(
             }
         },
     }
-}
-
-/// Makes an emulated IOAT device of `channels` channels (threaded, or inline at each
-/// doorbell) and probes it with the driver, as an application would a real function.
-pub fn emulated_device(
-    pool: &DmaPool,
-    name: impl Into<String>,
-    channels: usize,
-    mode: EmuMode,
-    channel_config: ChannelConfig,
-) -> Result<(Arc<EmulatedDevice>, IoatDevice), String> {
-    let config = EmuConfig {
-        channels,
-        mode,
-        ..EmuConfig::default()
-    };
-    let emu = EmulatedDevice::new(config, device_memory(pool)).map_err(|e| e.to_string())?;
-    let driver = IoatDevice::probe(
-        name,
-        emu.registers(),
-        Some(emu.config_space()),
-        pool.clone(),
-        channel_config,
-    )
-    .map_err(|e| e.to_string())?;
-    Ok((emu, driver))
 }
 
 /// The value after option `name`, or why there is none.

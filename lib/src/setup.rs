@@ -38,7 +38,7 @@ use crate::hotplug::{HotplugEvent, Monitor, MonitorConfig};
 use crate::ioat::{ChannelConfig, ChannelError, IoatDevice, Timeouts};
 use crate::log::LogHook;
 use crate::mem::{DmaPool, DmaPoolConfig, IovaMode, MemError};
-use crate::queue::DeviceSpec;
+use crate::queue::{ChannelBackend, ChannelStats, DeviceSpec};
 use crate::soft::{SoftConfig, SoftDevice, SoftError, SoftFault};
 use crate::sync::lock_std;
 
@@ -330,6 +330,7 @@ struct Attached {
     id: DeviceId,
     name: String,
     behind: Behind,
+    channels: Vec<Arc<dyn ChannelBackend>>,
     /// Its removal was asked for (the monitor may not have unregistered it yet).
     removal_requested: bool,
 }
@@ -338,6 +339,15 @@ struct Attached {
 struct Devices {
     attached: Vec<Attached>,
     serial: u32,
+    /// What the channels of released devices did.
+    released: ChannelStats,
+}
+
+/// What a device's channels did, summed.
+fn device_stats(channels: &[Arc<dyn ChannelBackend>]) -> ChannelStats {
+    channels
+        .iter()
+        .fold(ChannelStats::default(), |sum, c| sum + c.stats())
 }
 
 /// A device of the setup, as [`Setup::devices`] lists it.
@@ -405,10 +415,17 @@ impl Setup {
     fn devices_locked(&self) -> MutexGuard<'_, Devices> {
         let mut devices = lock_std(&self.devices);
         // Drop what the engine has released, so a long run of removals and additions does not
-        // keep every device it ever had.
-        devices
-            .attached
-            .retain(|d| self.engine.device_present(d.id).is_some());
+        // keep every device it ever had; its channels are stopped, their statistics final.
+        let Devices {
+            attached, released, ..
+        } = &mut *devices;
+        attached.retain(|d| {
+            let keep = self.engine.device_present(d.id).is_some();
+            if !keep {
+                *released = *released + device_stats(&d.channels);
+            }
+            keep
+        });
         devices
     }
 
@@ -428,6 +445,16 @@ impl Setup {
                 removal_requested: d.removal_requested,
             })
             .collect()
+    }
+
+    /// What the channels of every device the setup ever added have done: operations by
+    /// outcome, bytes, descriptors (released devices included).
+    pub fn stats(&self) -> ChannelStats {
+        let devices = self.devices_locked();
+        devices
+            .attached
+            .iter()
+            .fold(devices.released, |sum, d| sum + device_stats(&d.channels))
     }
 
     /// The settings of an IOAT channel: emulated channels get deadlines no scheduler delay
@@ -456,7 +483,7 @@ impl Setup {
         let serial = {
             let mut devices = lock_std(&self.devices);
             devices.serial += 1;
-            devices.serial
+            devices.serial - 1
         };
         let (name, behind) = match b.kind {
             DeviceKind::HardwareIoat => {
@@ -511,6 +538,7 @@ impl Setup {
             Behind::Emulated { driver, .. } | Behind::Hardware { driver, .. } => driver.spec(),
             Behind::Soft(device) => device.spec(),
         };
+        let channels = spec.channels.clone();
         let id = self.monitor().add(spec)?;
         if let Behind::Hardware { pci_address, .. } = &behind {
             self.monitor().watch_pci(id, pci_address.clone());
@@ -519,6 +547,7 @@ impl Setup {
             id,
             name,
             behind,
+            channels,
             removal_requested: false,
         });
         Ok(id)

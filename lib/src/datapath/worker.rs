@@ -247,8 +247,13 @@ mod tests {
     #[test]
     fn workers_run_pinned_until_stopped() {
         let (_, online) = system_cpus();
-        let total = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&total);
+        // Iterations per CPU: each worker must get going, whoever else runs faster.
+        let runs: Arc<Vec<AtomicU64>> = Arc::new(
+            (0..=online.iter().max().copied().unwrap_or(0))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        );
+        let counter = Arc::clone(&runs);
         let workers = Workers::spawn(
             &online,
             |cpu| Seen {
@@ -260,7 +265,7 @@ mod tests {
                 if current_cpu() != Some(seen.cpu) {
                     seen.off_cpu += 1;
                 }
-                counter.fetch_add(1, Ordering::Relaxed);
+                counter[seen.cpu].fetch_add(1, Ordering::Relaxed);
                 if seen.iterations % 2 == 0 {
                     Step::Busy
                 } else {
@@ -270,7 +275,10 @@ mod tests {
         )
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while total.load(Ordering::Relaxed) < 2_000 * online.len() as u64 {
+        while online
+            .iter()
+            .any(|&cpu| runs[cpu].load(Ordering::Relaxed) < 2_000)
+        {
             assert!(Instant::now() < deadline, "workers made no progress");
             std::thread::yield_now();
         }
