@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dmaplane::datapath::{Client, ClientConfig};
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, PoolMemory};
-use dmaplane::ioat::{ChannelConfig, IoatDevice};
+use dmaplane::ioat::{IoatConfig, IoatDevice};
 use dmaplane::log::LogHook;
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, Engine, EngineConfig};
@@ -110,9 +110,9 @@ impl Rig {
             device.registers(),
             Some(device.config_space()),
             pool.clone(),
-            ChannelConfig {
+            IoatConfig {
                 ring_order: RING_ORDER,
-                ..ChannelConfig::default()
+                ..IoatConfig::default()
             },
         )
         .unwrap();
@@ -355,7 +355,7 @@ fn datapath_driver_cost(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     // Short runs: every client bench keeps two threads busy (the bench's and the emulated
-    // device's engine thread) on hosts that may have only two cores, shared.
+    // device's device thread) on hosts that may have only two cores, shared.
     config = Criterion::default()
         .sample_size(15)
         .warm_up_time(Duration::from_millis(500))

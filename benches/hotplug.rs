@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dmaplane::datapath::{Client, ClientConfig, ClientError};
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault, PoolMemory};
-use dmaplane::ioat::{ChannelConfig, IoatDevice};
+use dmaplane::ioat::{IoatConfig, IoatDevice};
 use dmaplane::log::LogHook;
 use dmaplane::mem::{DmaPool, DmaPoolConfig};
 use dmaplane::{
@@ -148,9 +148,9 @@ fn removal(engine: &Engine, pool: &DmaPool, rounds: &Rounds, kind: Kind) -> Remo
         device.registers(),
         Some(device.config_space()),
         pool.clone(),
-        ChannelConfig {
+        IoatConfig {
             ring_order: 9,
-            ..ChannelConfig::default()
+            ..IoatConfig::default()
         },
     )
     .unwrap();

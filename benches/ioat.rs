@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, PoolMemory};
-use dmaplane::ioat::{ChannelConfig, IoatChannel};
+use dmaplane::ioat::{IoatChannel, IoatConfig};
 use dmaplane::mem::{DmaPool, DmaPoolConfig};
 use dmaplane::{Completion, OpFlags};
 
@@ -43,7 +43,7 @@ fn threaded_channel(pool: &DmaPool) -> (Arc<EmulatedDevice>, IoatChannel) {
         Some(device.config_space()),
         0,
         pool,
-        ChannelConfig::default(),
+        IoatConfig::default(),
     )
     .unwrap();
     (device, chan)

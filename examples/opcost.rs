@@ -1,7 +1,7 @@
 //! Instruction-count probe: N copies through one owned client on an inline emulated IOAT device.
 use dmaplane::datapath::{Client, ClientConfig};
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, PoolMemory};
-use dmaplane::ioat::{ChannelConfig, IoatDevice};
+use dmaplane::ioat::{IoatConfig, IoatDevice};
 use dmaplane::mem::{DmaPool, DmaPoolConfig};
 use dmaplane::{Capability, Completion, Engine, EngineConfig, OpFlags};
 use std::sync::Arc;
@@ -28,9 +28,9 @@ fn main() {
         emu.registers(),
         Some(emu.config_space()),
         pool.clone(),
-        ChannelConfig {
+        IoatConfig {
             ring_order: 10,
-            ..ChannelConfig::default()
+            ..IoatConfig::default()
         },
     )
     .unwrap();

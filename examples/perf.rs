@@ -296,7 +296,7 @@ impl CopyLoop<'_> {
                     self.shared.stop.store(true, Ordering::Relaxed);
                     break;
                 }
-                // The emulated devices' engine thread may share this core: let it run.
+                // The emulated devices' device thread may share this core: let it run.
                 if empty_polls % 64 == 0 {
                     std::thread::yield_now();
                 } else {

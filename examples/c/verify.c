@@ -583,7 +583,7 @@ int main(int argc, char **argv) {
         seed |= 1;
     }
 
-    /* Emulated devices on the shared engine thread; one table slot per worker. */
+    /* Emulated devices on the shared device thread; one table slot per worker. */
     dmaplane_options options;
     int32_t rc = dmaplane_options_init(&options);
     if (rc == 0) {

@@ -1,28 +1,51 @@
 //! dmaplane offloads memory copies and fills to DMA engines from polled-mode, CPU-pinned
 //! applications, in the style of SPDK's ioat library and DPDK's dmadev, and lets DMA devices
-//! be hot-removed and hot-added while clients keep working.
+//! be hot-removed and hot-added while clients keep working, losing no operation.
 //!
-//! This version holds the engine core ([`Engine`]): devices and their channels, channel
-//! reference counts, clients, private channels, and the per-CPU channel table with the
-//! rebalance of the Linux dmaengine hot-removal patch it descends from, read lock-free by
-//! pinned threads through [`TableReader`]. Devices are plugged in through [`ChannelBackend`];
-//! [`NullChannel`] is a bookkeeping-only backend for tests and examples.
+//! A pinned thread makes a [`Client`] for its CPU; the client finds its channel in the per-CPU
+//! table, queues copies and fills, rings the doorbell once per batch, and polls for one
+//! [`Completion`] per operation. [`Setup`] makes everything around it: the engine, the DMA
+//! memory the devices reach, the devices, and the hotplug [`Monitor`].
 //!
 //! ```
-//! use dmaplane::{Capability, CapMask, DeviceSpec, Engine, EngineConfig, NullChannel};
+//! use dmaplane::{Completion, OpFlags, Setup};
 //!
-//! let engine = Engine::new(EngineConfig::with_cpus(4)).unwrap();
-//! let dev = engine
-//!     .register_device(DeviceSpec::new("dev0", CapMask::MEMCPY, NullChannel::many(2)))
-//!     .unwrap();
-//! engine.get_client(); // the first client populates the table
-//! println!("{}", engine.dump());
-//! // Four CPUs share two channels: CPUs 2 and 3 fall back to the least-used channels.
-//! let chan = |cpu| engine.table_entry(Capability::Memcpy, cpu).unwrap().unwrap().index;
-//! assert_eq!([chan(0), chan(1), chan(2), chan(3)], [0, 1, 0, 1]);
-//! engine.unregister_device(dev).unwrap(); // legal while the client exists
-//! engine.put_client().unwrap();
+//! // One CPU, one emulated IOAT device, its DMA memory and the hotplug monitor.
+//! let setup = Setup::builder().cpus(1).emulated_ioat(1).build()?;
+//! let mut client = setup.client(0)?;
+//! let mut src = setup.pool().alloc(4096, 64)?;
+//! let dst = setup.pool().alloc(4096, 64)?;
+//! src.write_at(0, &[7u8; 4096])?;
+//! // SAFETY: both blocks stay allocated and untouched until the completion is polled.
+//! unsafe { client.copy(dst.as_mut_ptr(), src.as_ptr(), 4096, 42, OpFlags::SUBMIT)? };
+//! let mut done = [Completion::default(); 8];
+//! while client.poll(&mut done) == 0 {}
+//! assert_eq!((done[0].user_data, done[0].result), (42, Ok(())));
+//! assert_eq!(dst.to_vec(), vec![7u8; 4096]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! [`BufferClient`] is the same without `unsafe`: its operations own their buffers and hand
+//! them back with the completion.
+//!
+//! # Layers, bottom up
+//!
+//! No module imports a layer above it (a test checks this):
+//!
+//! 1. `sync`, [`log`], [`cpu`], `capability`: what everything uses;
+//! 2. [`mem`]: DMA memory (hugepages or locked pages) and IOVA translation;
+//! 3. [`mmio`]: volatile register windows over mapped BARs;
+//! 4. [`pci`]: PCI configuration space and discovery in sysfs;
+//! 5. [`queue`]: the device seam: operations, the [`ChannelBackend`] hooks, the
+//!    [`ChannelQueue`](queue::ChannelQueue) trait every backend implements, and (private)
+//!    the generic ring and the lock-free pieces under it;
+//! 6. [`ioat`], [`soft`]: the backends, siblings: the IOAT driver and the software engine;
+//! 7. [`emu`]: the emulated IOAT device, the embedded default;
+//! 8. `engine`: devices, channel reference counts, the per-CPU table and its rebalance
+//!    ([`Engine`]), removal;
+//! 9. [`datapath`]: [`Client`], [`BufferClient`], pinned [`Workers`](datapath::Workers);
+//! 10. [`hotplug`]: the [`Monitor`] and kernel uevents;
+//! 11. `setup`: [`Setup`] and its builder.
 
 mod capability;
 pub mod cpu;
@@ -41,11 +64,13 @@ pub mod soft;
 mod sync;
 
 pub use capability::{CapMask, Capability};
+pub use datapath::{BufferClient, Client, ClientConfig, ClientError};
 pub use engine::{
     Channel, ChannelCounts, ChannelDump, ChannelId, DeviceDump, DeviceId, Engine, EngineConfig,
     EngineDump, EngineError, PrivateChannel, RemovalKind, RemovalOptions, RemovalReport,
     TableReader, UnregisterReport, MAX_CPUS,
 };
+pub use hotplug::{HotplugEvent, Monitor, MonitorConfig};
 pub use queue::{
     BackendError, ChannelBackend, ChannelStats, Completion, DeviceSpec, NullChannel, OpError,
     OpFlags, SubmitError,

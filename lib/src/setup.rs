@@ -35,7 +35,7 @@ use crate::datapath::{Client, ClientConfig, ClientError};
 use crate::emu::{EmuConfig, EmuError, EmuMode, EmulatedDevice, Fault, PoolMemory};
 use crate::engine::{DeviceId, Engine, EngineConfig, EngineError, RemovalOptions};
 use crate::hotplug::{HotplugEvent, Monitor, MonitorConfig};
-use crate::ioat::{ChannelConfig, ChannelError, IoatDevice, Timeouts};
+use crate::ioat::{IoatConfig, IoatDevice, IoatError, Timeouts};
 use crate::log::LogHook;
 use crate::mem::{DmaPool, DmaPoolConfig, IovaMode, MemError};
 use crate::queue::{ChannelBackend, ChannelStats, DeviceSpec};
@@ -82,7 +82,7 @@ pub enum SetupError {
     /// A software device could not be made, or a fault injected.
     Soft(SoftError),
     /// A device did not probe.
-    Probe(ChannelError),
+    Probe(IoatError),
     /// No IOAT function is available to attach.
     NoDevice,
     /// The setup added no device with this id, or it is gone, or its removal was already
@@ -460,10 +460,10 @@ impl Setup {
     /// The settings of an IOAT channel: emulated channels get deadlines no scheduler delay
     /// reaches, since the emulator is a thread sharing the CPUs with the application (and,
     /// in tests, with valgrind); a channel whose start timed out would be left out.
-    fn channel_config(&self, emulated: bool) -> ChannelConfig {
-        let mut config = ChannelConfig {
+    fn channel_config(&self, emulated: bool) -> IoatConfig {
+        let mut config = IoatConfig {
             ring_order: self.builder.ring_order,
-            ..ChannelConfig::default()
+            ..IoatConfig::default()
         };
         if emulated {
             config.timeouts = Timeouts {

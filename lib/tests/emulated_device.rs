@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::Backoff;
 
 use dmaplane::emu::{
-    engine_thread_running, DeviceMemory, EmuConfig, EmuError, EmuMode, EmulatedDevice, Fault,
+    device_thread_running, DeviceMemory, EmuConfig, EmuError, EmuMode, EmulatedDevice, Fault,
     HostBuffer, IdentityRanges, ScrambledPages, PAGE_SIZE,
 };
 use dmaplane::ioat::spec::{
@@ -19,7 +19,7 @@ use dmaplane::ioat::spec::{
 use dmaplane::mmio::RegisterWindow;
 use dmaplane::pci::ConfigSpace;
 
-/// Threaded tests share the process's engine thread; the test that watches it stop takes
+/// Threaded tests share the process's device thread; the test that watches it stop takes
 /// this exclusively.
 static ENGINE: RwLock<()> = RwLock::new(());
 
@@ -1118,28 +1118,28 @@ fn the_engine_thread_stops_with_the_last_threaded_device() {
     // SAFETY: the buffer outlives both devices and no descriptor is ever run.
     let map: Arc<dyn DeviceMemory> =
         Arc::new(unsafe { IdentityRanges::new(&[(mem.addr(), mem.len())]) });
-    assert!(!engine_thread_running());
+    assert!(!device_thread_running());
     let first = EmulatedDevice::new(config(EmuMode::Threaded), Arc::clone(&map)).unwrap();
     let second = EmulatedDevice::new(config(EmuMode::Threaded), Arc::clone(&map)).unwrap();
     let inline = EmulatedDevice::new(config(EmuMode::Inline), Arc::clone(&map)).unwrap();
-    assert!(engine_thread_running());
+    assert!(device_thread_running());
     let regs = first.registers();
     drop(first);
     assert!(
-        engine_thread_running(),
+        device_thread_running(),
         "the register window keeps the device"
     );
     drop(regs);
-    assert!(engine_thread_running(), "the second device still needs it");
+    assert!(device_thread_running(), "the second device still needs it");
     drop(second);
     assert!(
-        !engine_thread_running(),
+        !device_thread_running(),
         "joined with the last threaded device"
     );
     drop(inline);
     // And it comes back for the next one.
     let again = EmulatedDevice::new(config(EmuMode::Threaded), map).unwrap();
-    assert!(engine_thread_running());
+    assert!(device_thread_running());
     drop(again);
-    assert!(!engine_thread_running());
+    assert!(!device_thread_running());
 }

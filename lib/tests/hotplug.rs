@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use dmaplane::datapath::{Client, ClientConfig, ClientError};
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault};
 use dmaplane::hotplug::{HotplugEvent, Monitor, MonitorConfig};
-use dmaplane::ioat::{ChannelConfig, IoatDevice};
+use dmaplane::ioat::{IoatConfig, IoatDevice};
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
 use dmaplane::{
     CapMask, Capability, DeviceId, DeviceSpec, Engine, EngineConfig, NullChannel, RemovalKind,
@@ -38,9 +38,9 @@ fn device(pool: &DmaPool, name: &str, channels: usize) -> (Arc<EmulatedDevice>, 
         device.registers(),
         Some(device.config_space()),
         pool.clone(),
-        ChannelConfig {
+        IoatConfig {
             ring_order: 9,
-            ..ChannelConfig::default()
+            ..IoatConfig::default()
         },
     )
     .unwrap();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault};
 use dmaplane::ioat::spec::chanerr;
-use dmaplane::ioat::{ChannelConfig, IoatChannel, IoatChannelBackend, IoatDevice};
+use dmaplane::ioat::{IoatChannel, IoatChannelBackend, IoatConfig, IoatDevice};
 use dmaplane::log::LogHook;
 use dmaplane::mem::{BackingChoice, DmaBlock, DmaPool, DmaPoolConfig, IovaMode};
 use dmaplane::{Capability, Engine, EngineConfig};
@@ -32,12 +32,12 @@ struct Rig {
     chan: IoatChannel,
 }
 
-fn rig_with(emu: EmuConfig, iova_mode: IovaMode, config: ChannelConfig) -> Rig {
+fn rig_with(emu: EmuConfig, iova_mode: IovaMode, config: IoatConfig) -> Rig {
     rig_on(pool(iova_mode), emu, config)
 }
 
 /// An emulated device over `pool` and its channel 0, started.
-fn rig_on(pool: DmaPool, emu: EmuConfig, config: ChannelConfig) -> Rig {
+fn rig_on(pool: DmaPool, emu: EmuConfig, config: IoatConfig) -> Rig {
     let device = EmulatedDevice::new(emu, device_memory(&pool)).unwrap();
     let chan = IoatChannel::start(
         device.registers(),
@@ -51,7 +51,7 @@ fn rig_on(pool: DmaPool, emu: EmuConfig, config: ChannelConfig) -> Rig {
 }
 
 fn rig(emu: EmuConfig) -> Rig {
-    rig_with(emu, IovaMode::Va, ChannelConfig::default())
+    rig_with(emu, IovaMode::Va, IoatConfig::default())
 }
 
 /// Polls until `count` completions arrived, yielding between polls, for at most 10 s.
@@ -198,7 +198,7 @@ fn a_fill_split_at_scrambled_pages_keeps_the_pattern_phase() {
     let mut r = rig_with(
         EmuConfig::default(),
         IovaMode::Scrambled { seed: 9 },
-        ChannelConfig::default(),
+        IoatConfig::default(),
     );
     fill_and_check(&mut r, 3, 3 * 4096 + 77, 0x8877_6655_4433_2211);
     assert!(r.chan.stats().descriptors >= 4, "split at each page");
@@ -209,7 +209,7 @@ fn scrambled_iovas_split_copies_at_every_page_boundary() {
     let mut r = rig_with(
         EmuConfig::default(),
         IovaMode::Scrambled { seed: 5 },
-        ChannelConfig::default(),
+        IoatConfig::default(),
     );
     let mut rng = SplitMix(3);
     let before = r.chan.stats().descriptors;
@@ -226,9 +226,9 @@ fn scrambled_iovas_split_copies_at_every_page_boundary() {
 
 #[test]
 fn more_than_65536_descriptors_wrap_the_ring_and_the_doorbell() {
-    let config = ChannelConfig {
+    let config = IoatConfig {
         ring_order: 8,
-        ..ChannelConfig::default()
+        ..IoatConfig::default()
     };
     let mut r = rig_with(EmuConfig::default(), IovaMode::Va, config);
     let (src, dst) = pair(&r.pool, 4096, 64);
@@ -410,9 +410,9 @@ fn ops_queued_behind_a_halt_are_restarted_and_later_ones_still_go_out() {
 
 #[test]
 fn a_full_ring_refuses_with_a_distinct_error_and_loses_nothing() {
-    let config = ChannelConfig {
+    let config = IoatConfig {
         ring_order: 4,
-        ..ChannelConfig::default()
+        ..IoatConfig::default()
     };
     let mut r = rig_with(EmuConfig::default(), IovaMode::Va, config);
     let (src, dst) = pair(&r.pool, 1 << 16, 64);
@@ -499,9 +499,9 @@ fn bad_input_is_refused_without_building_anything() {
 
 #[test]
 fn surprise_removal_fails_everything_outstanding_and_later_submits() {
-    let config = ChannelConfig {
+    let config = IoatConfig {
         stall_check_polls: 8,
-        ..ChannelConfig::default()
+        ..IoatConfig::default()
     };
     let mut r = rig_with(EmuConfig::default(), IovaMode::Va, config);
     let (src, dst) = pair(&r.pool, 4096, 64);
@@ -616,7 +616,7 @@ fn the_engine_starts_channels_on_first_reference_and_frees_them_on_last() {
         device.registers(),
         Some(device.config_space()),
         pool.clone(),
-        ChannelConfig::default(),
+        IoatConfig::default(),
     )
     .unwrap();
     assert!(ioat.capabilities().has(Capability::Fill));
@@ -669,7 +669,7 @@ fn a_channel_that_does_not_come_back_fails_everything_outstanding() {
     let command = config.read16(0x04).unwrap();
     config.write16(0x04, command | 0x4).unwrap();
     let mut chan =
-        IoatChannel::start(device.registers(), None, 0, &pool, ChannelConfig::default()).unwrap();
+        IoatChannel::start(device.registers(), None, 0, &pool, IoatConfig::default()).unwrap();
     let (src, dst) = pair(&pool, 4096, 64);
     device
         .inject(Fault::FailDescriptor {
@@ -712,9 +712,9 @@ fn a_channel_that_does_not_come_back_fails_everything_outstanding() {
 fn a_partial_poll_followed_by_a_ring_lap_loses_no_completion() {
     // Regression: after a poll that could take only part of a batch, the next batch's end may
     // land on the slot the driver last remembered, once the ring has lapped.
-    let config = ChannelConfig {
+    let config = IoatConfig {
         ring_order: 4,
-        ..ChannelConfig::default()
+        ..IoatConfig::default()
     };
     let mut r = rig_with(EmuConfig::default(), IovaMode::Va, config);
     for i in 0..4 {
@@ -770,10 +770,10 @@ fn a_channel_the_device_will_not_release_keeps_its_memory_out_of_reuse() {
         suspend: Duration::from_micros(100),
         ..dmaplane::ioat::Timeouts::default()
     };
-    let config = ChannelConfig {
+    let config = IoatConfig {
         ring_order: 4,
         timeouts,
-        ..ChannelConfig::default()
+        ..IoatConfig::default()
     };
     let Rig {
         pool,
@@ -805,9 +805,9 @@ fn a_channel_the_device_will_not_release_keeps_its_memory_out_of_reuse() {
 
 #[test]
 fn once_the_driver_sees_a_surprise_removal_the_device_writes_nothing_more() {
-    let config = ChannelConfig {
+    let config = IoatConfig {
         stall_check_polls: 1,
-        ..ChannelConfig::default()
+        ..IoatConfig::default()
     };
     let Rig {
         pool,
@@ -901,7 +901,7 @@ fn copies_work_on_physical_addresses_from_pagemap() {
             return;
         }
     };
-    let mut r = rig_on(pool, EmuConfig::default(), ChannelConfig::default());
+    let mut r = rig_on(pool, EmuConfig::default(), IoatConfig::default());
     let mut rng = SplitMix(8);
     for len in [1, 4096, 3 * 4096 + 7, 300_000] {
         copy_and_check(&mut r, &mut rng, len);
@@ -920,7 +920,7 @@ fn a_reader_holding_an_ioat_channel_keeps_it_running_through_an_unregister() {
             device.registers(),
             Some(device.config_space()),
             pool.clone(),
-            ChannelConfig::default(),
+            IoatConfig::default(),
         )
         .unwrap();
         (device, ioat)

@@ -240,7 +240,7 @@ struct Wanted {
 /// use std::sync::Arc;
 /// use dmaplane::datapath::{Client, ClientConfig};
 /// use dmaplane::emu::{EmuConfig, EmulatedDevice, PoolMemory};
-/// use dmaplane::ioat::{ChannelConfig, IoatDevice};
+/// use dmaplane::ioat::{IoatConfig, IoatDevice};
 /// use dmaplane::{Completion, OpFlags};
 /// use dmaplane::mem::{DmaPool, DmaPoolConfig};
 /// use dmaplane::{Engine, EngineConfig};
@@ -250,7 +250,7 @@ struct Wanted {
 /// let memory = Arc::new(unsafe { PoolMemory::new(pool.clone()) });
 /// let device = EmulatedDevice::new(EmuConfig::default(), memory).unwrap();
 /// let ioat = IoatDevice::probe("emu0", device.registers(), Some(device.config_space()),
-///                              pool.clone(), ChannelConfig::default()).unwrap();
+///                              pool.clone(), IoatConfig::default()).unwrap();
 /// let engine = Engine::new(EngineConfig::with_cpus(1)).unwrap();
 /// engine.register_device(ioat.spec()).unwrap();
 ///

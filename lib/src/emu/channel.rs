@@ -8,7 +8,7 @@
 //! land in the middle of a descriptor.
 //!
 //! In threaded mode the doorbell and the commands are only recorded (DMACOUNT and the CHANCMD
-//! read-back bits, with Release) and the engine thread is woken; the engine carries out
+//! read-back bits, with Release) and the device thread is woken; the device thread carries out
 //! posted commands between descriptors, so a RESET issued mid-chain stops the chain after the
 //! descriptor under way. In inline mode the same code runs inside the register write.
 
@@ -22,7 +22,7 @@ use crossbeam_utils::CachePadded;
 
 use super::device::DeviceShared;
 use super::memory::Resolver;
-use super::{dma, ChannelStats, EmuMode, TraceEvent};
+use super::{dma, EmuMode, EmuStats, TraceEvent};
 use crate::ioat::spec::{chan, chancmd, chanctrl, chanerr, chansts, ctl, op, DESCRIPTOR_SIZE};
 
 /// A threaded engine gives the other channels a turn after this many descriptors...
@@ -416,7 +416,7 @@ impl Channel {
 
     // ---- the engine ------------------------------------------------------------------
 
-    /// Whether the engine thread has anything to do here (no lock taken).
+    /// Whether the device thread has anything to do here (no lock taken).
     pub(super) fn wants_service(&self) -> bool {
         if self.chancmd.load(Ordering::Acquire) != 0 {
             return true;
@@ -429,7 +429,7 @@ impl Channel {
             && self.dmacount.load(Ordering::Acquire) != self.count.load(Ordering::Acquire)
     }
 
-    /// One pass of the engine thread: posted commands, then a batch of descriptors.
+    /// One pass of the device thread: posted commands, then a batch of descriptors.
     pub(super) fn service(&self, dev: &DeviceShared) -> Service {
         if dev.is_dead() || !self.wants_service() {
             return Service::Idle;
@@ -675,8 +675,8 @@ impl Channel {
         drop(self.lock());
     }
 
-    pub(super) fn stats(&self) -> ChannelStats {
-        ChannelStats {
+    pub(super) fn stats(&self) -> EmuStats {
+        EmuStats {
             descriptors: self.descriptors.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             completion_writes: self.completion_writes.load(Ordering::Relaxed),

@@ -1,6 +1,6 @@
 //! The emulated device as a whole: its channels, its configuration space, its view of memory,
 //! the fault switches that act on all of it, and its life cycle (registration with the shared
-//! engine thread in threaded mode, and a teardown after which it never touches memory again).
+//! device thread in threaded mode, and a teardown after which it never touches memory again).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -9,12 +9,12 @@ use super::channel::Channel;
 use super::config::{ConfigModel, PciState};
 use super::registers::{Bar0, GlobalRegisters};
 use super::runtime::{self, Wake};
-use super::{ChannelStats, DeviceMemory, EmuConfig, EmuError, EmuMode, Fault, TraceEvent};
+use super::{DeviceMemory, EmuConfig, EmuError, EmuMode, EmuStats, Fault, TraceEvent};
 use crate::ioat::spec::{chan, dmacap, max_transfer};
 use crate::mmio::RegisterWindow;
 use crate::pci::ConfigSpace;
 
-/// State shared by the register windows, the configuration space and the engine thread.
+/// State shared by the register windows, the configuration space and the device thread.
 pub(super) struct DeviceShared {
     pub(super) config: EmuConfig,
     pub(super) memory: Arc<dyn DeviceMemory>,
@@ -32,7 +32,7 @@ pub(super) struct DeviceShared {
     tracing: AtomicBool,
     sequence: AtomicU64,
     trace: Mutex<Vec<TraceEvent>>,
-    /// How to wake the engine thread (threaded mode only).
+    /// How to wake the device thread (threaded mode only).
     wake: Option<Arc<Wake>>,
 }
 
@@ -93,14 +93,14 @@ impl DeviceShared {
         Some((self.channels.get(index)?, offset % chan::BLOCK_SIZE))
     }
 
-    /// Tells the engine thread that a register write left it work.
+    /// Tells the device thread that a register write left it work.
     pub(super) fn notify(&self) {
         if let Some(wake) = &self.wake {
             wake.notify();
         }
     }
 
-    /// Whether any channel has work for the engine thread.
+    /// Whether any channel has work for the device thread.
     pub(super) fn wants_service(&self) -> bool {
         !self.is_dead() && self.channels.iter().any(Channel::wants_service)
     }
@@ -271,7 +271,7 @@ impl EmulatedDevice {
     }
 
     /// Per-channel counters.
-    pub fn stats(&self) -> Vec<ChannelStats> {
+    pub fn stats(&self) -> Vec<EmuStats> {
         self.shared.channels.iter().map(Channel::stats).collect()
     }
 }
@@ -279,7 +279,7 @@ impl EmulatedDevice {
 impl Drop for EmulatedDevice {
     fn drop(&mut self) {
         // The owner may free the memory it mapped as soon as this returns: stop the engine on
-        // this device first, then let the engine thread forget it.
+        // this device first, then let the device thread forget it.
         self.shared.detached.store(true, Ordering::SeqCst);
         self.shared.quiesce();
         if self.shared.config.mode == EmuMode::Threaded {

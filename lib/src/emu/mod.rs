@@ -19,7 +19,7 @@
 //!
 //! Two modes: [`EmuMode::Inline`] does all work synchronously inside the register write that
 //! causes it (deterministic, for tests and one-core hosts); [`EmuMode::Threaded`] hands it to
-//! one engine thread shared by every threaded device in the process, which is real
+//! one device thread shared by every threaded device in the process, which is real
 //! asynchronous offload: DMACOUNT and CHANCMD writes only record the value and wake it, and
 //! CHAINADDR (written only to a stopped channel) waits at most for the batch under way.
 //! Faults can be injected with [`EmulatedDevice::inject`].
@@ -33,7 +33,7 @@
 //!   holds the same value.
 //! - **RESET.** The RESET bit reads back set until the reset is done and then once more, so
 //!   a driver polling for it to clear always sees it set first: in threaded mode it stays set
-//!   while the engine thread has not carried the reset out, and after that until the next
+//!   while the device thread has not carried the reset out, and after that until the next
 //!   read of CHANCMD; in inline mode the reset is done inside the write and the bit reads set
 //!   once. A reset clears the count, the cursor, DMACOUNT, CHANERR and the completed
 //!   address, and leaves the channel HALTED; CHANCTRL, CHANCMP, CHANERR_MASK and
@@ -72,7 +72,7 @@ use std::time::Duration;
 pub use device::EmulatedDevice;
 pub use memory::{DeviceMemory, HostBuffer, IdentityRanges, ScrambledPages, PAGE_SIZE};
 pub use pool::PoolMemory;
-pub use runtime::engine_thread_running;
+pub use runtime::device_thread_running;
 
 use crate::ioat::spec::{cbver, MAX_CHANNELS};
 
@@ -83,7 +83,7 @@ pub enum EmuMode {
     /// unstall): deterministic, and right for one-core hosts.
     #[default]
     Inline,
-    /// On the engine thread the process's threaded devices share; register writes only
+    /// On the device thread the process's threaded devices share; register writes only
     /// record values and wake it.
     Threaded,
 }
@@ -150,7 +150,7 @@ pub enum EmuError {
     },
     /// A fault description is unusable; the text says why.
     InvalidFault(&'static str),
-    /// The engine thread could not be started.
+    /// The device thread could not be started.
     Spawn(String),
 }
 
@@ -169,7 +169,7 @@ impl fmt::Display for EmuError {
                 )
             }
             EmuError::InvalidFault(why) => write!(f, "invalid fault: {why}"),
-            EmuError::Spawn(why) => write!(f, "starting the emulator's engine thread: {why}"),
+            EmuError::Spawn(why) => write!(f, "starting the emulator's device thread: {why}"),
         }
     }
 }
@@ -191,7 +191,7 @@ pub enum Fault {
         error: u32,
     },
     /// In threaded mode each descriptor of the channel takes at least this long (zero turns
-    /// the delay off); the engine thread waits it out by yielding, serving other channels.
+    /// the delay off); the device thread waits it out by yielding, serving other channels.
     /// Inline mode ignores it.
     Latency {
         /// The channel.
@@ -236,7 +236,7 @@ pub struct TraceEvent {
 
 /// What a channel has done since the device was created.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ChannelStats {
+pub struct EmuStats {
     /// Descriptors completed (null ones included).
     pub descriptors: u64,
     /// Bytes copied or filled.

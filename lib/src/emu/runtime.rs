@@ -1,4 +1,4 @@
-//! The one engine thread that serves every channel of every threaded emulated device in the
+//! The one device thread that serves every channel of every threaded emulated device in the
 //! process.
 //!
 //! One thread, not one per device or channel: on the two-core machines this library is
@@ -31,15 +31,15 @@ const IDLE_BEFORE_PARK: Duration = Duration::from_micros(200);
 /// Longest park: a safety net; wake-ups normally come from `Wake::notify`.
 const PARK_TIMEOUT: Duration = Duration::from_millis(10);
 
-/// The running engine thread, if any.
-static RUNTIME: Mutex<Option<Worker>> = Mutex::new(None);
+/// The running device thread, if any.
+static RUNTIME: Mutex<Option<DeviceThread>> = Mutex::new(None);
 
-struct Worker {
-    shared: Arc<WorkerShared>,
+struct DeviceThread {
+    shared: Arc<DeviceThreadShared>,
     handle: JoinHandle<()>,
 }
 
-struct WorkerShared {
+struct DeviceThreadShared {
     devices: Mutex<Vec<Arc<DeviceShared>>>,
     /// Bumped on every change of `devices`, so the thread re-reads the list only then.
     generation: AtomicU64,
@@ -47,14 +47,14 @@ struct WorkerShared {
     wake: Arc<Wake>,
 }
 
-/// How register writes wake the engine thread.
+/// How register writes wake the device thread.
 pub(super) struct Wake {
     sleeping: AtomicBool,
     thread: OnceLock<Thread>,
 }
 
 impl Wake {
-    /// Wakes the engine thread if it is about to sleep or asleep. Call after the store that
+    /// Wakes the device thread if it is about to sleep or asleep. Call after the store that
     /// makes the work visible.
     pub(super) fn notify(&self) {
         // Pairs with the fence between the engine's `sleeping` store and its last look.
@@ -67,13 +67,13 @@ impl Wake {
     }
 }
 
-/// Whether the shared engine thread is running (it runs while a threaded device exists).
-pub fn engine_thread_running() -> bool {
+/// Whether the shared device thread is running (it runs while a threaded device exists).
+pub fn device_thread_running() -> bool {
     lock(&RUNTIME).is_some()
 }
 
 /// Builds a device with `make` (which receives the engine's wake handle) and adds it to the
-/// engine thread's list, starting the thread if need be.
+/// device thread's list, starting the thread if need be.
 pub(super) fn register(
     make: impl FnOnce(Arc<Wake>) -> Arc<DeviceShared>,
 ) -> Result<Arc<DeviceShared>, EmuError> {
@@ -89,7 +89,7 @@ pub(super) fn register(
     Ok(device)
 }
 
-/// Removes a (quiesced) device from the engine thread's list; stops and joins the thread when
+/// Removes a (quiesced) device from the device thread's list; stops and joins the thread when
 /// it was the last.
 pub(super) fn deregister(device: &Arc<DeviceShared>) {
     let stopping = {
@@ -113,14 +113,14 @@ pub(super) fn deregister(device: &Arc<DeviceShared>) {
     if let Some(worker) = stopping {
         worker.shared.stop.store(true, Ordering::Release);
         worker.handle.thread().unpark();
-        // A panic on the engine thread has been reported by the panic hook already, and a
+        // A panic on the device thread has been reported by the panic hook already, and a
         // destructor has nobody to return it to.
         let _ = worker.handle.join();
     }
 }
 
-fn spawn() -> Result<Worker, EmuError> {
-    let shared = Arc::new(WorkerShared {
+fn spawn() -> Result<DeviceThread, EmuError> {
+    let shared = Arc::new(DeviceThreadShared {
         devices: Mutex::new(Vec::new()),
         generation: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -132,14 +132,14 @@ fn spawn() -> Result<Worker, EmuError> {
     let for_thread = Arc::clone(&shared);
     let handle = thread::Builder::new()
         .name("dmaplane-emu".into())
-        .spawn(move || engine(&for_thread))
+        .spawn(move || serve(&for_thread))
         .map_err(|error| EmuError::Spawn(error.to_string()))?;
     // Before this is set the thread cannot be asleep for long: it parks with a timeout.
     let _ = shared.wake.thread.set(handle.thread().clone());
-    Ok(Worker { shared, handle })
+    Ok(DeviceThread { shared, handle })
 }
 
-fn engine(shared: &WorkerShared) {
+fn serve(shared: &DeviceThreadShared) {
     let mut devices: Vec<Arc<DeviceShared>> = Vec::new();
     let mut seen = u64::MAX;
     let backoff = Backoff::new();

@@ -176,7 +176,7 @@ impl Monitor {
         };
         let watched = Arc::new(Mutex::new(HashMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let mut worker = Worker {
+        let mut thread_state = MonitorThread {
             engine: engine.clone(),
             config,
             socket,
@@ -187,7 +187,7 @@ impl Monitor {
         };
         let thread = std::thread::Builder::new()
             .name("dmaplane-hotplug".into())
-            .spawn(move || worker.run())?;
+            .spawn(move || thread_state.run())?;
         Ok(Monitor {
             engine: engine.clone(),
             requests,
@@ -257,7 +257,7 @@ impl fmt::Debug for Monitor {
 }
 
 /// The monitor thread's state.
-struct Worker {
+struct MonitorThread {
     engine: Engine,
     config: MonitorConfig,
     socket: Option<UeventSocket>,
@@ -267,7 +267,7 @@ struct Worker {
     stop: Arc<AtomicBool>,
 }
 
-impl Worker {
+impl MonitorThread {
     fn run(&mut self) {
         while !self.stop.load(Ordering::Acquire) {
             match self.inbox.recv_timeout(self.config.presence_interval) {

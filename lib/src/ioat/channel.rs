@@ -16,7 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::error::ChannelError;
+use super::error::IoatError;
 use super::queue::IoatEngine;
 use crate::mem::DmaPool;
 use crate::mmio::RegisterWindow;
@@ -47,7 +47,7 @@ impl Default for Timeouts {
 
 /// Settings of one channel.
 #[derive(Clone, Copy, Debug)]
-pub struct ChannelConfig {
+pub struct IoatConfig {
     /// log2 of the ring size, 4..=16.
     pub ring_order: u32,
     /// Waits.
@@ -57,9 +57,9 @@ pub struct ChannelConfig {
     pub stall_check_polls: u32,
 }
 
-impl Default for ChannelConfig {
+impl Default for IoatConfig {
     fn default() -> Self {
-        ChannelConfig {
+        IoatConfig {
             ring_order: 12,
             timeouts: Timeouts::default(),
             stall_check_polls: 4096,
@@ -81,8 +81,8 @@ impl IoatChannel {
         config_space: Option<Arc<dyn ConfigSpace>>,
         index: usize,
         pool: &DmaPool,
-        config: ChannelConfig,
-    ) -> Result<IoatChannel, ChannelError> {
+        config: IoatConfig,
+    ) -> Result<IoatChannel, IoatError> {
         let queue = IoatEngine::start(regs, config_space, index, pool, config)?;
         // Every completion is handed over directly; the route's ring stays empty.
         let (route, completions) = queue

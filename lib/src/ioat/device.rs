@@ -8,8 +8,8 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use super::channel::ChannelConfig;
-use super::error::ChannelError;
+use super::channel::IoatConfig;
+use super::error::IoatError;
 use super::queue::{Identity, IoatEngine};
 use crate::capability::{CapMask, Capability};
 use crate::mem::DmaPool;
@@ -22,7 +22,7 @@ struct Function {
     registers: Arc<dyn RegisterWindow>,
     config_space: Option<Arc<dyn ConfigSpace>>,
     pool: DmaPool,
-    channel_config: ChannelConfig,
+    channel_config: IoatConfig,
 }
 
 /// A probed IOAT function, ready to register with an engine.
@@ -40,12 +40,12 @@ impl IoatDevice {
         registers: Arc<dyn RegisterWindow>,
         config_space: Option<Arc<dyn ConfigSpace>>,
         pool: DmaPool,
-        channel_config: ChannelConfig,
-    ) -> Result<IoatDevice, ChannelError> {
+        channel_config: IoatConfig,
+    ) -> Result<IoatDevice, IoatError> {
         let identity = Identity::read(&*registers)?;
         let count = identity.channels;
         if count == 0 {
-            return Err(ChannelError::NoSuchChannel { index: 0, count });
+            return Err(IoatError::NoSuchChannel { index: 0, count });
         }
         let mut capabilities = CapMask::MEMCPY;
         if identity.fill_supported {

@@ -17,7 +17,7 @@ pub fn device_error(chanerr: u32) -> OpError {
 
 /// Why a channel could not be started or reset.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ChannelError {
+pub enum IoatError {
     /// The version register names a part older than v3.
     UnsupportedVersion(u8),
     /// The channel index is not below CHANCNT.
@@ -46,14 +46,14 @@ pub enum ChannelError {
     BadRingOrder(u32),
 }
 
-impl fmt::Display for ChannelError {
+impl fmt::Display for IoatError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ChannelError::UnsupportedVersion(v) => write!(f, "CBVER {v:#x} is not IOAT v3"),
-            ChannelError::NoSuchChannel { index, count } => {
+            IoatError::UnsupportedVersion(v) => write!(f, "CBVER {v:#x} is not IOAT v3"),
+            IoatError::NoSuchChannel { index, count } => {
                 write!(f, "channel {index} does not exist (the device has {count})")
             }
-            ChannelError::Timeout {
+            IoatError::Timeout {
                 waiting_for,
                 chansts,
                 chanerr,
@@ -62,20 +62,20 @@ impl fmt::Display for ChannelError {
                 "timed out waiting for {waiting_for} (CHANSTS {chansts:#x}, CHANERR {chanerr:#x}: {})",
                 chanerr::describe(*chanerr)
             ),
-            ChannelError::Memory(err) => write!(f, "DMA memory: {err}"),
-            ChannelError::Config(err) => write!(f, "configuration space: {err}"),
-            ChannelError::DeviceRemoved => f.write_str("device removed (registers read all-ones)"),
-            ChannelError::BadRingOrder(order) => {
+            IoatError::Memory(err) => write!(f, "DMA memory: {err}"),
+            IoatError::Config(err) => write!(f, "configuration space: {err}"),
+            IoatError::DeviceRemoved => f.write_str("device removed (registers read all-ones)"),
+            IoatError::BadRingOrder(order) => {
                 write!(f, "ring order {order} is outside 4..=16")
             }
         }
     }
 }
 
-impl std::error::Error for ChannelError {}
+impl std::error::Error for IoatError {}
 
-impl From<MemError> for ChannelError {
+impl From<MemError> for IoatError {
     fn from(err: MemError) -> Self {
-        ChannelError::Memory(err)
+        IoatError::Memory(err)
     }
 }

@@ -11,6 +11,6 @@ mod queue;
 mod ring;
 pub mod spec;
 
-pub use channel::{ChannelConfig, IoatChannel, Timeouts};
+pub use channel::{IoatChannel, IoatConfig, Timeouts};
 pub use device::{IoatChannelBackend, IoatDevice};
-pub use error::{device_error, ChannelError};
+pub use error::{device_error, IoatError};

@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::channel::ChannelConfig;
+use super::channel::IoatConfig;
 use super::completion::CompletionWord;
-use super::error::{device_error, ChannelError};
+use super::error::{device_error, IoatError};
 use super::ring::DescriptorRing;
 use super::spec::{
     self, cbver, chan, chancmd, chanctrl, chansts, ctl, device, op, Descriptor,
@@ -65,13 +65,13 @@ pub(crate) struct Identity {
 
 impl Identity {
     /// Reads the registers; refuses a removed device and parts older than v3.
-    pub(crate) fn read(regs: &dyn RegisterWindow) -> Result<Identity, ChannelError> {
+    pub(crate) fn read(regs: &dyn RegisterWindow) -> Result<Identity, IoatError> {
         let version = regs.read8(device::CBVER);
         if version == u8::MAX {
-            return Err(ChannelError::DeviceRemoved);
+            return Err(IoatError::DeviceRemoved);
         }
         if version < cbver::V3_0 {
-            return Err(ChannelError::UnsupportedVersion(version));
+            return Err(IoatError::UnsupportedVersion(version));
         }
         Ok(Identity {
             version,
@@ -114,7 +114,7 @@ pub(crate) struct IoatEngine {
     split64: bool,
     pub(crate) max_transfer: u64,
     pub(crate) fill_supported: bool,
-    config: ChannelConfig,
+    config: IoatConfig,
     pool: DmaPool,
     /// Ring and completion word: memory the device reads and writes. Freed on drop only once
     /// the device is known to have stopped; leaked otherwise (see `Drop`).
@@ -135,10 +135,10 @@ impl IoatEngine {
         config_space: Option<Arc<dyn ConfigSpace>>,
         index: usize,
         pool: &DmaPool,
-        config: ChannelConfig,
-    ) -> Result<Arc<IoatQueue>, ChannelError> {
+        config: IoatConfig,
+    ) -> Result<Arc<IoatQueue>, IoatError> {
         if !(4..=16).contains(&config.ring_order) {
-            return Err(ChannelError::BadRingOrder(config.ring_order));
+            return Err(IoatError::BadRingOrder(config.ring_order));
         }
         let Identity {
             version,
@@ -147,7 +147,7 @@ impl IoatEngine {
             max_transfer,
         } = Identity::read(&*regs)?;
         if index >= channels {
-            return Err(ChannelError::NoSuchChannel {
+            return Err(IoatError::NoSuchChannel {
                 index,
                 count: channels,
             });
@@ -155,12 +155,12 @@ impl IoatEngine {
         if let Some(cs) = &config_space {
             let command = cs
                 .read16(spec::config::COMMAND)
-                .map_err(|e| ChannelError::Config(e.to_string()))?;
+                .map_err(|e| IoatError::Config(e.to_string()))?;
             cs.write16(
                 spec::config::COMMAND,
                 command | spec::config::COMMAND_BUS_MASTER,
             )
-            .map_err(|e| ChannelError::Config(e.to_string()))?;
+            .map_err(|e| IoatError::Config(e.to_string()))?;
         }
         let ring = DescriptorRing::new(pool, config.ring_order)?;
         let completion = CompletionWord::new(pool)?;
@@ -220,7 +220,7 @@ impl IoatEngine {
         waiting_for: &'static str,
         timeout: std::time::Duration,
         mut done: impl FnMut(&Self) -> bool,
-    ) -> Result<(), ChannelError> {
+    ) -> Result<(), IoatError> {
         let deadline = Instant::now().checked_add(timeout);
         loop {
             if done(self) {
@@ -228,10 +228,10 @@ impl IoatEngine {
             }
             let status = self.chansts();
             if all_ones_u64(status) {
-                return Err(ChannelError::DeviceRemoved);
+                return Err(IoatError::DeviceRemoved);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(ChannelError::Timeout {
+                return Err(IoatError::Timeout {
                     waiting_for,
                     chansts: status,
                     chanerr: self.chanerr(),
@@ -243,10 +243,10 @@ impl IoatEngine {
 
     /// The reset sequence: suspend a running channel, clear its errors, reset it, and wait for
     /// the reset to finish. Leaves the channel HALTED with its count at zero.
-    fn reset(&self) -> Result<(), ChannelError> {
+    fn reset(&self) -> Result<(), IoatError> {
         let status = self.chansts();
         if all_ones_u64(status) {
-            return Err(ChannelError::DeviceRemoved);
+            return Err(IoatError::DeviceRemoved);
         }
         let state = chansts::state(status);
         if state == chansts::ACTIVE || state == chansts::IDLE {
@@ -267,16 +267,16 @@ impl IoatEngine {
 
     /// Writes CHANERR back (write-1-to-clear) and, before v3.3, CHANERR_INT too: those parts
     /// stay HALTED until both are clear.
-    fn clear_errors(&self) -> Result<(), ChannelError> {
+    fn clear_errors(&self) -> Result<(), IoatError> {
         let errors = self.chanerr();
         self.regs.write32(self.base + chan::CHANERR, errors);
         if self.version < cbver::V3_3 {
             if let Some(cs) = &self.config_space {
                 let mirrored = cs
                     .read32(spec::config::CHANERR_INT)
-                    .map_err(|e| ChannelError::Config(e.to_string()))?;
+                    .map_err(|e| IoatError::Config(e.to_string()))?;
                 cs.write32(spec::config::CHANERR_INT, mirrored)
-                    .map_err(|e| ChannelError::Config(e.to_string()))?;
+                    .map_err(|e| IoatError::Config(e.to_string()))?;
             }
         }
         Ok(())
@@ -284,7 +284,7 @@ impl IoatEngine {
 
     /// Programs control, completion address and chain start (the slot at `tail`), after a
     /// reset, and waits for ARMED. The caller holds the doorbell (or is the owner).
-    fn program_and_arm(&self, tail: u32) -> Result<(), ChannelError> {
+    fn program_and_arm(&self, tail: u32) -> Result<(), IoatError> {
         self.regs.write16(
             self.base + chan::CHANCTRL,
             chanctrl::ANY_ERR_ABORT_EN | chanctrl::ERR_COMPLETION_EN,
@@ -484,7 +484,7 @@ impl IoatEngine {
             }
             // The health changes while the doorbell is still held, so no producer that saw the
             // channel running can ring it after its operations are failed.
-            Err(ChannelError::DeviceRemoved) => {
+            Err(IoatError::DeviceRemoved) => {
                 ring.set_health(Health::Removed);
                 drop(doorbell);
                 r.abandon(OpError::DeviceRemoved, Health::Removed, sink, stopped)
@@ -677,7 +677,7 @@ impl RingEngine for IoatEngine {
 impl RingQueue<IoatEngine> {
     /// Pushes a null descriptor through slot 0 and waits for its completion, proving the
     /// channel. Runs before anyone else can see the queue.
-    fn prove_with_null(&self) -> Result<(), ChannelError> {
+    fn prove_with_null(&self) -> Result<(), IoatError> {
         let engine = &self.engine;
         let null = Descriptor {
             size: NULL_DESCRIPTOR_SIZE,

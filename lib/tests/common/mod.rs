@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use dmaplane::datapath::Client;
 use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault, PoolMemory};
-use dmaplane::ioat::{ChannelConfig, IoatDevice};
+use dmaplane::ioat::{IoatConfig, IoatDevice};
 use dmaplane::log::LogHook;
 use dmaplane::mem::{DmaBlock, DmaPool};
 use dmaplane::soft::{SoftConfig, SoftDevice, SoftFault};
@@ -128,9 +128,9 @@ impl TestDevice {
                     emu.registers(),
                     Some(emu.config_space()),
                     pool.clone(),
-                    ChannelConfig {
+                    IoatConfig {
                         ring_order,
-                        ..ChannelConfig::default()
+                        ..IoatConfig::default()
                     },
                 )
                 .unwrap();
