@@ -10,6 +10,7 @@ mod error;
 mod queue;
 mod ring;
 pub mod spec;
+mod submit;
 
 pub use channel::{IoatChannel, IoatConfig, Timeouts};
 pub use device::{IoatChannelBackend, IoatDevice};
