@@ -8,6 +8,7 @@
 
 mod buffers;
 mod client;
+mod migrate;
 mod worker;
 
 pub use buffers::{BufferClient, Buffers, Finished, Refused};

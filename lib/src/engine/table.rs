@@ -1,7 +1,7 @@
 //! The published per-CPU table and the lock-free reader that looks channels up in it.
 //!
 //! A [`TableSnapshot`] is immutable: a rebalance builds a new one and publishes it through
-//! [`Published`], and the old one is retired until a grace period has passed (see
+//! [`Published`](super::grace::Published), and the old one is retired until a grace period has passed (see
 //! [`super::grace`]). The snapshot owns one `Arc<Channel>` per non-empty slot, so a channel
 //! object outlives every snapshot that names it; the *resources* behind the channel are
 //! governed separately by the engine's reference counts, in which every slot of a retired

@@ -118,7 +118,7 @@ impl<T> Drop for Shared<T> {
 /// Creates a ring of at least `capacity` values and returns its two ends.
 ///
 /// The capacity is rounded up to a power of two, and to 1 if zero; all of it is usable: the
-/// ring holds exactly [`Producer::capacity`] values before [`Producer::push`] refuses one.
+/// ring holds exactly its capacity in values before [`Producer::push`] refuses one.
 ///
 /// # Panics
 ///
@@ -173,7 +173,7 @@ pub struct Producer<T> {
 
 impl<T> Producer<T> {
     /// Appends `value`, or gives it back in [`Full`] if the ring holds
-    /// [`capacity`](Self::capacity) values.
+    /// `capacity` values.
     #[inline]
     pub fn push(&mut self, value: T) -> Result<(), Full<T>> {
         // Release: the publish edge, paired with the consumer's acquire loads of `tail` in

@@ -13,8 +13,8 @@ use crate::queue::{
 use crate::sync::lock_std;
 
 /// The started queue of one channel backend, while the engine holds a reference to the
-/// channel, and what its earlier starts did: the part of a [`ChannelBackend`]
-/// (`crate::queue::ChannelBackend`) that is the same for every ring backend.
+/// channel, and what its earlier starts did: the part of a
+/// [`ChannelBackend`](crate::queue::ChannelBackend) that is the same for every ring backend.
 pub(crate) struct QueueCell<E: RingEngine> {
     current: Mutex<Option<Arc<RingQueue<E>>>>,
     /// What the channel's earlier starts did, so statistics outlive each start.

@@ -18,7 +18,7 @@ pub(crate) struct Direct<'a> {
 /// Where retired completions go.
 pub(crate) struct Sink<'a> {
     /// The caller's route and output buffer, filled directly (owned mode); every other route,
-    /// and every completion in shared mode, goes through [`Routes`].
+    /// and every completion in shared mode, goes through [`Routes`](crate::queue::route::Routes).
     pub(crate) direct: Option<Direct<'a>>,
 }
 
