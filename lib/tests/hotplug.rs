@@ -19,7 +19,7 @@ use dmaplane::{
 use dmaplane::{Completion, OpError, OpFlags, SubmitError};
 
 mod common;
-use common::{block, collect, device_memory, quiet, SplitMix};
+use common::{block, collect, device_memory, quiet, Backend, SplitMix, TestDevice};
 
 fn engine(cpus: usize) -> Engine {
     Engine::new(EngineConfig::with_cpus(cpus).log_hook(quiet())).unwrap()
@@ -537,21 +537,29 @@ fn stress_client(
     }
 }
 
-/// A device of the stress run: the emulator, its driver, its engine id.
+/// A device of the stress run and its engine id.
 struct StressDevice {
-    emu: Arc<EmulatedDevice>,
-    ioat: IoatDevice,
+    device: TestDevice,
     id: DeviceId,
 }
 
-fn stress_add(monitor: &Monitor, pool: &DmaPool, serial: usize) -> StressDevice {
-    let (emu, ioat) = device(pool, &format!("emu{serial}"), 1);
-    let id = monitor.add(ioat.spec()).unwrap();
-    StressDevice { emu, ioat, id }
+fn stress_add(backend: Backend, monitor: &Monitor, pool: &DmaPool, serial: usize) -> StressDevice {
+    let device = TestDevice::new(
+        backend,
+        pool,
+        &format!("dev{serial}"),
+        1,
+        EmuMode::Threaded,
+        9,
+    );
+    let id = monitor.add(device.spec()).unwrap();
+    StressDevice { device, id }
 }
 
-#[test]
-fn removing_and_re_adding_devices_under_four_clients_loses_nothing_and_leaks_nothing() {
+/// The stress run on devices of `backend`.
+fn removing_and_re_adding_devices_under_four_clients_loses_nothing_and_leaks_nothing(
+    backend: Backend,
+) {
     use std::sync::atomic::{AtomicBool, Ordering};
     const CLIENTS: usize = 4;
     const DEVICES: usize = 3;
@@ -571,10 +579,10 @@ fn removing_and_re_adding_devices_under_four_clients_loses_nothing_and_leaks_not
     let mut live: Vec<StressDevice> = (0..DEVICES)
         .map(|_| {
             serial += 1;
-            stress_add(&monitor, &pool, serial)
+            stress_add(backend, &monitor, &pool, serial)
         })
         .collect();
-    let mut gone: Vec<IoatDevice> = Vec::new();
+    let mut gone: Vec<TestDevice> = Vec::new();
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(90);
@@ -599,7 +607,7 @@ fn removing_and_re_adding_devices_under_four_clients_loses_nothing_and_leaks_not
             for _ in 0..leaving {
                 let victim = live.swap_remove(rng.below(live.len()));
                 let kind = if rng.below(2) == 0 {
-                    victim.emu.inject(Fault::SurpriseRemoval).unwrap();
+                    victim.device.surprise_remove();
                     surprise += 1;
                     RemovalKind::Surprise
                 } else {
@@ -612,11 +620,11 @@ fn removing_and_re_adding_devices_under_four_clients_loses_nothing_and_leaks_not
                 drained += report.ops_drained;
                 failed += report.ops_failed;
                 table_moves.push(report.table_moved_after);
-                gone.push(victim.ioat);
+                gone.push(victim.device);
             }
             while live.len() < DEVICES {
                 serial += 1;
-                live.push(stress_add(&monitor, &pool, serial));
+                live.push(stress_add(backend, &monitor, &pool, serial));
             }
             if cycle % 100 == 99 {
                 println!(
@@ -632,7 +640,7 @@ fn removing_and_re_adding_devices_under_four_clients_loses_nothing_and_leaks_not
     for device in live.drain(..) {
         monitor.remove(device.id);
         removal_of(&monitor, device.id, None);
-        gone.push(device.ioat);
+        gone.push(device.device);
     }
     engine.synchronize(Duration::from_secs(10)).unwrap();
     monitor.stop();
@@ -660,10 +668,7 @@ fn removing_and_re_adding_devices_under_four_clients_loses_nothing_and_leaks_not
     // The drivers saw the same outcomes the clients did.
     let device_counts = gone
         .iter()
-        .flat_map(|d| d.channels())
-        .fold(dmaplane::ChannelStats::default(), |sum, c| {
-            sum + dmaplane::ChannelBackend::stats(&**c)
-        });
+        .fold(dmaplane::ChannelStats::default(), |sum, d| sum + d.stats());
     assert_eq!(
         (
             device_counts.ops_ok,
@@ -677,10 +682,11 @@ fn removing_and_re_adding_devices_under_four_clients_loses_nothing_and_leaks_not
     let dump = engine.dump();
     assert!(dump.devices.is_empty(), "{dump}");
     assert_eq!(dump.retired_tables, 0);
-    assert!(gone
-        .iter()
-        .flat_map(|d| d.channels())
-        .all(|c| !c.is_started()));
+    assert!(gone.iter().all(|d| d.started().iter().all(|&s| !s)));
     drop(gone);
     assert_eq!(pool.live_blocks(), 0, "DMA blocks leaked");
 }
+
+on_every_backend!(
+    removing_and_re_adding_devices_under_four_clients_loses_nothing_and_leaks_nothing
+);

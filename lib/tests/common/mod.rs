@@ -165,6 +165,14 @@ impl TestDevice {
         }
     }
 
+    /// What the device's channels did, summed over their starts.
+    pub fn stats(&self) -> dmaplane::ChannelStats {
+        let backends: Vec<Arc<dyn dmaplane::ChannelBackend>> = self.spec().channels;
+        backends
+            .iter()
+            .fold(dmaplane::ChannelStats::default(), |sum, c| sum + c.stats())
+    }
+
     /// Channel `channel` stops (or resumes) taking work.
     pub fn stall(&self, channel: usize, stalled: bool) {
         match self {
