@@ -517,7 +517,15 @@ pub unsafe extern "C" fn dmaplane_device_remove(
         let how = match how {
             DMAPLANE_REMOVE_ORDERLY => Removal::Orderly,
             DMAPLANE_REMOVE_SURPRISE => Removal::Surprise,
-            _ if handle.setup.devices().iter().any(|d| d.id == id) => return Err(DMAPLANE_EINVAL),
+            // A bad `how` for a device that could be removed; any other device is unknown.
+            _ if handle
+                .setup
+                .devices()
+                .iter()
+                .any(|d| d.id == id && !d.removal_requested) =>
+            {
+                return Err(DMAPLANE_EINVAL)
+            }
             _ => return Err(DMAPLANE_ENOENT),
         };
         handle
