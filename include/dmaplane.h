@@ -39,63 +39,6 @@
 #define DMAPLANE_FLAG_SUBMIT (1 << 1)
 
 /*
- `dmaplane_options.backend`: emulated IOAT devices (the default).
- */
-#define DMAPLANE_BACKEND_EMULATED 0
-
-/*
- `dmaplane_options.backend`: the IOAT functions in `/sys/bus/pci/devices` (unbound from
- `ioatdma`; needs root for BAR access and physical addresses).
- */
-#define DMAPLANE_BACKEND_HARDWARE 1
-
-/*
- Capability bit: memory-to-memory copy.
- */
-#define DMAPLANE_CAP_MEMCPY (1 << 0)
-
-/*
- Capability bit: fill with a 64-bit pattern.
- */
-#define DMAPLANE_CAP_FILL (1 << 1)
-
-/*
- `dmaplane_device_remove`: an orderly removal; operations in flight drain first.
- */
-#define DMAPLANE_REMOVE_ORDERLY 0
-
-/*
- `dmaplane_device_remove`: the emulated device leaves the bus at once; operations in flight
- complete with `DMAPLANE_EREMOVED`.
- */
-#define DMAPLANE_REMOVE_SURPRISE 1
-
-/*
- `dmaplane_event.kind`: a device was removed.
- */
-#define DMAPLANE_EVENT_REMOVED 1
-
-/*
- `dmaplane_event.kind`: a device was added and the table rebalanced onto it.
- */
-#define DMAPLANE_EVENT_ADDED 2
-
-/*
- `dmaplane_event.kind`: a removal could not be carried out (`error` says why).
- */
-#define DMAPLANE_EVENT_FAILED 3
-
-/*
- `dmaplane_event.kind`: a PCI function appeared (`pci_address`); it may be added.
- */
-#define DMAPLANE_EVENT_PCI_APPEARED 4
-
-/*
- A table entry or channel id meaning "no channel".
- */
-#define DMAPLANE_NO_CHANNEL UINT64_MAX
-
-/*
  Success.
  */
 #define DMAPLANE_OK 0
@@ -194,6 +137,63 @@
  A bug inside the library was caught at the ABI boundary; the handle may be unusable.
  */
 #define DMAPLANE_EINTERNAL (-131)
+
+/*
+ `dmaplane_options.backend`: emulated IOAT devices (the default).
+ */
+#define DMAPLANE_BACKEND_EMULATED 0
+
+/*
+ `dmaplane_options.backend`: the IOAT functions in `/sys/bus/pci/devices` (unbound from
+ `ioatdma`; needs root for BAR access and physical addresses).
+ */
+#define DMAPLANE_BACKEND_HARDWARE 1
+
+/*
+ Capability bit: memory-to-memory copy.
+ */
+#define DMAPLANE_CAP_MEMCPY (1 << 0)
+
+/*
+ Capability bit: fill with a 64-bit pattern.
+ */
+#define DMAPLANE_CAP_FILL (1 << 1)
+
+/*
+ `dmaplane_device_remove`: an orderly removal; operations in flight drain first.
+ */
+#define DMAPLANE_REMOVE_ORDERLY 0
+
+/*
+ `dmaplane_device_remove`: the emulated device leaves the bus at once; operations in flight
+ complete with `DMAPLANE_EREMOVED`.
+ */
+#define DMAPLANE_REMOVE_SURPRISE 1
+
+/*
+ `dmaplane_event.kind`: a device was removed.
+ */
+#define DMAPLANE_EVENT_REMOVED 1
+
+/*
+ `dmaplane_event.kind`: a device was added and the table rebalanced onto it.
+ */
+#define DMAPLANE_EVENT_ADDED 2
+
+/*
+ `dmaplane_event.kind`: a removal could not be carried out (`error` says why).
+ */
+#define DMAPLANE_EVENT_FAILED 3
+
+/*
+ `dmaplane_event.kind`: a PCI function appeared (`pci_address`); it may be added.
+ */
+#define DMAPLANE_EVENT_PCI_APPEARED 4
+
+/*
+ A table entry or channel id meaning "no channel".
+ */
+#define DMAPLANE_NO_CHANNEL UINT64_MAX
 
 /*
  `dmaplane_client` in C: opaque.

@@ -19,9 +19,9 @@ use dmaplane::datapath::{Client, ClientConfig};
 use dmaplane::{Completion, OpFlags};
 
 use crate::boundary::{guarded, out, out_slice};
-use crate::engine::{encode_channel, engine_ref, EngineHandle, DMAPLANE_CAP_FILL};
-use crate::engine::{DMAPLANE_CAP_MEMCPY, DMAPLANE_NO_CHANNEL};
+use crate::engine::{encode_channel, engine_ref, EngineHandle};
 use crate::error::*;
+use crate::types::{DMAPLANE_CAP_FILL, DMAPLANE_CAP_MEMCPY, DMAPLANE_NO_CHANNEL};
 
 /// `dmaplane_client_create` flag: pin the calling thread to the client's CPU.
 pub const DMAPLANE_CLIENT_PIN: u32 = 1 << 0;

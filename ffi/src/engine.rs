@@ -16,141 +16,14 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use dmaplane::emu::EmuMode;
-use dmaplane::hotplug::HotplugEvent;
 use dmaplane::log::LogHook;
 use dmaplane::mem::DmaBlock;
-use dmaplane::{Capability, ChannelId, DeviceId, Engine, Removal, RemovalKind, Setup};
+use dmaplane::{Capability, ChannelId, DeviceId, Engine, Removal, Setup};
 
 use crate::boundary::{guarded, input, out, out_slice, write_text};
 use crate::client::ClientHandle;
 use crate::error::*;
-
-/// `dmaplane_options.backend`: emulated IOAT devices (the default).
-pub const DMAPLANE_BACKEND_EMULATED: u32 = 0;
-/// `dmaplane_options.backend`: the IOAT functions in `/sys/bus/pci/devices` (unbound from
-/// `ioatdma`; needs root for BAR access and physical addresses).
-pub const DMAPLANE_BACKEND_HARDWARE: u32 = 1;
-
-/// Capability bit: memory-to-memory copy.
-pub const DMAPLANE_CAP_MEMCPY: u32 = 1 << 0;
-/// Capability bit: fill with a 64-bit pattern.
-pub const DMAPLANE_CAP_FILL: u32 = 1 << 1;
-
-/// `dmaplane_device_remove`: an orderly removal; operations in flight drain first.
-pub const DMAPLANE_REMOVE_ORDERLY: u32 = 0;
-/// `dmaplane_device_remove`: the emulated device leaves the bus at once; operations in flight
-/// complete with `DMAPLANE_EREMOVED`.
-pub const DMAPLANE_REMOVE_SURPRISE: u32 = 1;
-
-/// `dmaplane_event.kind`: a device was removed.
-pub const DMAPLANE_EVENT_REMOVED: u32 = 1;
-/// `dmaplane_event.kind`: a device was added and the table rebalanced onto it.
-pub const DMAPLANE_EVENT_ADDED: u32 = 2;
-/// `dmaplane_event.kind`: a removal could not be carried out (`error` says why).
-pub const DMAPLANE_EVENT_FAILED: u32 = 3;
-/// `dmaplane_event.kind`: a PCI function appeared (`pci_address`); it may be added.
-pub const DMAPLANE_EVENT_PCI_APPEARED: u32 = 4;
-
-/// A table entry or channel id meaning "no channel".
-pub const DMAPLANE_NO_CHANNEL: u64 = u64::MAX;
-
-/// How to build an engine. Fill it with `dmaplane_options_init`, then change what you need.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct dmaplane_options {
-    /// `DMAPLANE_BACKEND_EMULATED` or `DMAPLANE_BACKEND_HARDWARE`.
-    pub backend: u32,
-    /// Possible CPUs of the per-CPU table; 0 for this machine's.
-    pub cpus: u32,
-    /// Emulated devices to start with (default 2).
-    pub devices: u32,
-    /// Channels per emulated device, 1 to 4 (default 1, as Xeon functions have).
-    pub channels_per_device: u32,
-    /// Capabilities of emulated devices: `DMAPLANE_CAP_MEMCPY`, optionally with
-    /// `DMAPLANE_CAP_FILL` (default both).
-    pub capabilities: u32,
-    /// Non-zero: each emulated device runs on its own thread, like hardware working beside the
-    /// CPU (default). Zero: it works inline, at each doorbell.
-    pub threaded: u32,
-    /// log2 of the descriptors per channel ring, 6 to 16 (default 10).
-    pub ring_order: u32,
-    /// Non-zero: listen to kernel uevents for the removal of attached PCI functions (of use with
-    /// the hardware backend; `dmaplane_engine_create` fails with `DMAPLANE_EIO` where the
-    /// netlink socket cannot be opened).
-    pub uevents: u32,
-    /// Milliseconds an orderly removal lets operations drain before failing the rest
-    /// (default 100).
-    pub drain_timeout_ms: u32,
-}
-
-impl Default for dmaplane_options {
-    fn default() -> Self {
-        dmaplane_options {
-            backend: DMAPLANE_BACKEND_EMULATED,
-            cpus: 0,
-            devices: 2,
-            channels_per_device: 1,
-            capabilities: DMAPLANE_CAP_MEMCPY | DMAPLANE_CAP_FILL,
-            threaded: 1,
-            ring_order: 10,
-            uevents: 0,
-            drain_timeout_ms: 100,
-        }
-    }
-}
-
-/// An event of the hotplug monitor.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct dmaplane_event {
-    /// `DMAPLANE_EVENT_*`.
-    pub kind: u32,
-    /// The device removed or added (0 for `DMAPLANE_EVENT_PCI_APPEARED`).
-    pub device: u32,
-    /// Removed: non-zero for a surprise removal.
-    pub surprise: u32,
-    /// Removed: non-zero when the drain deadline passed and the rest were failed.
-    pub forced: u32,
-    /// Removed: descriptors in flight when the removal began.
-    pub in_flight_at_start: u64,
-    /// Removed: operations that completed successfully after the removal began.
-    pub ops_drained: u64,
-    /// Removed: operations completed with `DMAPLANE_EREMOVED`.
-    pub ops_failed: u64,
-    /// Removed: nanoseconds until the table no longer named the device.
-    pub table_moved_ns: u64,
-    /// Removed: nanoseconds until the channels were released; -1 when a client still held
-    /// them at the deadline (they are released at its next poll).
-    pub released_ns: i64,
-    /// Failed: the error code.
-    pub error: i32,
-    /// PCI appeared: the function's address, NUL-terminated.
-    pub pci_address: [c_char; 16],
-}
-
-/// A channel's reference counts.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct dmaplane_channel_counts {
-    /// Holders: table slots not yet reclaimed, clients draining on it, a private holder.
-    pub client_count: u32,
-    /// Slots of the current table naming it.
-    pub table_count: u32,
-}
-
-/// What a channel has completed.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct dmaplane_channel_stats {
-    /// Operations completed successfully.
-    pub ops_ok: u64,
-    /// Operations completed with an error.
-    pub ops_failed: u64,
-    /// Of those, with `DMAPLANE_EREMOVED`.
-    pub ops_removed: u64,
-    /// Bytes moved.
-    pub bytes: u64,
-}
+use crate::types::*;
 
 /// A live client's shell, listed by its engine so that destroying the engine releases it.
 pub(crate) struct OwnedClient(pub(crate) *const ClientHandle);
@@ -556,43 +429,6 @@ pub unsafe extern "C" fn dmaplane_device_add(engine: *mut EngineHandle, device: 
     })
 }
 
-fn to_c_event(event: HotplugEvent) -> dmaplane_event {
-    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-    let mut out = dmaplane_event::default();
-    match event {
-        HotplugEvent::Removed(report) => {
-            out.kind = DMAPLANE_EVENT_REMOVED;
-            out.device = report.device.0;
-            out.surprise = u32::from(report.kind == RemovalKind::Surprise);
-            out.forced = u32::from(report.forced);
-            out.in_flight_at_start = report.in_flight_at_start;
-            out.ops_drained = report.ops_drained;
-            out.ops_failed = report.ops_failed;
-            out.table_moved_ns = nanos(report.table_moved_after);
-            out.released_ns = report
-                .released_after
-                .map_or(-1, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-        }
-        HotplugEvent::Added { device, .. } => {
-            out.kind = DMAPLANE_EVENT_ADDED;
-            out.device = device.0;
-        }
-        HotplugEvent::Failed { device, error } => {
-            out.kind = DMAPLANE_EVENT_FAILED;
-            out.device = device.0;
-            out.error = of_engine(&error);
-        }
-        HotplugEvent::PciAppeared { bdf } => {
-            out.kind = DMAPLANE_EVENT_PCI_APPEARED;
-            let room = out.pci_address.len() - 1;
-            for (slot, byte) in out.pci_address.iter_mut().zip(bdf.bytes().take(room)) {
-                *slot = byte as c_char;
-            }
-        }
-    }
-    out
-}
-
 /// Waits up to `timeout_ms` for the next hotplug event and stores it in `*event`. Returns 1
 /// when an event was stored, 0 when none came in time.
 ///
@@ -612,7 +448,7 @@ pub unsafe extern "C" fn dmaplane_event_next(
             .next_event(Duration::from_millis(timeout_ms.into()))
         {
             Some(next) => {
-                *slot = to_c_event(next);
+                *slot = dmaplane_event::from(next);
                 Ok(1)
             }
             None => Ok(0),

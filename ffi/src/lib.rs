@@ -33,6 +33,7 @@ mod boundary;
 pub mod client;
 pub mod engine;
 pub mod error;
+pub mod types;
 
 /// The library version as a NUL-terminated string, e.g. `"0.1.0"`. The pointer is static. The
 /// header's `DMAPLANE_VERSION_*` macros give the version the program was compiled against.

@@ -7,7 +7,7 @@ use std::ffi::{c_void, CStr};
 use std::ptr::{null, null_mut};
 use std::time::{Duration, Instant};
 
-use dmaplane_ffi::{client::*, engine::*, error::*};
+use dmaplane_ffi::{client::*, engine::*, error::*, types::*};
 
 /// Options for a small, deterministic engine: `cpus` table slots, two devices of one channel
 /// working inline at each doorbell.
