@@ -65,6 +65,53 @@ impl ConfigSpace for SysfsConfig {
     }
 }
 
+/// Standard PCI configuration registers and bits that any function's driver touches.
+pub mod regs {
+    /// u16: vendor id.
+    pub const VENDOR_ID: usize = 0x00;
+    /// u16: device id.
+    pub const DEVICE_ID: usize = 0x02;
+    /// u16: command register.
+    pub const COMMAND: usize = 0x04;
+    /// COMMAND: the function answers memory-space accesses (its BARs).
+    pub const COMMAND_MEMORY: u16 = 1 << 1;
+    /// COMMAND: the function may master the bus (issue DMA).
+    pub const COMMAND_MASTER: u16 = 1 << 2;
+    /// u16: status register.
+    pub const STATUS: usize = 0x06;
+    /// STATUS: a capability list starts at [`CAPABILITIES`].
+    pub const STATUS_CAP_LIST: u16 = 1 << 4;
+    /// u8: offset of the first capability.
+    pub const CAPABILITIES: usize = 0x34;
+    /// Capability id of the PCI Express capability.
+    pub const CAP_ID_EXP: u8 = 0x10;
+    /// u16: Device Control, from the start of the PCI Express capability.
+    pub const EXP_DEVCTL: usize = 0x08;
+    /// Device Control: the function may set the Relaxed Ordering attribute on its writes, which
+    /// would let a completion write overtake the data it reports.
+    pub const EXP_DEVCTL_RELAX_EN: u16 = 1 << 4;
+}
+
+/// The offset of the capability with id `id` in `config`'s list, if the function has one.
+/// The walk is bounded, so a looping list cannot hang it.
+pub fn find_capability(config: &dyn ConfigSpace, id: u8) -> io::Result<Option<usize>> {
+    if config.read16(regs::STATUS)? & regs::STATUS_CAP_LIST == 0 {
+        return Ok(None);
+    }
+    let mut at = usize::from(config.read16(regs::CAPABILITIES & !1)? as u8) & !3;
+    for _ in 0..48 {
+        if at < 0x40 {
+            return Ok(None);
+        }
+        let header = config.read16(at)?;
+        if header as u8 == id {
+            return Ok(Some(at));
+        }
+        at = usize::from((header >> 8) as u8) & !3;
+    }
+    Ok(None)
+}
+
 /// Intel's PCI vendor id.
 pub const INTEL_VENDOR: u16 = 0x8086;
 

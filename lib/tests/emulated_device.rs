@@ -12,6 +12,7 @@ use dmaplane::emu::{
     device_thread_running, DeviceMemory, EmuConfig, EmuError, EmuMode, EmulatedDevice, Fault,
     HostBuffer, IdentityRanges, ScrambledPages, PAGE_SIZE,
 };
+use dmaplane::ioat::spec as ioat_spec;
 use dmaplane::ioat::spec::{
     cbver, chan, chancmd, chanctrl, chanerr, channel_base, chansts, config, ctl, device, dmacap,
     op, Descriptor, NULL_DESCRIPTOR_SIZE,
@@ -301,6 +302,7 @@ fn device_registers_identify_the_part() {
             xfercap,
             fill: with_fill,
             mode: EmuMode::Inline,
+            device_id: None,
         };
         let device = EmulatedDevice::new(cfg, Arc::clone(&map)).unwrap();
         let regs = device.registers();
@@ -1142,4 +1144,169 @@ fn the_engine_thread_stops_with_the_last_threaded_device() {
     assert!(device_thread_running());
     drop(again);
     assert!(!device_thread_running());
+}
+
+#[test]
+fn reset_keeps_chanerr_so_a_driver_that_forgets_to_clear_it_cannot_rearm() {
+    for mode in MODES {
+        let mut b = Bench::new(config(mode));
+        b.put(0, 0, &[copy(0, 0, 8), with(null(), ctl::COMPLETION_UPDATE)]);
+        b.arm(0, 0);
+        b.ring(0, 1);
+        b.wait_state(0, chansts::HALTED);
+        let errors = b.chanerr(0);
+        assert_ne!(errors, 0);
+        // RESET alone: CHANERR survives it and the chain is refused.
+        assert!(b.reset(0));
+        assert_eq!(b.chanerr(0), errors, "{mode:?}: RESET cleared CHANERR");
+        b.arm(0, 1);
+        assert_eq!(
+            b.state(0),
+            chansts::HALTED,
+            "{mode:?}: armed with CHANERR set"
+        );
+        // The control: write CHANERR back, RESET, and the same CHAINADDR arms.
+        b.regs.write32(channel_base(0) + chan::CHANERR, errors);
+        assert!(b.reset(0));
+        b.arm(0, 1);
+        b.wait_state(0, chansts::ARMED);
+        b.ring(0, 1);
+        b.wait_completion(0, b.slot(0, 1) | chansts::IDLE);
+    }
+}
+
+#[test]
+fn chainaddr_rewritten_after_suspend_restarts_the_descriptor_count() {
+    for mode in MODES {
+        let mut b = Bench::new(config(mode));
+        let done = [null(), null(), with(null(), ctl::COMPLETION_UPDATE)];
+        b.put(0, 0, &done);
+        b.arm(0, 0);
+        b.ring(0, 3);
+        b.wait_completion(0, b.slot(0, 2) | chansts::IDLE);
+        b.command(0, chancmd::SUSPEND);
+        b.wait_state(0, chansts::SUSPENDED);
+        // A new chain of two at slot 8, counted from zero again: DMACOUNT 0 before CHAINADDR
+        // (so nothing counted runs at the arming write), then 2, and the device runs both. Had
+        // the count gone on from 3, either write would lie tens of thousands ahead of it.
+        b.put(0, 8, &[null(), with(null(), ctl::COMPLETION_UPDATE)]);
+        b.ring(0, 0);
+        b.arm(0, 8);
+        b.wait_state(0, chansts::ARMED);
+        b.ring(0, 2);
+        b.wait_completion(0, b.slot(0, 9) | chansts::IDLE);
+        assert_eq!(
+            b.device.stats()[0].descriptors,
+            5,
+            "{mode:?}: 3 then 2, no more"
+        );
+    }
+}
+
+#[test]
+fn abort_drops_the_work_in_progress_and_needs_a_reset() {
+    for mode in MODES {
+        let mut b = Bench::new(config(mode));
+        b.device.inject(Fault::Stall { channel: 0 }).unwrap();
+        b.put(0, 0, &[null(), with(null(), ctl::COMPLETION_UPDATE)]);
+        b.arm(0, 0);
+        b.ring(0, 2);
+        b.command(0, chancmd::ABORT);
+        b.wait_state(0, chansts::HALTED);
+        b.device.inject(Fault::Unstall { channel: 0 }).unwrap();
+        assert_eq!(b.device.stats()[0].descriptors, 0, "{mode:?}: nothing ran");
+        assert_eq!(b.completion(0), 0, "{mode:?}: no completion write");
+        assert_eq!(b.chanerr(0), 0, "{mode:?}: an abort is not an error");
+        b.arm(0, 0);
+        assert_eq!(
+            b.state(0),
+            chansts::HALTED,
+            "{mode:?}: re-armed without a reset"
+        );
+        assert!(b.reset(0));
+        b.arm(0, 0);
+        b.wait_state(0, chansts::ARMED);
+        b.ring(0, 2);
+        b.wait_completion(0, b.slot(0, 1) | chansts::IDLE);
+    }
+}
+
+#[test]
+fn skylake_sp_reports_v3_3_but_keeps_a_halted_channel_until_chanerr_int_is_cleared() {
+    for (device_id, held) in [(ioat_spec::SKYLAKE_SP_DEVICE_ID, true), (0x6f50, false)] {
+        let mut b = Bench::new(EmuConfig {
+            cbver: cbver::V3_3,
+            device_id: Some(device_id),
+            ..config(EmuMode::Inline)
+        });
+        assert_eq!(b.regs.read8(device::CBVER), cbver::V3_3);
+        assert_eq!(
+            b.pci.read16(dmaplane::pci::regs::DEVICE_ID).unwrap(),
+            device_id
+        );
+        b.put(0, 0, &[copy(0, 0, 8), with(null(), ctl::COMPLETION_UPDATE)]);
+        b.arm(0, 0);
+        b.ring(0, 1);
+        b.wait_state(0, chansts::HALTED);
+        b.regs
+            .write32(channel_base(0) + chan::CHANERR, b.chanerr(0));
+        assert!(b.reset(0));
+        b.arm(0, 1);
+        let state = b.state(0);
+        assert_eq!(
+            state == chansts::HALTED,
+            held,
+            "device {device_id:#x}: state {state} with CHANERR_INT still set"
+        );
+        b.pci.write32(config::CHANERR_INT, u32::MAX).unwrap();
+        b.arm(0, 1);
+        b.wait_state(0, chansts::ARMED);
+    }
+}
+
+#[test]
+fn memory_decoding_off_reads_all_ones_and_drops_writes() {
+    let b = Bench::new(config(EmuMode::Inline));
+    let command = b.pci.read16(dmaplane::pci::regs::COMMAND).unwrap();
+    let at = channel_base(0) + chan::CHANCTRL;
+    b.pci
+        .write16(
+            dmaplane::pci::regs::COMMAND,
+            command & !dmaplane::pci::regs::COMMAND_MEMORY,
+        )
+        .unwrap();
+    assert_eq!(b.regs.read8(device::CBVER), u8::MAX);
+    b.regs.write16(at, 0);
+    b.pci
+        .write16(dmaplane::pci::regs::COMMAND, command)
+        .unwrap();
+    assert_eq!(b.regs.read8(device::CBVER), cbver::V3_3);
+    assert_ne!(
+        b.regs.read16(at),
+        0,
+        "the write with decoding off never arrived"
+    );
+}
+
+#[test]
+fn the_pci_express_capability_starts_with_relaxed_ordering_enabled() {
+    use dmaplane::pci::{find_capability, regs};
+    let b = Bench::new(config(EmuMode::Inline));
+    let exp = find_capability(&*b.pci, regs::CAP_ID_EXP)
+        .unwrap()
+        .expect("a PCI Express capability");
+    let devctl = b.pci.read16(exp + regs::EXP_DEVCTL).unwrap();
+    assert_ne!(devctl & regs::EXP_DEVCTL_RELAX_EN, 0);
+    b.pci
+        .write16(exp + regs::EXP_DEVCTL, devctl & !regs::EXP_DEVCTL_RELAX_EN)
+        .unwrap();
+    assert_eq!(
+        b.pci.read16(exp + regs::EXP_DEVCTL).unwrap(),
+        devctl & !regs::EXP_DEVCTL_RELAX_EN
+    );
+    assert_eq!(
+        find_capability(&*b.pci, 0x05).unwrap(),
+        None,
+        "no MSI capability"
+    );
 }

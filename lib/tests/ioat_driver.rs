@@ -744,6 +744,7 @@ const LONG_COPIES: EmuConfig = EmuConfig {
     xfercap: 30,
     fill: true,
     mode: EmuMode::Threaded,
+    device_id: None,
 };
 
 /// Waits until channel 0 is ACTIVE (a long descriptor under way) or has written a completion

@@ -71,9 +71,8 @@ const REGISTERS: [(usize, usize, Reg); 11] = [
     (chan::DCACTRL, 4, Reg::DcaCtrl),
 ];
 
-/// Commands the device acts on; START and APPEND (v1/v2) and ABORT (used by no driver) are
-/// ignored.
-const COMMANDS: u8 = chancmd::RESET | chancmd::SUSPEND | chancmd::RESUME;
+/// Commands the device acts on; START and APPEND (v1/v2) are ignored.
+const COMMANDS: u8 = chancmd::RESET | chancmd::SUSPEND | chancmd::RESUME | chancmd::ABORT;
 
 /// An injected failure of the `remaining`-th next descriptor.
 #[derive(Clone, Copy, Debug)]
@@ -144,6 +143,9 @@ pub(super) struct Channel {
     descriptors: AtomicU64,
     bytes: AtomicU64,
     completion_writes: AtomicU64,
+    /// Completion writes made while Device Control allowed Relaxed Ordering: each could have
+    /// overtaken the data it reports.
+    relaxed_completion_writes: AtomicU64,
     errors: AtomicU64,
     core: Mutex<Core>,
 }
@@ -169,6 +171,7 @@ impl Channel {
             descriptors: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             completion_writes: AtomicU64::new(0),
+            relaxed_completion_writes: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             core: Mutex::new(Core {
                 cursor: 0,
@@ -344,10 +347,15 @@ impl Channel {
         self.drain_commands(dev, &mut core);
         let refused = core.needs_reset
             || self.chanerr.load(Ordering::Acquire) != 0
-            || (dev.split_64() && dev.pci.chanerr_int() != 0);
+            || (dev.chanerr_int_holds_halt() && dev.pci.chanerr_int() != 0);
         if refused {
             return;
         }
+        // A chain started anew counts anew: after a SUSPEND (no RESET) the internal count
+        // restarts at zero too, while DMACOUNT keeps what the driver last wrote, so a driver
+        // that re-arms without recounting runs the first DMACOUNT descriptors of the new chain.
+        core.count = 0;
+        self.count.store(0, Ordering::Release);
         core.cursor = address;
         core.fresh_chain = true;
         core.started_at = None;
@@ -368,6 +376,14 @@ impl Channel {
             return;
         }
         let state = self.state();
+        if commands & chancmd::ABORT != 0 && state != chansts::HALTED {
+            // The work in progress is dropped where it stands: no completion write, and no
+            // new chain before a RESET.
+            core.needs_reset = true;
+            core.started_at = None;
+            self.publish(core, chansts::HALTED);
+            return;
+        }
         if commands & chancmd::SUSPEND != 0 && (state == chansts::ACTIVE || state == chansts::IDLE)
         {
             core.started_at = None;
@@ -392,7 +408,6 @@ impl Channel {
         core.started_at = None;
         self.count.store(0, Ordering::Release);
         self.dmacount.store(0, Ordering::Release);
-        self.chanerr.store(0, Ordering::Release);
         self.cdar.store(0, Ordering::Relaxed);
         self.publish(core, chansts::HALTED);
         // Before the posted bit clears (Release), so no read finds neither set.
@@ -617,6 +632,9 @@ impl Channel {
             return Err(chanerr::COMPLETION_ADDR);
         }
         bump(&self.completion_writes, 1);
+        if dev.pci.relaxed_ordering() {
+            bump(&self.relaxed_completion_writes, 1);
+        }
         Ok(())
     }
 
@@ -680,6 +698,7 @@ impl Channel {
             descriptors: self.descriptors.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             completion_writes: self.completion_writes.load(Ordering::Relaxed),
+            relaxed_completion_writes: self.relaxed_completion_writes.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
         }
     }

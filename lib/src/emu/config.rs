@@ -1,6 +1,9 @@
 //! PCI configuration space of the emulated function: the identity a discovery pass expects,
-//! COMMAND (whose bus-master bit gates all of the device's memory accesses), and the
-//! CHANERR_INT / CHANERRMASK_INT pair at 0x180 that drivers must clear on parts before v3.3.
+//! COMMAND (whose memory-space bit gates every BAR access and whose bus-master bit gates all of
+//! the device's memory accesses), a PCI Express capability whose Device Control starts with
+//! Relaxed Ordering enabled (as after reset; drivers clear it), and the CHANERR_INT /
+//! CHANERRMASK_INT pair at 0x180 that drivers must clear on parts before v3.3 (and on
+//! Skylake-SP).
 //!
 //! Everything is byte-addressed underneath, so 16- and 32-bit accesses at any naturally
 //! aligned offset compose the same bytes, as on a real function.
@@ -11,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use super::EmulatedDevice;
 use crate::ioat::spec::{cbver, config};
-use crate::pci::{ConfigSpace, INTEL_VENDOR};
+use crate::pci::{regs, ConfigSpace, INTEL_VENDOR};
 use crate::sync::lock_std;
 
 /// Size of PCI Express extended configuration space.
@@ -21,12 +24,18 @@ const HEADER_END: usize = 0x40;
 /// Class code 0x08 (system peripheral), subclass 0x80 (other), as IOAT functions report.
 const CLASS: [u8; 3] = [0x00, 0x80, 0x08];
 /// COMMAND after the kernel driver let go: memory space on, bus mastering off.
-const COMMAND_AT_START: u16 = 0x0002;
+const COMMAND_AT_START: u16 = regs::COMMAND_MEMORY;
+/// Where the PCI Express capability sits (the only capability in the list).
+const EXP_CAP: usize = 0x90;
+/// Device Control after reset: max payload 128 B, max read request 512 B, Relaxed Ordering and
+/// No Snoop enabled.
+const DEVCTL_AT_START: u16 = 0x2810;
 
 /// The configuration-space state of one emulated function.
 pub(super) struct PciState {
     device_id: u16,
     command: AtomicU16,
+    devctl: AtomicU16,
     chanerr_int: AtomicU32,
     chanerrmask_int: AtomicU32,
     /// Plain storage for the rest of the writable space (capabilities, scratch).
@@ -34,16 +43,17 @@ pub(super) struct PciState {
 }
 
 impl PciState {
-    pub(super) fn new(version: u8) -> PciState {
+    pub(super) fn new(version: u8, device_id: Option<u16>) -> PciState {
         // A function of a platform with that version (reference/ioat-v3.md §4.1).
-        let device_id = match version {
+        let device_id = device_id.unwrap_or(match version {
             cbver::V3_2 => 0x6f20,
             cbver::V3_3 => 0x6f50,
             _ => 0x0b00,
-        };
+        });
         PciState {
             device_id,
             command: AtomicU16::new(COMMAND_AT_START),
+            devctl: AtomicU16::new(DEVCTL_AT_START),
             chanerr_int: AtomicU32::new(0),
             chanerrmask_int: AtomicU32::new(0),
             other: Mutex::new(vec![0u8; CONFIG_SIZE].into_boxed_slice()),
@@ -52,7 +62,21 @@ impl PciState {
 
     /// Whether the function may access memory (COMMAND bit 2).
     pub(super) fn bus_master(&self) -> bool {
-        self.command.load(Ordering::Acquire) & config::COMMAND_BUS_MASTER != 0
+        self.command.load(Ordering::Acquire) & regs::COMMAND_MASTER != 0
+    }
+
+    /// Whether the function answers accesses to its BAR (COMMAND bit 1).
+    pub(super) fn memory_enabled(&self) -> bool {
+        self.command.load(Ordering::Acquire) & regs::COMMAND_MEMORY != 0
+    }
+
+    /// Whether Device Control still lets the function use Relaxed Ordering.
+    pub(super) fn relaxed_ordering(&self) -> bool {
+        self.devctl.load(Ordering::Acquire) & regs::EXP_DEVCTL_RELAX_EN != 0
+    }
+
+    pub(super) fn device_id(&self) -> u16 {
+        self.device_id
     }
 
     /// Mirrors channel error bits into CHANERR_INT.
@@ -70,8 +94,15 @@ impl PciState {
             0x00..=0x01 => lane(INTEL_VENDOR.into(), 0x00),
             0x02..=0x03 => lane(self.device_id.into(), 0x02),
             0x04..=0x05 => lane(self.command.load(Ordering::Acquire).into(), 0x04),
+            0x06..=0x07 => lane(regs::STATUS_CAP_LIST.into(), 0x06),
             0x09..=0x0b => CLASS[offset - 0x09],
+            regs::CAPABILITIES => EXP_CAP as u8,
             _ if offset < HEADER_END => 0,
+            // The capability header (id, next: none) and PCI Express Capabilities (version 2).
+            EXP_CAP => regs::CAP_ID_EXP,
+            0x91 => 0,
+            0x92..=0x93 => lane(0x0002, 0x92),
+            0x98..=0x99 => lane(self.devctl.load(Ordering::Acquire).into(), 0x98),
             0x180..=0x183 => lane(self.chanerr_int().into(), config::CHANERR_INT),
             0x184..=0x187 => lane(
                 self.chanerrmask_int.load(Ordering::Acquire).into(),
@@ -91,6 +122,13 @@ impl PciState {
                 self.command.store(new, Ordering::Release);
             }
             _ if offset < HEADER_END => {}
+            0x98..=0x99 => {
+                let shift = shift(0x98);
+                let old = self.devctl.load(Ordering::Acquire);
+                let new = (old & !(0xff << shift)) | (u16::from(byte) << shift);
+                self.devctl.store(new, Ordering::Release);
+            }
+            EXP_CAP..=0x97 => {}
             0x180..=0x183 => {
                 let clear = u32::from(byte) << shift(config::CHANERR_INT);
                 self.chanerr_int.fetch_and(!clear, Ordering::AcqRel);

@@ -45,7 +45,7 @@ impl DeviceShared {
             config,
             memory,
             channels,
-            pci: PciState::new(config.cbver),
+            pci: PciState::new(config.cbver, config.device_id),
             globals: GlobalRegisters::default(),
             leaving: AtomicBool::new(false),
             removed: AtomicBool::new(false),
@@ -73,6 +73,12 @@ impl DeviceShared {
     /// Whether 64-bit registers need two 32-bit accesses on this version.
     pub(super) fn split_64(&self) -> bool {
         crate::ioat::spec::cbver::needs_split_64(self.config.cbver)
+    }
+
+    /// Whether a halted channel stays HALTED until CHANERR_INT is cleared: the parts before
+    /// v3.3, and Skylake-SP whatever its CBVER says.
+    pub(super) fn chanerr_int_holds_halt(&self) -> bool {
+        self.split_64() || self.pci.device_id() == crate::ioat::spec::SKYLAKE_SP_DEVICE_ID
     }
 
     pub(super) fn max_transfer(&self) -> u64 {

@@ -35,9 +35,15 @@
 //!   a driver polling for it to clear always sees it set first: in threaded mode it stays set
 //!   while the device thread has not carried the reset out, and after that until the next
 //!   read of CHANCMD; in inline mode the reset is done inside the write and the bit reads set
-//!   once. A reset clears the count, the cursor, DMACOUNT, CHANERR and the completed
-//!   address, and leaves the channel HALTED; CHANCTRL, CHANCMP, CHANERR_MASK and
-//!   configuration space keep their values.
+//!   once. A reset clears the count, the cursor, DMACOUNT and the completed address, and
+//!   leaves the channel HALTED; CHANCTRL, CHANCMP, CHANERR_MASK, configuration space and
+//!   **CHANERR** keep their values. Every driver writes CHANERR back before RESET (Linux,
+//!   SPDK, FreeBSD); whether RESET alone clears it is not established, so the model takes the
+//!   strict reading and a driver that forgets is caught: the channel will not arm.
+//! - **Re-arming after SUSPEND.** A CHAINADDR write restarts the internal descriptor count at
+//!   zero, after a SUSPEND as after a RESET; DMACOUNT keeps what the driver last wrote.
+//! - **ABORT** drops the work in progress where it stands: no completion write, no error bit,
+//!   state HALTED, and no new chain before a RESET.
 //! - **Leaving HALTED.** A channel halted by an error accepts CHAINADDR only after CHANERR
 //!   was written back and a RESET done, and, on CBVER < 3.3, after CHANERR_INT (config 0x180)
 //!   was written back too; until then CHAINADDR is ignored and the channel stays HALTED.
@@ -50,6 +56,14 @@
 //!   CHANCTRL says; the bit is stored and reads back.
 //! - **Bus mastering.** PCI COMMAND bit 2 starts clear, as after the kernel driver let go:
 //!   with it clear a descriptor fetch fails with `READ_DATA` and no completion is written.
+//!   COMMAND bit 1 (memory space) starts set; cleared, BAR reads return all-ones and writes
+//!   are dropped.
+//! - **Relaxed ordering.** The PCI Express capability's Device Control starts with Relaxed
+//!   Ordering enabled, as after reset. The model always writes data before the completion
+//!   word, but counts completion writes made while the bit was set
+//!   ([`EmuStats::relaxed_completion_writes`]): a driver that leaves it set is seen.
+//! - **Skylake-SP.** With device id 0x2021 the part reports CBVER 0x33 but keeps a halted
+//!   channel HALTED until CHANERR_INT is cleared, like the v3.2 parts.
 //! - **Addresses.** IOVA 0 is invalid. A copy or fill range must be mapped and contiguous in
 //!   host memory for its whole length, else `SRC_ADDR` / `DEST_ADDR`: the device insists that
 //!   drivers split at IOVA discontinuities. An unmapped or misaligned chain start is
@@ -101,6 +115,10 @@ pub struct EmuConfig {
     pub fill: bool,
     /// Inline or threaded.
     pub mode: EmuMode,
+    /// The PCI device id; `None` picks one of a platform with [`EmuConfig::cbver`]. A
+    /// Skylake-SP id (0x2021) reports CBVER 0x33 yet, as that part does, keeps a halted channel
+    /// HALTED until CHANERR_INT is cleared too, like the v3.2 parts.
+    pub device_id: Option<u16>,
 }
 
 impl Default for EmuConfig {
@@ -112,6 +130,7 @@ impl Default for EmuConfig {
             xfercap: 20,
             fill: true,
             mode: EmuMode::Inline,
+            device_id: None,
         }
     }
 }
@@ -243,6 +262,10 @@ pub struct EmuStats {
     pub bytes: u64,
     /// Completion words written (on success and on error).
     pub completion_writes: u64,
+    /// Of those, written while PCIe Device Control allowed Relaxed Ordering, so that the
+    /// completion could have reached memory before the data it reports (a driver clears the
+    /// bit at bring-up; this stays 0 then).
+    pub relaxed_completion_writes: u64,
     /// Times the channel halted on an error.
     pub errors: u64,
 }

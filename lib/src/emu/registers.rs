@@ -73,8 +73,9 @@ impl Bar0 {
     fn read(&self, offset: usize, width: usize) -> u64 {
         check(offset, width);
         let dev = self.device.shared();
-        if dev.is_removed() {
-            // A read that no device answers completes with all bits set.
+        if dev.is_removed() || !dev.pci.memory_enabled() {
+            // A read that no device answers (gone, or memory decoding off) completes with
+            // all bits set.
             return u64::MAX >> (64 - 8 * width);
         }
         if offset < chan::BLOCK_SIZE {
@@ -91,7 +92,7 @@ impl Bar0 {
     fn write(&self, offset: usize, width: usize, value: u64) {
         check(offset, width);
         let dev = self.device.shared();
-        if dev.is_removed() {
+        if dev.is_removed() || !dev.pci.memory_enabled() {
             return;
         }
         if offset < chan::BLOCK_SIZE {

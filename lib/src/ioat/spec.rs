@@ -73,6 +73,20 @@ pub const fn channel_base(n: usize) -> usize {
     0x80 * (n + 1)
 }
 
+/// The Skylake-SP function's device id: it reports CBVER 0x33 but, like the v3.2 parts, keeps a
+/// halted channel HALTED until CHANERR_INT is cleared, so drivers treat it as v3.2 (Linux
+/// does).
+pub const SKYLAKE_SP_DEVICE_ID: u16 = 0x2021;
+
+/// The version a driver should act on: CBVER, except for Skylake-SP, which is treated as v3.2.
+pub const fn effective_version(cbver: u8, device_id: u16) -> u8 {
+    if device_id == SKYLAKE_SP_DEVICE_ID && cbver > cbver::V3_2 {
+        cbver::V3_2
+    } else {
+        cbver
+    }
+}
+
 /// Most channels one function can expose (the Linux driver's limit).
 pub const MAX_CHANNELS: usize = 4;
 
