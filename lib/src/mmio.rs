@@ -215,3 +215,96 @@ mod tests {
         assert_eq!(&bytes[0x80..0x84], &0xfeed_beefu32.to_le_bytes());
     }
 }
+
+/// Which address space an [`Access`] went to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    /// The register window (BAR0).
+    Registers,
+    /// PCI configuration space.
+    Config,
+}
+
+/// One register or configuration-space access, as an [`AccessLog`] records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// Where it went.
+    pub space: Space,
+    /// A write (or a read).
+    pub write: bool,
+    /// Byte offset in its space.
+    pub offset: usize,
+    /// Bytes: 1, 2, 4 or 8.
+    pub width: u8,
+    /// The value written, or the value the read returned.
+    pub value: u64,
+}
+
+/// The accesses made through [`RecordingWindow`]s (and the PCI configuration-space recorder)
+/// that share it, in the order they were made: what a bring-up sequence is checked against.
+#[derive(Clone, Debug, Default)]
+pub struct AccessLog(std::sync::Arc<std::sync::Mutex<Vec<Access>>>);
+
+impl AccessLog {
+    /// An empty log.
+    pub fn new() -> AccessLog {
+        AccessLog::default()
+    }
+
+    /// Appends an access.
+    pub fn push(&self, access: Access) {
+        crate::sync::lock_std(&self.0).push(access);
+    }
+
+    /// The accesses so far, in order; the log is emptied.
+    pub fn take(&self) -> Vec<Access> {
+        std::mem::take(&mut *crate::sync::lock_std(&self.0))
+    }
+}
+
+/// A [`RegisterWindow`] that records every access it passes on, for checking a driver's
+/// register sequences against the programming rules (the order, the widths).
+pub struct RecordingWindow {
+    inner: std::sync::Arc<dyn RegisterWindow>,
+    log: AccessLog,
+}
+
+impl RecordingWindow {
+    /// Records the accesses to `inner` into `log`.
+    pub fn new(inner: std::sync::Arc<dyn RegisterWindow>, log: AccessLog) -> RecordingWindow {
+        RecordingWindow { inner, log }
+    }
+
+    fn note(&self, write: bool, offset: usize, width: u8, value: u64) {
+        self.log.push(Access {
+            space: Space::Registers,
+            write,
+            offset,
+            width,
+            value,
+        });
+    }
+}
+
+/// The read and write methods of one width, each recorded.
+macro_rules! recorded_access {
+    ($read:ident, $write:ident, $ty:ty, $width:expr) => {
+        fn $read(&self, offset: usize) -> $ty {
+            let value = self.inner.$read(offset);
+            self.note(false, offset, $width, value.into());
+            value
+        }
+
+        fn $write(&self, offset: usize, value: $ty) {
+            self.note(true, offset, $width, value.into());
+            self.inner.$write(offset, value);
+        }
+    };
+}
+
+impl RegisterWindow for RecordingWindow {
+    recorded_access!(read8, write8, u8, 1);
+    recorded_access!(read16, write16, u16, 2);
+    recorded_access!(read32, write32, u32, 4);
+    recorded_access!(read64, write64, u64, 8);
+}

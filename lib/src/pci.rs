@@ -10,7 +10,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::mmio::MmioRegion;
+use std::sync::Arc;
+
+use crate::mmio::{Access, AccessLog, MmioRegion, Space};
 
 /// PCI configuration space of one function.
 pub trait ConfigSpace: Send + Sync {
@@ -62,6 +64,55 @@ impl ConfigSpace for SysfsConfig {
 
     fn write32(&self, offset: usize, value: u32) -> io::Result<()> {
         self.file.write_all_at(&value.to_le_bytes(), offset as u64)
+    }
+}
+
+/// A [`ConfigSpace`] that records every access it passes on into an [`AccessLog`] (shared
+/// with a [`RecordingWindow`](crate::mmio::RecordingWindow), the log keeps register and
+/// configuration accesses in one order).
+pub struct RecordingConfig {
+    inner: Arc<dyn ConfigSpace>,
+    log: AccessLog,
+}
+
+impl RecordingConfig {
+    /// Records the accesses to `inner` into `log`.
+    pub fn new(inner: Arc<dyn ConfigSpace>, log: AccessLog) -> RecordingConfig {
+        RecordingConfig { inner, log }
+    }
+
+    fn note(&self, write: bool, offset: usize, width: u8, value: u64) {
+        self.log.push(Access {
+            space: Space::Config,
+            write,
+            offset,
+            width,
+            value,
+        });
+    }
+}
+
+impl ConfigSpace for RecordingConfig {
+    fn read16(&self, offset: usize) -> io::Result<u16> {
+        let value = self.inner.read16(offset)?;
+        self.note(false, offset, 2, value.into());
+        Ok(value)
+    }
+
+    fn write16(&self, offset: usize, value: u16) -> io::Result<()> {
+        self.note(true, offset, 2, value.into());
+        self.inner.write16(offset, value)
+    }
+
+    fn read32(&self, offset: usize) -> io::Result<u32> {
+        let value = self.inner.read32(offset)?;
+        self.note(false, offset, 4, value.into());
+        Ok(value)
+    }
+
+    fn write32(&self, offset: usize, value: u32) -> io::Result<()> {
+        self.note(true, offset, 4, value.into());
+        self.inner.write32(offset, value)
     }
 }
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use super::channel::IoatConfig;
 use super::error::IoatError;
-use super::queue::{Identity, IoatEngine};
+use super::function::bring_up;
+use super::queue::IoatEngine;
 use crate::capability::{CapMask, Capability};
 use crate::mem::DmaPool;
 use crate::mmio::RegisterWindow;
@@ -42,7 +43,7 @@ impl IoatDevice {
         pool: DmaPool,
         channel_config: IoatConfig,
     ) -> Result<IoatDevice, IoatError> {
-        let identity = Identity::read(&*registers)?;
+        let identity = bring_up(&*registers, config_space.as_deref())?;
         let count = identity.channels;
         if count == 0 {
             return Err(IoatError::NoSuchChannel { index: 0, count });

@@ -7,6 +7,7 @@ mod channel;
 mod completion;
 mod device;
 mod error;
+mod function;
 mod queue;
 mod ring;
 pub mod spec;

@@ -20,10 +20,10 @@ use std::time::Instant;
 use super::channel::IoatConfig;
 use super::completion::CompletionWord;
 use super::error::{device_error, IoatError};
+use super::function::{bring_up, Identity};
 use super::ring::DescriptorRing;
 use super::spec::{
-    self, cbver, chan, chancmd, chanctrl, chansts, ctl, device, op, Descriptor,
-    NULL_DESCRIPTOR_SIZE,
+    self, cbver, chan, chancmd, chanctrl, chansts, ctl, op, Descriptor, NULL_DESCRIPTOR_SIZE,
 };
 use super::submit::IoatScratch;
 use crate::mem::DmaPool;
@@ -34,38 +34,6 @@ use crate::queue::{Health, OpError, OpFlags, SubmitError};
 
 /// A started IOAT channel.
 pub(crate) type IoatQueue = RingQueue<IoatEngine>;
-
-/// What a function's device registers say about it, read once at probe and at channel start.
-pub(crate) struct Identity {
-    /// CBVER.
-    pub(crate) version: u8,
-    /// Usable channels: CHANCNT, capped at what v3 functions can expose.
-    pub(crate) channels: usize,
-    /// DMACAPABILITY offers block fill.
-    pub(crate) fill_supported: bool,
-    /// Largest transfer of one descriptor.
-    pub(crate) max_transfer: u64,
-}
-
-impl Identity {
-    /// Reads the registers; refuses a removed device and parts older than v3.
-    pub(crate) fn read(regs: &dyn RegisterWindow) -> Result<Identity, IoatError> {
-        let version = regs.read8(device::CBVER);
-        if version == u8::MAX {
-            return Err(IoatError::DeviceRemoved);
-        }
-        if version < cbver::V3_0 {
-            return Err(IoatError::UnsupportedVersion(version));
-        }
-        Ok(Identity {
-            version,
-            channels: usize::from(regs.read8(device::CHANCNT) & device::CHANCNT_MASK)
-                .min(spec::MAX_CHANNELS),
-            fill_supported: regs.read32(device::DMACAPABILITY) & spec::dmacap::FILL != 0,
-            max_transfer: spec::max_transfer(regs.read8(device::XFERCAP)),
-        })
-    }
-}
 
 /// Reads all-ones: what a removed PCI device returns.
 fn all_ones_u64(value: u64) -> bool {
@@ -86,6 +54,7 @@ pub(crate) struct IoatEngine {
     regs: Arc<dyn RegisterWindow>,
     config_space: Option<Arc<dyn ConfigSpace>>,
     base: usize,
+    /// The version acted on: CBVER, or v3.2 for Skylake-SP.
     version: u8,
     split64: bool,
     pub(crate) max_transfer: u64,
@@ -116,27 +85,19 @@ impl IoatEngine {
         if !(4..=16).contains(&config.ring_order) {
             return Err(IoatError::BadRingOrder(config.ring_order));
         }
+        // Again at each start: a reset of the function (VFIO's, say) may have undone it.
         let Identity {
             version,
             channels,
             fill_supported,
             max_transfer,
-        } = Identity::read(&*regs)?;
+            ..
+        } = bring_up(&*regs, config_space.as_deref())?;
         if index >= channels {
             return Err(IoatError::NoSuchChannel {
                 index,
                 count: channels,
             });
-        }
-        if let Some(cs) = &config_space {
-            let command = cs
-                .read16(spec::config::COMMAND)
-                .map_err(|e| IoatError::Config(e.to_string()))?;
-            cs.write16(
-                spec::config::COMMAND,
-                command | spec::config::COMMAND_BUS_MASTER,
-            )
-            .map_err(|e| IoatError::Config(e.to_string()))?;
         }
         let ring = DescriptorRing::new(pool, config.ring_order)?;
         let completion = CompletionWord::new(pool)?;
