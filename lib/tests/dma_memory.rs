@@ -741,3 +741,158 @@ fn physical_mode_translates_or_refuses_with_a_typed_error() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// An IOMMU context that records its mappings, with a window and an entry limit.
+#[derive(Debug)]
+struct RecordingIommu {
+    id: dmaplane::mem::IommuId,
+    window: std::ops::RangeInclusive<u64>,
+    limit: usize,
+    /// IOVA → (VA, length) of what is mapped now.
+    mapped: Mutex<std::collections::BTreeMap<u64, (usize, usize)>>,
+}
+
+impl RecordingIommu {
+    fn new(window: std::ops::RangeInclusive<u64>, limit: usize) -> std::sync::Arc<RecordingIommu> {
+        std::sync::Arc::new(RecordingIommu {
+            id: dmaplane::mem::IommuId::fresh(),
+            window,
+            limit,
+            mapped: Mutex::new(std::collections::BTreeMap::new()),
+        })
+    }
+
+    fn mapped(&self) -> Vec<(u64, usize, usize)> {
+        self.mapped
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(&iova, &(va, len))| (iova, va, len))
+            .collect()
+    }
+}
+
+impl dmaplane::mem::IommuMapper for RecordingIommu {
+    fn id(&self) -> dmaplane::mem::IommuId {
+        self.id
+    }
+
+    fn iova_ranges(&self) -> Vec<std::ops::RangeInclusive<u64>> {
+        vec![self.window.clone()]
+    }
+
+    fn entries_left(&self) -> Option<u32> {
+        Some((self.limit - self.mapped.lock().unwrap().len()) as u32)
+    }
+
+    fn map(&self, va: usize, iova: u64, len: usize) -> std::io::Result<()> {
+        let mut mapped = self.mapped.lock().unwrap();
+        if mapped.len() == self.limit {
+            // What type1 answers past dma_entry_limit.
+            return Err(std::io::Error::from_raw_os_error(28 /* ENOSPC */));
+        }
+        assert!(
+            mapped.insert(iova, (va, len)).is_none(),
+            "IOVA {iova:#x} mapped twice"
+        );
+        Ok(())
+    }
+
+    fn unmap(&self, iova: u64, len: usize) -> std::io::Result<()> {
+        let removed = self.mapped.lock().unwrap().remove(&iova);
+        assert_eq!(
+            removed.map(|(_, l)| l),
+            Some(len),
+            "unmapped what was not mapped"
+        );
+        Ok(())
+    }
+}
+
+#[test]
+fn a_mapped_pool_maps_every_region_and_registration_into_its_iommus_and_unmaps_them() {
+    let pool = pool(IovaMode::Mapped);
+    let block = pool.alloc(4096, 64).unwrap();
+    assert!(
+        dmaplane::mem::DEFAULT_IOVA_WINDOW.contains(&block.iova()),
+        "IOVA {:#x} outside the default window",
+        block.iova()
+    );
+    let iommu = RecordingIommu::new(0..=(1 << 40), 64);
+    pool.attach_iommu(iommu.clone()).unwrap();
+    pool.attach_iommu(iommu.clone()).unwrap(); // twice: a no-op
+    assert_eq!(pool.iommus(), vec![iommu.id]);
+    let first = iommu.mapped();
+    assert_eq!(first.len(), pool.region_count(), "every region, once");
+    let (iova, va, len) = first[0];
+    assert!(iova <= block.iova() && block.iova() < iova + len as u64);
+    assert_eq!(
+        pool.translate(va, 1).unwrap().0,
+        iova,
+        "the pool's IOVA is the mapped one"
+    );
+
+    // A block of its own region: mapped while it lives, unmapped when it goes.
+    let large = pool.alloc(pool.region_size() * 2, 4096).unwrap();
+    assert_eq!(iommu.mapped().len(), first.len() + 1);
+    assert_eq!(iommu.mapped()[1].0 % (2 << 20), 0, "hugepage-aligned IOVA");
+    drop(large);
+    assert_eq!(iommu.mapped(), first);
+
+    // Registered application memory, the same.
+    let mut app = vec![0u8; 3 * 4096];
+    let registration = pool.register(app.as_mut_ptr(), app.len()).unwrap();
+    assert_eq!(iommu.mapped().len(), first.len() + 1);
+    drop(registration);
+    assert_eq!(iommu.mapped(), first);
+
+    drop(block);
+    drop(pool);
+    assert!(
+        iommu.mapped().is_empty(),
+        "the pool unmapped everything it mapped"
+    );
+}
+
+#[test]
+fn a_mapped_pool_respects_the_iommus_windows_and_entry_limit() {
+    // Refused: a context that does not cover what is mapped already.
+    let pool = pool(IovaMode::Mapped);
+    let narrow = RecordingIommu::new(0..=0xffff_ffff, 64);
+    assert!(matches!(
+        pool.attach_iommu(narrow.clone()),
+        Err(MemError::IovaOutsideIommu { .. })
+    ));
+    assert!(
+        narrow.mapped().is_empty(),
+        "nothing left mapped after a refusal"
+    );
+
+    // Accepted: later IOVAs come from the context's window only.
+    let iommu = RecordingIommu::new((1 << 32)..=((1 << 34) - 1), 3);
+    pool.attach_iommu(iommu.clone()).unwrap();
+    let large = pool.alloc(pool.region_size() * 2, 4096).unwrap();
+    assert!(iommu
+        .mapped()
+        .iter()
+        .all(|&(iova, _, len)| iova + len as u64 <= 1 << 34));
+    // The entry limit: the context took 3 mappings at most.
+    let mut blocks = vec![large];
+    let refused = loop {
+        match pool.alloc(pool.region_size() * 2, 4096) {
+            Ok(block) => blocks.push(block),
+            Err(e) => break e,
+        }
+        assert!(blocks.len() < 8, "the entry limit was never reached");
+    };
+    assert_eq!(refused, MemError::IommuEntriesExhausted);
+    assert_eq!(iommu.mapped().len(), 3);
+    drop(blocks);
+
+    // A pool whose IOVAs the pool does not pick cannot take a context.
+    let va = self::pool(IovaMode::Va);
+    assert!(matches!(
+        va.attach_iommu(RecordingIommu::new(0..=u64::MAX, 8)),
+        Err(MemError::InvalidConfig { .. })
+    ));
+}

@@ -107,6 +107,30 @@ pub enum MemError {
         /// What is wrong with it.
         reason: String,
     },
+    /// No free IOVA range of this size is left in the windows every attached IOMMU context
+    /// accepts.
+    IovaSpaceExhausted {
+        /// The bytes asked for.
+        len: usize,
+    },
+    /// An IOMMU context accepts no more mappings (VFIO type1's `dma_entry_limit`).
+    IommuEntriesExhausted,
+    /// Memory already mapped lies outside the IOVA windows of a context being attached.
+    IovaOutsideIommu {
+        /// The IOVA of the mapping that does not fit.
+        iova: u64,
+        /// Its length.
+        len: usize,
+    },
+    /// The IOMMU context refused to map (or unmap) a range.
+    IommuMap {
+        /// The IOVA.
+        iova: u64,
+        /// The length.
+        len: usize,
+        /// What the kernel (or its simulation) said.
+        reason: String,
+    },
 }
 
 impl fmt::Display for MemError {
@@ -182,6 +206,20 @@ impl fmt::Display for MemError {
             ),
             MemError::InvalidConfig { reason } => {
                 write!(f, "invalid DMA pool configuration: {reason}")
+            }
+            MemError::IovaSpaceExhausted { len } => {
+                write!(f, "no free IOVA range of {len:#x} bytes in the IOMMU's windows")
+            }
+            MemError::IommuEntriesExhausted => f.write_str(
+                "the IOMMU context accepts no more mappings (raise vfio_iommu_type1's \
+                 dma_entry_limit, or use larger regions)",
+            ),
+            MemError::IovaOutsideIommu { iova, len } => write!(
+                f,
+                "IOVA range {iova:#x}+{len:#x} is outside the IOMMU's valid windows"
+            ),
+            MemError::IommuMap { iova, len, reason } => {
+                write!(f, "mapping IOVA {iova:#x}+{len:#x} in the IOMMU failed: {reason}")
             }
         }
     }

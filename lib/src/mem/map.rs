@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use super::MemError;
 
 /// Who put a run in the map, so that exactly its runs can be taken out again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Owner {
     /// A backing region of the pool, by region id.
     Region(u64),

@@ -18,6 +18,9 @@
 //!   not move hugetlb pages, while locked 4 KiB pages may still be migrated by compaction.
 //! - [`IovaMode::Scrambled`]: every 4 KiB page gets a made-up IOVA adjacent to no other, so
 //!   a driver that does not split at every page boundary is caught by the device's refusal.
+//! - [`IovaMode::Mapped`]: the pool allocates IOVAs and maps each region and registration
+//!   into the IOMMU contexts (VFIO containers) attached to it ([`DmaPool::attach_iommu`]),
+//!   unmapping it when it goes; what is not mapped faults in the IOMMU.
 //!
 //! # Backing
 //!
@@ -61,6 +64,7 @@
 mod block;
 mod error;
 mod freelist;
+mod iommu;
 mod map;
 mod os;
 mod pool;
@@ -69,6 +73,7 @@ mod scramble;
 
 pub use block::DmaBlock;
 pub use error::MemError;
+pub use iommu::{IommuId, IommuMapper, DEFAULT_IOVA_WINDOW};
 pub use pool::{DmaPool, Registration, Translator};
 
 /// The default size of a shared backing region: one 2 MiB hugepage.
@@ -90,6 +95,11 @@ pub enum IovaMode {
         /// The seed of the page permutation; equal seeds give equal IOVA sequences.
         seed: u64,
     },
+    /// The pool picks each region's IOVA itself (inside [`DEFAULT_IOVA_WINDOW`], narrowed to
+    /// what attached contexts accept) and maps it into every IOMMU context attached with
+    /// [`DmaPool::attach_iommu`]: a VFIO container with the IOMMU translating. Devices reach
+    /// exactly what is mapped; the rest faults.
+    Mapped,
 }
 
 /// The kind of pages behind a region.

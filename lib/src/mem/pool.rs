@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::block::{DmaBlock, Segment};
 use super::freelist::FreeList;
+use super::iommu::{IommuId, IommuMapper, IovaSpace, DEFAULT_IOVA_WINDOW};
 use super::map::{IovaMap, Owner, Run};
 use super::os::{self, Mapping};
 use super::procfs;
@@ -83,6 +84,11 @@ struct State {
     next_registration: u64,
     map: Arc<IovaMap>,
     scrambler: Option<Scrambler>,
+    /// `Mapped` mode: free IOVA space, the contexts mappings go to, and what each owner has
+    /// mapped there.
+    iova_space: Option<IovaSpace>,
+    iommus: Vec<Arc<dyn IommuMapper>>,
+    mapped: BTreeMap<Owner, Run>,
     /// False once any `mlock` of the pool's memory failed.
     locked: bool,
     live_blocks: usize,
@@ -139,6 +145,10 @@ impl DmaPool {
                 next_registration: 0,
                 map: Arc::new(IovaMap::default()),
                 scrambler,
+                iova_space: (config.iova_mode == IovaMode::Mapped)
+                    .then(|| IovaSpace::new(DEFAULT_IOVA_WINDOW)),
+                iommus: Vec::new(),
+                mapped: BTreeMap::new(),
                 locked: true,
                 live_blocks: 0,
                 allocated_bytes: 0,
@@ -328,13 +338,12 @@ impl DmaPool {
             Err(_) => false,
         };
         let id = state.next_registration;
-        let recorded =
-            runs_for(inner.iova_mode, &mut state.scrambler, start, span).and_then(|runs| {
-                state
-                    .map_mut(&inner.generation)
-                    .insert(Owner::Registration(id), &runs)
-            });
+        let owner = Owner::Registration(id);
+        let recorded = state
+            .runs_for(inner.iova_mode, owner, start, span)
+            .and_then(|runs| state.map_mut(&inner.generation).insert(owner, &runs));
         if let Err(e) = recorded {
+            state.unmap_owner(owner);
             if locked {
                 os::unlock_range(start, span);
             }
@@ -349,6 +358,54 @@ impl DmaPool {
             len: span,
             locked,
         })
+    }
+
+    /// Maps every region and registration of this pool into `iommu` (a VFIO container), and
+    /// every later one as it comes, at the IOVAs this pool picks; what is mapped is unmapped
+    /// when its region or registration goes, and everything when the pool does. Future IOVAs
+    /// are picked inside `iommu`'s windows. Only for [`IovaMode::Mapped`] pools; attaching a
+    /// context twice is a no-op.
+    pub fn attach_iommu(&self, iommu: Arc<dyn IommuMapper>) -> Result<(), MemError> {
+        let mut state = self.inner.lock();
+        if state.iova_space.is_none() {
+            return Err(MemError::InvalidConfig {
+                reason: format!(
+                    "an IOMMU context needs a pool in IovaMode::Mapped; this one is {:?}",
+                    self.inner.iova_mode
+                ),
+            });
+        }
+        if state.iommus.iter().any(|i| i.id() == iommu.id()) {
+            return Ok(());
+        }
+        let ranges = iommu.iova_ranges();
+        let runs: Vec<Run> = state.mapped.values().copied().collect();
+        if let Some(outside) = runs
+            .iter()
+            .find(|run| !super::iommu::within(&ranges, run.iova, run.len))
+        {
+            return Err(MemError::IovaOutsideIommu {
+                iova: outside.iova,
+                len: outside.len,
+            });
+        }
+        if iommu
+            .entries_left()
+            .is_some_and(|left| (left as usize) < runs.len())
+        {
+            return Err(MemError::IommuEntriesExhausted);
+        }
+        map_everywhere(std::slice::from_ref(&iommu), &runs)?;
+        if let Some(space) = state.iova_space.as_mut() {
+            space.restrict(&ranges);
+        }
+        state.iommus.push(iommu);
+        Ok(())
+    }
+
+    /// The IOMMU contexts this pool's memory is mapped into.
+    pub fn iommus(&self) -> Vec<IommuId> {
+        self.inner.lock().iommus.iter().map(|i| i.id()).collect()
     }
 
     /// How this pool derives IOVAs.
@@ -412,6 +469,19 @@ impl fmt::Debug for DmaPool {
             .field("registrations", &state.registrations)
             .field("locked", &state.locked)
             .finish()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone (blocks and registrations each hold one), so nothing the
+        // device may use is left: take everything out of the IOMMU contexts.
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        for run in std::mem::take(&mut state.mapped).into_values() {
+            for iommu in &state.iommus {
+                let _ = iommu.unmap(run.iova, run.len);
+            }
+        }
     }
 }
 
@@ -496,8 +566,12 @@ fn install_region(
         state.locked = false;
     }
     let id = state.next_region;
-    let runs = runs_for(mode, &mut state.scrambler, base, len)?;
-    state.map_mut(generation).insert(Owner::Region(id), &runs)?;
+    let owner = Owner::Region(id);
+    let runs = state.runs_for(mode, owner, base, len)?;
+    if let Err(e) = state.map_mut(generation).insert(owner, &runs) {
+        state.unmap_owner(owner);
+        return Err(e);
+    }
     state.next_region += 1;
     let free = (!dedicated).then(|| FreeList::new(len));
     state.regions.insert(id, Region { mapping, free });
@@ -505,6 +579,51 @@ fn install_region(
 }
 
 impl State {
+    /// The runs giving `[va, va + len)` its IOVAs for `owner`; in `Mapped` mode the range gets
+    /// an IOVA of its own and is mapped into every attached context (all or none).
+    fn runs_for(
+        &mut self,
+        mode: IovaMode,
+        owner: Owner,
+        va: usize,
+        len: usize,
+    ) -> Result<Vec<Run>, MemError> {
+        let Some(space) = self.iova_space.as_mut() else {
+            return runs_for(mode, &mut self.scrambler, va, len);
+        };
+        // Regions of a hugepage or more get hugepage-aligned IOVAs, so the IOMMU may use
+        // large pages for them.
+        let align = if len >= 2 << 20 {
+            2 << 20
+        } else {
+            os::page_size() as u64
+        };
+        let iova = space
+            .alloc(len as u64, align)
+            .ok_or(MemError::IovaSpaceExhausted { len })?;
+        let run = Run { va, iova, len };
+        if let Err(e) = map_everywhere(&self.iommus, &[run]) {
+            space.free(iova, len as u64);
+            return Err(e);
+        }
+        self.mapped.insert(owner, run);
+        Ok(vec![run])
+    }
+
+    /// Unmaps what `owner` mapped into the attached contexts and frees its IOVAs.
+    fn unmap_owner(&mut self, owner: Owner) {
+        if let Some(run) = self.mapped.remove(&owner) {
+            for iommu in &self.iommus {
+                // The context refusing to unmap what it mapped leaves nothing to do here:
+                // the range stays pinned until the context is closed.
+                let _ = iommu.unmap(run.iova, run.len);
+            }
+            if let Some(space) = self.iova_space.as_mut() {
+                space.free(run.iova, run.len as u64);
+            }
+        }
+    }
+
     /// The map, for changing: cloned first if translators still hold the current snapshot,
     /// and announced to them through the generation.
     fn map_mut(&mut self, generation: &AtomicU64) -> &mut IovaMap {
@@ -549,8 +668,37 @@ impl State {
         let (base, len) = (region.mapping.base(), region.mapping.len());
         self.map_mut(generation)
             .remove(Owner::Region(id), base, len);
+        self.unmap_owner(Owner::Region(id));
         Some(region)
     }
+}
+
+/// Maps every run into every context, all or none: what one refuses is unmapped again from
+/// those that took it.
+fn map_everywhere(iommus: &[Arc<dyn IommuMapper>], runs: &[Run]) -> Result<(), MemError> {
+    let mut done: Vec<(&Arc<dyn IommuMapper>, Run)> = Vec::new();
+    for iommu in iommus {
+        for &run in runs {
+            let outcome = match iommu.entries_left() {
+                Some(0) => Err(MemError::IommuEntriesExhausted),
+                _ => iommu
+                    .map(run.va, run.iova, run.len)
+                    .map_err(|e| MemError::IommuMap {
+                        iova: run.iova,
+                        len: run.len,
+                        reason: e.to_string(),
+                    }),
+            };
+            if let Err(e) = outcome {
+                for (undo, run) in done {
+                    let _ = undo.unmap(run.iova, run.len);
+                }
+                return Err(e);
+            }
+            done.push((iommu, run));
+        }
+    }
+    Ok(())
 }
 
 /// The runs that give `[va, va + len)` (page-aligned) its IOVAs in `mode`.
@@ -579,6 +727,7 @@ fn runs_for(
                 })
                 .collect())
         }
+        IovaMode::Mapped => unreachable!("mapped pools allocate their IOVAs in State::runs_for"),
         IovaMode::Physical => {
             let page = os::page_size();
             let frames = procfs::physical_pages(va, len, page)?;
@@ -667,6 +816,7 @@ impl Drop for Registration {
             self.va,
             self.len,
         );
+        state.unmap_owner(Owner::Registration(self.id));
         state.registrations -= 1;
         // Under the lock: a registration of the same range racing in must lock after this.
         if self.locked {
