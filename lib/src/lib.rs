@@ -35,17 +35,19 @@
 //! 1. `sync`, [`log`], [`cpu`], `capability`: what everything uses;
 //! 2. [`mem`]: DMA memory (hugepages or locked pages) and IOVA translation;
 //! 3. [`mmio`]: volatile register windows over mapped BARs;
-//! 4. [`pci`]: PCI configuration space and discovery in sysfs;
-//! 5. [`queue`]: the device seam: operations, the [`ChannelBackend`] hooks, the
+//! 4. [`pci`]: PCI configuration space, discovery and the rest of sysfs;
+//! 5. [`vfio`]: VFIO and the IOMMU: containers, groups, device regions, DMA mapping, behind
+//!    a kernel interface a simulation can stand in for;
+//! 6. [`queue`]: the device seam: operations, the [`ChannelBackend`] hooks, the
 //!    [`ChannelQueue`](queue::ChannelQueue) trait every backend implements, and (private)
 //!    the generic ring and the lock-free pieces under it;
-//! 6. [`ioat`], [`soft`]: the backends, siblings: the IOAT driver and the software engine;
-//! 7. [`emu`]: the emulated IOAT device, the embedded default;
-//! 8. `engine`: devices, channel reference counts, the per-CPU table and its rebalance
+//! 7. [`ioat`], [`soft`]: the backends, siblings: the IOAT driver and the software engine;
+//! 8. [`emu`]: the emulated IOAT device, the embedded default;
+//! 9. `engine`: devices, channel reference counts, the per-CPU table and its rebalance
 //!    ([`Engine`]), removal;
-//! 9. [`datapath`]: [`Client`], [`BufferClient`], pinned [`Workers`](datapath::Workers);
-//! 10. [`hotplug`]: the [`Monitor`] and kernel uevents;
-//! 11. `setup`: [`Setup`] and its builder.
+//! 10. [`datapath`]: [`Client`], [`BufferClient`], pinned [`Workers`](datapath::Workers);
+//! 11. [`hotplug`]: the [`Monitor`] and kernel uevents;
+//! 12. `setup`: [`Setup`] and its builder.
 
 mod capability;
 pub mod cpu;
@@ -62,6 +64,7 @@ pub mod queue;
 mod setup;
 pub mod soft;
 mod sync;
+pub mod vfio;
 
 pub use capability::{CapMask, Capability};
 pub use datapath::{BufferClient, Client, ClientConfig, ClientError};

@@ -14,8 +14,36 @@ use std::ptr::NonNull;
 
 use memmap2::{MmapOptions, MmapRaw};
 
+/// How the device behind a register window addresses host memory, as the way its registers
+/// were reached implies: the driver checks it against the DMA pool's IOVA mode at probe, so a
+/// pool whose addresses the device would misread is refused before any descriptor is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DmaAddressing {
+    /// A model of a device (or a test double): it resolves whatever IOVAs the pool gives.
+    Emulated,
+    /// BAR0 mapped through sysfs: the device puts bus addresses on the bus, which are
+    /// physical ones unless an IOMMU translates for it (then they fault).
+    Physical {
+        /// An IOMMU translates this function's DMA (its group's domain is not `identity`).
+        iommu_translating: bool,
+    },
+    /// Opened through VFIO into IOMMU context `iommu`: the device uses the IOVAs mapped
+    /// there; in no-IOMMU mode nothing translates and they are physical addresses.
+    Vfio {
+        /// The context.
+        iommu: crate::mem::IommuId,
+        /// VFIO's unsafe no-IOMMU mode.
+        noiommu: bool,
+    },
+}
+
 /// Byte-addressed device registers.
 pub trait RegisterWindow: Send + Sync {
+    /// How the device behind this window addresses memory; see [`DmaAddressing`].
+    fn addressing(&self) -> DmaAddressing {
+        DmaAddressing::Emulated
+    }
+
     /// Reads the 8-bit register at `offset`.
     fn read8(&self, offset: usize) -> u8;
     /// Reads the 16-bit register at `offset`.
@@ -38,6 +66,7 @@ pub trait RegisterWindow: Send + Sync {
 pub struct MmioRegion {
     base: NonNull<u8>,
     len: usize,
+    addressing: DmaAddressing,
     /// Keeps the mapping alive when the region owns it.
     _mapping: Option<MmapRaw>,
 }
@@ -60,6 +89,9 @@ impl MmioRegion {
         Ok(MmioRegion {
             base,
             len,
+            addressing: DmaAddressing::Physical {
+                iommu_translating: false,
+            },
             _mapping: Some(mapping),
         })
     }
@@ -74,8 +106,18 @@ impl MmioRegion {
         MmioRegion {
             base,
             len,
+            addressing: DmaAddressing::Physical {
+                iommu_translating: false,
+            },
             _mapping: None,
         }
+    }
+
+    /// The same region, recording how its device addresses memory.
+    #[must_use]
+    pub fn with_addressing(mut self, addressing: DmaAddressing) -> MmioRegion {
+        self.addressing = addressing;
+        self
     }
 
     /// Length of the region in bytes.
@@ -119,6 +161,10 @@ macro_rules! volatile_access {
 }
 
 impl RegisterWindow for MmioRegion {
+    fn addressing(&self) -> DmaAddressing {
+        self.addressing
+    }
+
     volatile_access!(read8, write8, u8);
     volatile_access!(read16, write16, u16);
     volatile_access!(read32, write32, u32);
@@ -216,6 +262,54 @@ mod tests {
     }
 }
 
+/// A register window with the addressing of the way it was reached, for windows whose maker
+/// cannot know it (a mapping handed out by a kernel interface that does not know the IOMMU
+/// context).
+pub struct AddressedWindow {
+    inner: std::sync::Arc<dyn RegisterWindow>,
+    addressing: DmaAddressing,
+}
+
+impl AddressedWindow {
+    /// `inner`, reporting `addressing`.
+    pub fn new(
+        inner: std::sync::Arc<dyn RegisterWindow>,
+        addressing: DmaAddressing,
+    ) -> AddressedWindow {
+        AddressedWindow { inner, addressing }
+    }
+}
+
+impl RegisterWindow for AddressedWindow {
+    fn addressing(&self) -> DmaAddressing {
+        self.addressing
+    }
+    fn read8(&self, offset: usize) -> u8 {
+        self.inner.read8(offset)
+    }
+    fn read16(&self, offset: usize) -> u16 {
+        self.inner.read16(offset)
+    }
+    fn read32(&self, offset: usize) -> u32 {
+        self.inner.read32(offset)
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        self.inner.read64(offset)
+    }
+    fn write8(&self, offset: usize, value: u8) {
+        self.inner.write8(offset, value)
+    }
+    fn write16(&self, offset: usize, value: u16) {
+        self.inner.write16(offset, value)
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        self.inner.write32(offset, value)
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        self.inner.write64(offset, value)
+    }
+}
+
 /// Which address space an [`Access`] went to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Space {
@@ -303,6 +397,10 @@ macro_rules! recorded_access {
 }
 
 impl RegisterWindow for RecordingWindow {
+    fn addressing(&self) -> DmaAddressing {
+        self.inner.addressing()
+    }
+
     recorded_access!(read8, write8, u8, 1);
     recorded_access!(read16, write16, u16, 2);
     recorded_access!(read32, write32, u32, 4);

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use crate::mmio::{Access, AccessLog, MmioRegion, Space};
+use crate::mmio::{Access, AccessLog, DmaAddressing, MmioRegion, Space};
 
 /// PCI configuration space of one function.
 pub trait ConfigSpace: Send + Sync {
@@ -193,12 +193,22 @@ pub struct IoatFunction {
     pub numa_node: Option<u32>,
     /// Kernel driver bound to it (`ioatdma`, `vfio-pci`, `uio_pci_generic`), if any.
     pub driver: Option<String>,
+    /// Its IOMMU group, when the kernel runs an IOMMU (or VFIO's no-IOMMU mode) for it.
+    pub iommu_group: Option<u32>,
 }
 
 impl IoatFunction {
-    /// Maps the first `len` bytes of BAR0, the register window (`ioat::spec::BAR_SIZE`).
+    /// Maps the first `len` bytes of BAR0, the register window (`ioat::spec::BAR_SIZE`),
+    /// through sysfs: the device will see bus addresses, physical unless an IOMMU translates
+    /// for it, which the window records for the driver's check.
     pub fn map_bar0(&self, len: usize) -> io::Result<MmioRegion> {
-        MmioRegion::map_resource(&self.dir.join("resource0"), len)
+        let iommu_translating = self.iommu_group.is_some_and(|group| {
+            // .../devices/<bdf> → the sysfs root is three levels up.
+            let root = self.dir.ancestors().nth(4).unwrap_or(Path::new("/sys"));
+            Sysfs::at(root).group_type(group).as_deref() != Some("identity")
+        });
+        Ok(MmioRegion::map_resource(&self.dir.join("resource0"), len)?
+            .with_addressing(DmaAddressing::Physical { iommu_translating }))
     }
 
     /// Opens the function's configuration space.
@@ -233,15 +243,13 @@ pub fn discover_in(devices_dir: &Path) -> Vec<IoatFunction> {
                 .ok()
                 .and_then(|t| t.trim().parse::<i64>().ok())
                 .and_then(|n| u32::try_from(n).ok());
-            let driver = std::fs::read_link(dir.join("driver"))
-                .ok()
-                .and_then(|link| link.file_name().map(|n| n.to_string_lossy().into_owned()));
             Some(IoatFunction {
                 bdf: entry.file_name().to_string_lossy().into_owned(),
+                driver: link_name(&dir.join("driver")),
+                iommu_group: link_name(&dir.join("iommu_group")).and_then(|n| n.parse().ok()),
                 dir,
                 device_id,
                 numa_node,
-                driver,
             })
         })
         .collect();
@@ -251,7 +259,117 @@ pub fn discover_in(devices_dir: &Path) -> Vec<IoatFunction> {
 
 /// Lists the machine's IOAT functions.
 pub fn discover() -> Vec<IoatFunction> {
-    discover_in(Path::new("/sys/bus/pci/devices"))
+    Sysfs::system().discover_ioat()
+}
+
+/// The last component of the target of the symbolic link at `link`.
+fn link_name(link: &Path) -> Option<String> {
+    let target = std::fs::read_link(link).ok()?;
+    Some(target.file_name()?.to_string_lossy().into_owned())
+}
+
+/// Where the kernel's sysfs is: `/sys` on a machine, a fake tree in tests. Everything the
+/// library and `dmaplane-setup` learn about PCI functions, IOMMU groups and VFIO from the
+/// kernel they read through one of these, so that a fake tree stands in for all of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sysfs {
+    root: PathBuf,
+}
+
+impl Sysfs {
+    /// The machine's `/sys`.
+    pub fn system() -> Sysfs {
+        Sysfs::at("/sys")
+    }
+
+    /// A sysfs tree at `root` (a fake one, in tests).
+    pub fn at(root: impl Into<PathBuf>) -> Sysfs {
+        Sysfs { root: root.into() }
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `bus/pci/devices`.
+    pub fn pci_devices(&self) -> PathBuf {
+        self.root.join("bus/pci/devices")
+    }
+
+    /// The directory of PCI function `bdf`.
+    pub fn device_dir(&self, bdf: &str) -> PathBuf {
+        self.pci_devices().join(bdf)
+    }
+
+    /// `bus/pci/drivers/<driver>`.
+    pub fn driver_dir(&self, driver: &str) -> PathBuf {
+        self.root.join("bus/pci/drivers").join(driver)
+    }
+
+    /// The IOAT functions, in address order.
+    pub fn discover_ioat(&self) -> Vec<IoatFunction> {
+        discover_in(&self.pci_devices())
+    }
+
+    /// The driver bound to `bdf`, if any.
+    pub fn driver(&self, bdf: &str) -> Option<String> {
+        link_name(&self.device_dir(bdf).join("driver"))
+    }
+
+    /// The IOMMU group of `bdf`, if it has one.
+    pub fn iommu_group(&self, bdf: &str) -> Option<u32> {
+        link_name(&self.device_dir(bdf).join("iommu_group")).and_then(|n| n.parse().ok())
+    }
+
+    /// The functions in IOMMU group `group`, in address order.
+    pub fn group_devices(&self, group: u32) -> Vec<String> {
+        let dir = self
+            .root
+            .join(format!("kernel/iommu_groups/{group}/devices"));
+        let mut devices: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        devices.sort();
+        devices
+    }
+
+    /// The domain type of IOMMU group `group` (`identity` in passthrough, `DMA` or `DMA-FQ`
+    /// when the IOMMU translates), where the kernel reports it.
+    pub fn group_type(&self, group: u32) -> Option<String> {
+        let text =
+            std::fs::read_to_string(self.root.join(format!("kernel/iommu_groups/{group}/type")))
+                .ok()?;
+        Some(text.trim().to_string())
+    }
+
+    /// Whether any IOMMU group exists: an IOMMU is on (or VFIO's no-IOMMU mode made groups).
+    pub fn iommu_groups_exist(&self) -> bool {
+        std::fs::read_dir(self.root.join("kernel/iommu_groups"))
+            .is_ok_and(|mut entries| entries.next().is_some())
+    }
+
+    /// Whether VFIO's unsafe no-IOMMU mode is enabled.
+    pub fn noiommu_enabled(&self) -> bool {
+        std::fs::read_to_string(
+            self.root
+                .join("module/vfio/parameters/enable_unsafe_noiommu_mode"),
+        )
+        .is_ok_and(|t| t.trim() == "Y")
+    }
+
+    /// The VFIO character device of `bdf` (`vfioN`, under `/dev/vfio/devices`), on kernels
+    /// with the device cdev interface.
+    pub fn vfio_cdev(&self, bdf: &str) -> Option<String> {
+        let mut entries = std::fs::read_dir(self.device_dir(bdf).join("vfio-dev")).ok()?;
+        let entry = entries.next()?.ok()?;
+        Some(entry.file_name().to_string_lossy().into_owned())
+    }
 }
 
 #[cfg(test)]

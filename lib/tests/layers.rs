@@ -16,14 +16,15 @@ const LAYERS: &[(&str, u32)] = &[
     ("mem", 1),
     ("mmio", 2),
     ("pci", 3),
-    ("queue", 4),
-    ("ioat", 5),
-    ("soft", 5),
-    ("emu", 6),
-    ("engine", 7),
-    ("datapath", 8),
-    ("hotplug", 9),
-    ("setup", 10),
+    ("vfio", 4),
+    ("queue", 5),
+    ("ioat", 6),
+    ("soft", 6),
+    ("emu", 7),
+    ("engine", 8),
+    ("datapath", 9),
+    ("hotplug", 10),
+    ("setup", 11),
 ];
 
 fn layer_of(module: &str) -> Option<u32> {

@@ -414,6 +414,21 @@ impl Channel {
         self.reset_unread.store(true, Ordering::Release);
     }
 
+    /// A function-level reset: every register back at its power-on value, CHANERR included,
+    /// and the work in progress dropped. Counters of what the channel did are kept.
+    pub(super) fn power_on(&self) {
+        let mut core = self.lock();
+        self.reset(&mut core);
+        self.reset_unread.store(false, Ordering::Release);
+        self.chancmd.store(0, Ordering::Release);
+        self.chanctrl.store(0, Ordering::Relaxed);
+        self.chainaddr.store(0, Ordering::Relaxed);
+        self.chancmp.store(0, Ordering::Relaxed);
+        self.chanerr.store(0, Ordering::Release);
+        self.chanerr_mask.store(0, Ordering::Relaxed);
+        self.dcactrl.store(0, Ordering::Relaxed);
+    }
+
     /// Carries out the commands posted in threaded mode; true if there were any.
     fn drain_commands(&self, dev: &DeviceShared, core: &mut Core) -> bool {
         if dev.config.mode != EmuMode::Threaded {

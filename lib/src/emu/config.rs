@@ -84,6 +84,10 @@ impl PciState {
         self.chanerr_int.fetch_or(error, Ordering::AcqRel);
     }
 
+    pub(super) fn clear_chanerr_int(&self) {
+        self.chanerr_int.store(0, Ordering::Release);
+    }
+
     pub(super) fn chanerr_int(&self) -> u32 {
         self.chanerr_int.load(Ordering::Acquire)
     }

@@ -255,6 +255,16 @@ impl EmulatedDevice {
             })
     }
 
+    /// A function-level reset (what `VFIO_DEVICE_RESET` does): every channel back at its
+    /// power-on state, CHANERR and CHANERR_INT cleared, the work in progress dropped.
+    /// Configuration space's header is the kernel's to save and restore around it.
+    pub fn reset_function(&self) {
+        for channel in &self.shared.channels {
+            channel.power_on();
+        }
+        self.shared.pci.clear_chanerr_int();
+    }
+
     /// Whether the device was surprise-removed.
     pub fn is_removed(&self) -> bool {
         self.shared.is_removed()

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::channel::IoatConfig;
 use super::error::IoatError;
-use super::function::bring_up;
+use super::function::{bring_up, check_addressing};
 use super::queue::IoatEngine;
 use crate::capability::{CapMask, Capability};
 use crate::mem::DmaPool;
@@ -43,6 +43,7 @@ impl IoatDevice {
         pool: DmaPool,
         channel_config: IoatConfig,
     ) -> Result<IoatDevice, IoatError> {
+        check_addressing(&*registers, &pool)?;
         let identity = bring_up(&*registers, config_space.as_deref())?;
         let count = identity.channels;
         if count == 0 {

@@ -44,6 +44,9 @@ pub enum IoatError {
     DeviceRemoved,
     /// A ring order outside 4..=16.
     BadRingOrder(u32),
+    /// The DMA pool's addresses are not what this device would use, given how its registers
+    /// were reached; the text says what to change.
+    Addressing(String),
 }
 
 impl fmt::Display for IoatError {
@@ -68,6 +71,7 @@ impl fmt::Display for IoatError {
             IoatError::BadRingOrder(order) => {
                 write!(f, "ring order {order} is outside 4..=16")
             }
+            IoatError::Addressing(why) => write!(f, "DMA addressing: {why}"),
         }
     }
 }

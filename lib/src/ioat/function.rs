@@ -9,7 +9,8 @@
 
 use super::error::IoatError;
 use super::spec::{self, cbver, device};
-use crate::mmio::RegisterWindow;
+use crate::mem::{DmaPool, IovaMode};
+use crate::mmio::{DmaAddressing, RegisterWindow};
 use crate::pci::{find_capability, regs, ConfigSpace};
 
 /// What a function's device registers say about it, read once at probe and at channel start.
@@ -44,6 +45,44 @@ impl Identity {
             fill_supported: regs.read32(device::DMACAPABILITY) & spec::dmacap::FILL != 0,
             max_transfer: spec::max_transfer(regs.read8(device::XFERCAP)),
         })
+    }
+}
+
+/// Refuses a pool whose IOVAs the device behind `registers` would not understand: each way of
+/// reaching a function fixes what its DMA addresses mean.
+pub(crate) fn check_addressing(
+    registers: &dyn RegisterWindow,
+    pool: &DmaPool,
+) -> Result<(), IoatError> {
+    let mode = pool.iova_mode();
+    let refuse = |why: &str| {
+        Err(IoatError::Addressing(format!(
+            "{why} (the pool is {mode:?})"
+        )))
+    };
+    match registers.addressing() {
+        DmaAddressing::Emulated => Ok(()),
+        DmaAddressing::Physical {
+            iommu_translating: true,
+        } => refuse(
+            "an IOMMU translates this function's DMA, so physical addresses would fault: \
+             open it through VFIO (bind it to vfio-pci), or boot with iommu=pt",
+        ),
+        DmaAddressing::Physical { .. } if mode != IovaMode::Physical => refuse(
+            "registers mapped through sysfs: the device sees bus addresses, so the pool \
+             must use IovaMode::Physical",
+        ),
+        DmaAddressing::Vfio { noiommu: true, .. } if mode != IovaMode::Physical => {
+            refuse("VFIO's no-IOMMU mode translates nothing: the pool must use IovaMode::Physical")
+        }
+        DmaAddressing::Vfio {
+            iommu,
+            noiommu: false,
+        } if mode != IovaMode::Mapped || !pool.iommus().contains(&iommu) => refuse(
+            "opened through VFIO: the pool must be IovaMode::Mapped and attached to the \
+             function's IOMMU context (DmaPool::attach_iommu)",
+        ),
+        DmaAddressing::Physical { .. } | DmaAddressing::Vfio { .. } => Ok(()),
     }
 }
 

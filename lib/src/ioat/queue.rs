@@ -20,7 +20,7 @@ use std::time::Instant;
 use super::channel::IoatConfig;
 use super::completion::CompletionWord;
 use super::error::{device_error, IoatError};
-use super::function::{bring_up, Identity};
+use super::function::{bring_up, check_addressing, Identity};
 use super::ring::DescriptorRing;
 use super::spec::{
     self, cbver, chan, chancmd, chanctrl, chansts, ctl, op, Descriptor, NULL_DESCRIPTOR_SIZE,
@@ -85,6 +85,7 @@ impl IoatEngine {
         if !(4..=16).contains(&config.ring_order) {
             return Err(IoatError::BadRingOrder(config.ring_order));
         }
+        check_addressing(&*regs, pool)?;
         // Again at each start: a reset of the function (VFIO's, say) may have undone it.
         let Identity {
             version,

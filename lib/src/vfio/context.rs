@@ -1,0 +1,384 @@
+//! The IOMMU context functions are opened into, and the DMA pool maps its memory into: a
+//! type1 container with its groups (every kernel with VFIO), or an iommufd address space with
+//! device cdevs bound to it (kernels with `CONFIG_VFIO_DEVICE_CDEV`). One context serves every
+//! function of a setup, so one mapping of a region serves them all.
+
+use std::collections::HashMap;
+use std::io;
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
+
+use super::device::VfioDevice;
+use super::kernel::{extension, group_flags, Fd, VfioKernel, API_VERSION};
+use super::VfioError;
+use crate::mem::{IommuId, IommuMapper};
+use crate::pci::Sysfs;
+use crate::sync::lock_std;
+
+/// Whether VFIO's unsafe no-IOMMU mode may be used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NoIommu {
+    /// Refused: a function in a no-IOMMU group is an error.
+    #[default]
+    Refused,
+    /// Allowed: such functions open, nothing translates their DMA, and the pool must use
+    /// physical addresses. A descriptor can then write anywhere in memory.
+    Allowed,
+}
+
+enum Kind {
+    Type1 { container: Fd },
+    Iommufd { iommufd: Fd, ioas: u32 },
+}
+
+#[derive(Default)]
+struct Type1State {
+    /// Group number → its open node.
+    groups: HashMap<u32, Fd>,
+    /// The IOMMU model is set (after the first group joined).
+    model: Option<u32>,
+    iova_ranges: Vec<RangeInclusive<u64>>,
+}
+
+/// An IOMMU context. See the module documentation.
+pub struct VfioContext {
+    kernel: Arc<dyn VfioKernel>,
+    id: IommuId,
+    kind: Kind,
+    noiommu: NoIommu,
+    state: Mutex<Type1State>,
+}
+
+impl std::fmt::Debug for VfioContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfioContext")
+            .field("id", &self.id)
+            .field(
+                "kind",
+                &match self.kind {
+                    Kind::Type1 { .. } => "type1",
+                    Kind::Iommufd { .. } => "iommufd",
+                },
+            )
+            .field("noiommu", &self.is_noiommu())
+            .finish()
+    }
+}
+
+fn call<'a>(what: &'static str, bdf: &'a str) -> impl FnOnce(io::Error) -> VfioError + 'a {
+    move |error| VfioError::Call {
+        what,
+        bdf: bdf.to_string(),
+        error,
+    }
+}
+
+impl VfioContext {
+    /// A type1 container. `noiommu` says whether functions in no-IOMMU groups may join it.
+    pub fn type1(
+        kernel: Arc<dyn VfioKernel>,
+        noiommu: NoIommu,
+    ) -> Result<Arc<VfioContext>, VfioError> {
+        let container = kernel.open_container().map_err(VfioError::NotAvailable)?;
+        let context = VfioContext {
+            kernel,
+            id: IommuId::fresh(),
+            kind: Kind::Type1 { container },
+            noiommu,
+            state: Mutex::new(Type1State::default()),
+        };
+        let version = context
+            .kernel
+            .api_version(container)
+            .map_err(call("VFIO_GET_API_VERSION", "the container"))?;
+        if version != API_VERSION {
+            return Err(VfioError::ApiVersion(version));
+        }
+        Ok(Arc::new(context))
+    }
+
+    /// An iommufd address space (functions join through their device cdevs).
+    pub fn iommufd(kernel: Arc<dyn VfioKernel>) -> Result<Arc<VfioContext>, VfioError> {
+        let iommufd = kernel.open_iommufd().map_err(VfioError::NotAvailable)?;
+        let ioas = match kernel.ioas_alloc(iommufd) {
+            Ok(ioas) => ioas,
+            Err(e) => {
+                kernel.close(iommufd);
+                return Err(call("IOMMU_IOAS_ALLOC", "the iommufd")(e));
+            }
+        };
+        Ok(Arc::new(VfioContext {
+            kernel,
+            id: IommuId::fresh(),
+            kind: Kind::Iommufd { iommufd, ioas },
+            noiommu: NoIommu::Refused,
+            state: Mutex::new(Type1State::default()),
+        }))
+    }
+
+    /// The context a function should use: iommufd where the kernel has device cdevs for it
+    /// and `/dev/iommu` opens, a type1 container otherwise (and for no-IOMMU groups).
+    pub fn for_function(
+        kernel: Arc<dyn VfioKernel>,
+        sysfs: &Sysfs,
+        bdf: &str,
+        noiommu: NoIommu,
+    ) -> Result<Arc<VfioContext>, VfioError> {
+        if sysfs.vfio_cdev(bdf).is_some() && !sysfs.noiommu_enabled() {
+            if let Ok(context) = VfioContext::iommufd(Arc::clone(&kernel)) {
+                return Ok(context);
+            }
+        }
+        VfioContext::type1(kernel, noiommu)
+    }
+
+    /// The context's identity, as the pool knows it.
+    pub fn id(&self) -> IommuId {
+        self.id
+    }
+
+    /// The kernel interface.
+    pub fn kernel(&self) -> &Arc<dyn VfioKernel> {
+        &self.kernel
+    }
+
+    /// Whether functions of this context are in no-IOMMU groups (nothing translates).
+    pub fn is_noiommu(&self) -> bool {
+        lock_std(&self.state).model == Some(extension::NOIOMMU)
+    }
+
+    /// Whether this is an iommufd address space (or a type1 container).
+    pub fn is_iommufd(&self) -> bool {
+        matches!(self.kind, Kind::Iommufd { .. })
+    }
+
+    /// Opens function `bdf` (bound to vfio-pci) into this context.
+    pub fn open_device(
+        self: &Arc<Self>,
+        sysfs: &Sysfs,
+        bdf: &str,
+    ) -> Result<VfioDevice, VfioError> {
+        match self.kind {
+            Kind::Type1 { container } => self.open_type1(sysfs, bdf, container),
+            Kind::Iommufd { iommufd, ioas } => self.open_cdev(sysfs, bdf, iommufd, ioas),
+        }
+    }
+
+    fn open_type1(
+        self: &Arc<Self>,
+        sysfs: &Sysfs,
+        bdf: &str,
+        container: Fd,
+    ) -> Result<VfioDevice, VfioError> {
+        let group = sysfs
+            .iommu_group(bdf)
+            .ok_or_else(|| VfioError::NoIommuGroup {
+                bdf: bdf.to_string(),
+            })?;
+        let group_fd = self.join_group(sysfs, bdf, group, container)?;
+        let fd = self
+            .kernel
+            .group_device(group_fd, bdf)
+            .map_err(call("VFIO_GROUP_GET_DEVICE_FD", bdf))?;
+        VfioDevice::new(Arc::clone(self), fd, bdf)
+    }
+
+    /// The group's node, opened and attached to the container (once per group).
+    fn join_group(
+        &self,
+        sysfs: &Sysfs,
+        bdf: &str,
+        group: u32,
+        container: Fd,
+    ) -> Result<Fd, VfioError> {
+        let mut state = lock_std(&self.state);
+        if let Some(&fd) = state.groups.get(&group) {
+            return Ok(fd);
+        }
+        let kernel = &self.kernel;
+        let (fd, noiommu) = match kernel.open_group(group, false) {
+            Ok(fd) => (fd, false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && sysfs.noiommu_enabled() => {
+                let fd = kernel
+                    .open_group(group, true)
+                    .map_err(|e| open_error(e, sysfs, bdf, group, true))?;
+                (fd, true)
+            }
+            Err(e) => return Err(open_error(e, sysfs, bdf, group, false)),
+        };
+        let close_on_error = |error: VfioError| {
+            kernel.close(fd);
+            error
+        };
+        if noiommu && self.noiommu != NoIommu::Allowed {
+            return Err(close_on_error(VfioError::NoIommuRefused {
+                bdf: bdf.to_string(),
+            }));
+        }
+        let status = kernel
+            .group_status(fd)
+            .map_err(|e| close_on_error(call("VFIO_GROUP_GET_STATUS", bdf)(e)))?;
+        let not_viable = || VfioError::GroupNotViable {
+            group,
+            members: sysfs.group_devices(group),
+        };
+        if status & group_flags::VIABLE == 0 {
+            return Err(close_on_error(not_viable()));
+        }
+        match kernel.set_container(fd, container) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                return Err(close_on_error(not_viable()))
+            }
+            Err(e) => return Err(close_on_error(call("VFIO_GROUP_SET_CONTAINER", bdf)(e))),
+        }
+        if state.model.is_none() {
+            let model = if noiommu {
+                extension::NOIOMMU
+            } else {
+                extension::TYPE1V2
+            };
+            let offered = kernel
+                .check_extension(container, model)
+                .map_err(|e| close_on_error(call("VFIO_CHECK_EXTENSION", bdf)(e)))?;
+            if !offered {
+                return Err(close_on_error(VfioError::NoIommuModel));
+            }
+            kernel
+                .set_iommu(container, model)
+                .map_err(|e| close_on_error(call("VFIO_SET_IOMMU", bdf)(e)))?;
+            state.model = Some(model);
+            if !noiommu {
+                let info = kernel
+                    .iommu_info(container)
+                    .map_err(|e| close_on_error(call("VFIO_IOMMU_GET_INFO", bdf)(e)))?;
+                state.iova_ranges = info.iova_ranges;
+            }
+        } else if (state.model == Some(extension::NOIOMMU)) != noiommu {
+            // The kernel refuses to mix no-IOMMU and translated groups in one container.
+            return Err(close_on_error(VfioError::Call {
+                what: "VFIO_GROUP_SET_CONTAINER",
+                bdf: bdf.to_string(),
+                error: io::Error::from_raw_os_error(libc::EPERM),
+            }));
+        }
+        state.groups.insert(group, fd);
+        Ok(fd)
+    }
+
+    fn open_cdev(
+        self: &Arc<Self>,
+        sysfs: &Sysfs,
+        bdf: &str,
+        iommufd: Fd,
+        ioas: u32,
+    ) -> Result<VfioDevice, VfioError> {
+        let cdev = sysfs.vfio_cdev(bdf).ok_or_else(|| VfioError::NotBound {
+            bdf: bdf.to_string(),
+            driver: sysfs.driver(bdf),
+        })?;
+        let fd = self
+            .kernel
+            .open_device_cdev(&cdev)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EACCES | libc::EPERM) => VfioError::Permission {
+                    node: format!("/dev/vfio/devices/{cdev}"),
+                },
+                _ => call("open", bdf)(e),
+            })?;
+        let bound = self
+            .kernel
+            .bind_iommufd(fd, iommufd)
+            .map_err(call("VFIO_DEVICE_BIND_IOMMUFD", bdf))
+            .and_then(|_| {
+                self.kernel
+                    .attach_ioas(fd, ioas)
+                    .map_err(call("VFIO_DEVICE_ATTACH_IOMMUFD_PT", bdf))
+            });
+        if let Err(e) = bound {
+            self.kernel.close(fd);
+            return Err(e);
+        }
+        VfioDevice::new(Arc::clone(self), fd, bdf)
+    }
+}
+
+/// Why a group node did not open.
+fn open_error(e: io::Error, sysfs: &Sysfs, bdf: &str, group: u32, noiommu: bool) -> VfioError {
+    let node = if noiommu {
+        format!("/dev/vfio/noiommu-{group}")
+    } else {
+        format!("/dev/vfio/{group}")
+    };
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => VfioError::NotBound {
+            bdf: bdf.to_string(),
+            driver: sysfs.driver(bdf),
+        },
+        Some(libc::EACCES | libc::EPERM) => VfioError::Permission { node },
+        Some(libc::EBUSY) => VfioError::GroupBusy { group },
+        _ => call("open", bdf)(e),
+    }
+}
+
+impl IommuMapper for VfioContext {
+    fn id(&self) -> IommuId {
+        self.id
+    }
+
+    fn iova_ranges(&self) -> Vec<RangeInclusive<u64>> {
+        match self.kind {
+            Kind::Type1 { .. } => lock_std(&self.state).iova_ranges.clone(),
+            Kind::Iommufd { iommufd, ioas } => {
+                self.kernel.ioas_ranges(iommufd, ioas).unwrap_or_default()
+            }
+        }
+    }
+
+    fn entries_left(&self) -> Option<u32> {
+        match self.kind {
+            Kind::Type1 { container } => self.kernel.iommu_info(container).ok()?.dma_avail,
+            Kind::Iommufd { .. } => None,
+        }
+    }
+
+    fn map(&self, va: usize, iova: u64, len: usize) -> io::Result<()> {
+        match self.kind {
+            Kind::Type1 { container } => {
+                self.kernel.map_dma(container, va as u64, iova, len as u64)
+            }
+            Kind::Iommufd { iommufd, ioas } => self
+                .kernel
+                .ioas_map(iommufd, ioas, va as u64, iova, len as u64),
+        }
+    }
+
+    fn unmap(&self, iova: u64, len: usize) -> io::Result<()> {
+        let unmapped = match self.kind {
+            Kind::Type1 { container } => self.kernel.unmap_dma(container, iova, len as u64)?,
+            Kind::Iommufd { iommufd, ioas } => {
+                self.kernel.ioas_unmap(iommufd, ioas, iova, len as u64)?
+            }
+        };
+        if unmapped != len as u64 {
+            return Err(io::Error::other(format!(
+                "unmapped {unmapped:#x} of {len:#x} bytes at {iova:#x}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for VfioContext {
+    fn drop(&mut self) {
+        // Groups first, then the container (closing it releases every mapping).
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (_, fd) in state.groups.drain() {
+            self.kernel.close(fd);
+        }
+        match self.kind {
+            Kind::Type1 { container } => self.kernel.close(container),
+            Kind::Iommufd { iommufd, .. } => self.kernel.close(iommufd),
+        }
+    }
+}
