@@ -79,6 +79,7 @@ mod memory;
 mod pool;
 mod registers;
 mod runtime;
+mod vfio;
 
 use std::fmt;
 use std::time::Duration;
@@ -87,6 +88,7 @@ pub use device::EmulatedDevice;
 pub use memory::{DeviceMemory, HostBuffer, IdentityRanges, ScrambledPages, PAGE_SIZE};
 pub use pool::PoolMemory;
 pub use runtime::device_thread_running;
+pub use vfio::{bind_emulated_function, VfioMemory};
 
 use crate::ioat::spec::{cbver, MAX_CHANNELS};
 

@@ -248,3 +248,99 @@ macro_rules! on_every_backend {
         }
     };
 }
+
+/// A fake sysfs tree in a temporary directory, removed on drop: PCI functions with their ids,
+/// NUMA node, configuration file, resource0, driver link, IOMMU group link and VFIO cdev; the
+/// groups under `kernel/iommu_groups`; the drivers' directories; VFIO's no-IOMMU parameter.
+pub struct FakeSysfs {
+    pub root: std::path::PathBuf,
+}
+
+impl FakeSysfs {
+    pub fn new(name: &str) -> FakeSysfs {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "dmaplane-sysfs-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        for dir in [
+            "bus/pci/devices",
+            "bus/pci/drivers/vfio-pci",
+            "bus/pci/drivers/ioatdma",
+            "kernel/iommu_groups",
+            "module/vfio/parameters",
+        ] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        std::fs::write(root.join("bus/pci/drivers_probe"), "").unwrap();
+        std::fs::write(
+            root.join("module/vfio/parameters/enable_unsafe_noiommu_mode"),
+            "N\n",
+        )
+        .unwrap();
+        FakeSysfs { root }
+    }
+
+    pub fn sysfs(&self) -> dmaplane::pci::Sysfs {
+        dmaplane::pci::Sysfs::at(&self.root)
+    }
+
+    /// An Intel function `bdf` with device id `device`, bound to `driver`, in IOMMU group
+    /// `group` (of domain type `DMA`), with VFIO cdev `cdev`.
+    pub fn add_function(
+        &self,
+        bdf: &str,
+        device: u16,
+        driver: Option<&str>,
+        group: Option<u32>,
+        cdev: Option<&str>,
+    ) {
+        let dir = self.root.join("bus/pci/devices").join(bdf);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("vendor"), "0x8086\n").unwrap();
+        std::fs::write(dir.join("device"), format!("{device:#06x}\n")).unwrap();
+        std::fs::write(dir.join("numa_node"), "0\n").unwrap();
+        std::fs::write(dir.join("config"), [0u8; 256]).unwrap();
+        std::fs::write(dir.join("resource0"), vec![0u8; 16384]).unwrap();
+        std::fs::write(dir.join("driver_override"), "\n").unwrap();
+        if let Some(driver) = driver {
+            self.bind(bdf, driver);
+        }
+        if let Some(group) = group {
+            let group_dir = self.root.join(format!("kernel/iommu_groups/{group}"));
+            std::fs::create_dir_all(group_dir.join("devices")).unwrap();
+            std::fs::write(group_dir.join("type"), "DMA\n").unwrap();
+            std::os::unix::fs::symlink(&dir, group_dir.join("devices").join(bdf)).unwrap();
+            std::os::unix::fs::symlink(&group_dir, dir.join("iommu_group")).unwrap();
+        }
+        if let Some(cdev) = cdev {
+            std::fs::create_dir_all(dir.join("vfio-dev").join(cdev)).unwrap();
+        }
+    }
+
+    /// Points `bdf`'s driver link at `driver`.
+    pub fn bind(&self, bdf: &str, driver: &str) {
+        let link = self.root.join("bus/pci/devices").join(bdf).join("driver");
+        let _ = std::fs::remove_file(&link);
+        let driver_dir = self.root.join("bus/pci/drivers").join(driver);
+        std::fs::create_dir_all(&driver_dir).unwrap();
+        std::os::unix::fs::symlink(&driver_dir, link).unwrap();
+    }
+
+    pub fn set_group_type(&self, group: u32, kind: &str) {
+        std::fs::write(
+            self.root.join(format!("kernel/iommu_groups/{group}/type")),
+            format!("{kind}\n"),
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for FakeSysfs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
