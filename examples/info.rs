@@ -1,9 +1,10 @@
-//! Registers emulated IOAT devices with an engine, prints devices, channels, reference counts
-//! and the per-CPU table, copies through the channel each CPU finds in the table, then
+//! Registers devices with an engine (emulated IOAT by default; the software engine, or real IOAT
+//! functions through VFIO or sysfs, with `--backend`), prints devices, channels, reference
+//! counts and the per-CPU table, copies through the channel each CPU finds in the table, then
 //! prints each channel's statistics, then unregisters a device while the client holds its
 //! channels and prints the table again.
 //!
-//! `cargo run --example info -- [--cpus N] [--devices N] [--channels N]`
+//! `cargo run --example info -- [--cpus N] [--devices N] [--channels N] [--backend B]`
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -21,26 +22,29 @@ struct Options {
     cpus: Option<usize>,
     devices: usize,
     channels: usize,
+    backend: BackendChoice,
+    allow_noiommu: bool,
 }
 
-const USAGE: &str = "usage: info [--cpus N] [--devices N] [--channels N]
+const USAGE: &str = "usage: info [--cpus N] [--devices N] [--channels N] [--backend B]
 
-Registers N emulated IOAT devices of N channels each (memcpy and fill) with an
-engine, shows the per-CPU channel table, copies 64 KiB through each CPU's memcpy
+Registers N emulated IOAT devices of N channels each (memcpy and fill), or the
+devices --backend names, with an engine, shows the per-CPU channel table, copies 64 KiB through each CPU's memcpy
 channel and checks it, prints each channel's statistics (operations and bytes),
 then unregisters the first device while a client holds its channels and shows
 the table again.
 
-  --cpus N       possible CPUs, all online (default: this machine's)
-  --devices N    devices to register (default 2)
-  --channels N   channels per device, 1 to 4 (default 2)
-  --help         this text";
+  --cpus N            possible CPUs, all online (default: this machine's)
+  --devices N         devices to register (default 2)
+  --channels N        channels per device, 1 to 4 (default 2)";
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
     let mut options = Options {
         cpus: None,
         devices: 2,
         channels: 2,
+        backend: BackendChoice::Emulated,
+        allow_noiommu: false,
     };
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
@@ -48,6 +52,8 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--cpus" => options.cpus = Some(option_number(&mut args, "--cpus")?),
             "--devices" => options.devices = option_number(&mut args, "--devices")?,
             "--channels" => options.channels = option_number(&mut args, "--channels")?,
+            "--backend" => options.backend = option_backend(&mut args, "--backend")?,
+            "--allow-noiommu" => options.allow_noiommu = true,
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -125,13 +131,15 @@ fn print_channel_stats(engine: &Engine) {
 
 fn run(options: Options) -> Result<(), String> {
     let mut builder = Setup::builder()
-        .emulated_ioat(options.devices)
         .channels_per_device(options.channels)
         .emulation(EmuMode::Inline)
         .ring_order(12);
     if let Some(cpus) = options.cpus {
         builder = builder.cpus(cpus);
     }
+    builder = options
+        .backend
+        .apply(builder, options.devices, options.allow_noiommu);
     let setup = builder.build().map_err(|e| e.to_string())?;
     let (engine, pool) = (setup.engine(), setup.pool());
     let cpus = engine.possible_cpus();
@@ -167,5 +175,6 @@ fn run(options: Options) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    common::main_of("info", USAGE, parse, run)
+    let usage = format!("{USAGE}\n{BACKEND_USAGE}\n  --help              this text");
+    common::main_of("info", &usage, parse, run)
 }

@@ -1,4 +1,5 @@
-//! Measures copy throughput through emulated IOAT devices, in the manner of SPDK's ioat `perf`
+//! Measures copy throughput through emulated IOAT devices (or the devices `--backend` names:
+//! the software engine, or real IOAT functions through VFIO or sysfs), in the manner of SPDK's ioat `perf`
 //! tool: one client thread per chosen CPU keeps a fixed number of copies in flight on the
 //! channel the per-CPU table gives it, a progress line is printed every second, and the end
 //! shows operations and MiB per second per channel, the total, the engine's own per-channel
@@ -7,7 +8,7 @@
 //! next copy after every second), so a device that moved the wrong bytes makes the run fail.
 //!
 //! `cargo run --release --example perf -- [--size BYTES] [--queue-depth N] [--seconds S]
-//! [--devices N] [--channels N] [--cpus LIST] [--no-pin]`
+//! [--devices N] [--channels N] [--cpus LIST] [--no-pin] [--backend B]`
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -27,9 +28,10 @@ mod common;
 use common::*;
 
 const USAGE: &str = "usage: perf [--size BYTES] [--queue-depth N] [--seconds S] [--devices N]
-            [--channels N] [--cpus LIST] [--no-pin]
+            [--channels N] [--cpus LIST] [--no-pin] [--backend B]
 
-Copies through threaded emulated IOAT devices from one client thread per CPU,
+Copies through threaded emulated IOAT devices (or the devices --backend names)
+from one client thread per CPU,
 each keeping N copies in flight on the channel the per-CPU table gives its CPU
 (a doorbell every min(N, 32) copies). Prints progress every second, then
 operations and MiB per second per channel and in total, the engine's counts per
@@ -44,8 +46,7 @@ for byte; a mismatch or a failed copy makes the exit status non-zero.
   --channels N        channels per device, 1 to 4 (default 2)
   --cpus LIST         CPUs to run client threads on, such as 0,1 or 0-3
                       (default: the first 2 online CPUs, fewer on a smaller machine)
-  --no-pin            do not pin the client threads to their CPUs
-  --help              this text";
+  --no-pin            do not pin the client threads to their CPUs";
 
 /// Operations per doorbell at most, as in `benches/datapath.rs`: with a deeper queue several
 /// batches stay in flight, so the device works on one while the client refills another.
@@ -68,6 +69,8 @@ struct Options {
     channels: usize,
     cpus: Option<Vec<usize>>,
     pin: bool,
+    backend: BackendChoice,
+    allow_noiommu: bool,
 }
 
 /// A byte count such as `64`, `4k`, `64K`, `1m` or `2g` (binary multiples).
@@ -91,6 +94,8 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
         channels: 2,
         cpus: None,
         pin: true,
+        backend: BackendChoice::Emulated,
+        allow_noiommu: false,
     };
     let mut args = args;
     while let Some(arg) = args.next() {
@@ -118,6 +123,8 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
                 options.cpus = Some(cpus);
             }
             "--no-pin" => options.pin = false,
+            "--backend" => options.backend = option_backend(&mut args, "--backend")?,
+            "--allow-noiommu" => options.allow_noiommu = true,
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -476,22 +483,33 @@ fn run(options: Options) -> Result<(), String> {
         ..EngineConfig::with_cpus(possible_cpus)
     }
     .log_hook(quiet());
-    let setup = dmaplane::Setup::builder()
+    let builder = dmaplane::Setup::builder()
         .engine_config(config)
-        .emulated_ioat(options.devices)
         .channels_per_device(options.channels)
         .emulation(EmuMode::Threaded)
-        .ring_order(12)
+        .ring_order(12);
+    let setup = options
+        .backend
+        .apply(builder, options.devices, options.allow_noiommu)
         .build()
         .map_err(|e| e.to_string())?;
     let (engine, pool) = (setup.engine(), setup.pool());
+    let devices = setup.devices();
+    let channels: usize = engine.dump().devices.iter().map(|d| d.channels.len()).sum();
     println!(
-        "perf: {} B copies, queue depth {}, {} s, {} device(s) x {} channel(s), cpus {}{}",
+        "perf: {} B copies, queue depth {}, {} s, {} {:?} device(s) ({}) with {} channel(s), \
+         cpus {}{}",
         options.size,
         options.queue_depth,
         options.seconds,
-        options.devices,
-        options.channels,
+        devices.len(),
+        setup.device_kind(),
+        devices
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        channels,
         format_cpu_list(&cpus),
         if options.pin { "" } else { " (not pinned)" }
     );
@@ -661,5 +679,6 @@ fn run(options: Options) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    common::main_of("perf", USAGE, parse, run)
+    let usage = format!("{USAGE}\n{BACKEND_USAGE}\n  --help              this text");
+    common::main_of("perf", &usage, parse, run)
 }

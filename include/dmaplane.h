@@ -139,15 +139,32 @@
 #define DMAPLANE_EINTERNAL (-131)
 
 /*
- `dmaplane_options.backend`: emulated IOAT devices (the default).
+ `dmaplane_options.backend`: emulated IOAT devices (the default). Needs nothing.
  */
 #define DMAPLANE_BACKEND_EMULATED 0
 
 /*
- `dmaplane_options.backend`: the IOAT functions in `/sys/bus/pci/devices` (unbound from
- `ioatdma`; needs root for BAR access and physical addresses).
+ `dmaplane_options.backend`: real IOAT functions bound to no driver, their registers mapped
+ through sysfs `resource0`, with physical DMA addresses. Needs root (for the BAR and for
+ physical addresses) and the IOMMU off or in passthrough (`iommu=pt`): with the IOMMU
+ translating, the function is refused. A crashed process leaves the device able to write
+ into freed memory; prefer `DMAPLANE_BACKEND_VFIO`.
  */
-#define DMAPLANE_BACKEND_HARDWARE 1
+#define DMAPLANE_BACKEND_PHYSICAL 1
+
+/*
+ The name `DMAPLANE_BACKEND_PHYSICAL` had before VFIO existed.
+ */
+#define DMAPLANE_BACKEND_HARDWARE DMAPLANE_BACKEND_PHYSICAL
+
+/*
+ `dmaplane_options.backend`: real IOAT functions bound to `vfio-pci`, opened through VFIO
+ with the IOMMU translating; the library maps its DMA memory into the IOMMU. Needs the IOMMU
+ on (`intel_iommu=on`), the functions bound to `vfio-pci` (`dmaplane-setup bind`), read and
+ write access to `/dev/vfio/<group>` (or the device's cdev) and a locked-memory limit that
+ covers the DMA memory. The kernel closing the device on exit stops its DMA.
+ */
+#define DMAPLANE_BACKEND_VFIO 2
 
 /*
  Capability bit: memory-to-memory copy.
@@ -230,7 +247,7 @@ typedef struct dmaplane_completion {
  */
 typedef struct dmaplane_options {
   /*
-   `DMAPLANE_BACKEND_EMULATED` or `DMAPLANE_BACKEND_HARDWARE`.
+   `DMAPLANE_BACKEND_EMULATED`, `DMAPLANE_BACKEND_VFIO` or `DMAPLANE_BACKEND_PHYSICAL`.
    */
   uint32_t backend;
   /*
@@ -261,7 +278,7 @@ typedef struct dmaplane_options {
   uint32_t ring_order;
   /*
    Non-zero: listen to kernel uevents for the removal of attached PCI functions (of use with
-   the hardware backend; `dmaplane_engine_create` fails with `DMAPLANE_EIO` where the
+   the VFIO and physical backends; `dmaplane_engine_create` fails with `DMAPLANE_EIO` where the
    netlink socket cannot be opened).
    */
   uint32_t uevents;
@@ -270,6 +287,12 @@ typedef struct dmaplane_options {
    (default 100).
    */
   uint32_t drain_timeout_ms;
+  /*
+   VFIO backend: non-zero lets functions in VFIO no-IOMMU groups be used (the kernel must
+   have `enable_unsafe_noiommu_mode` set), with physical addresses, as root, and without
+   any protection from a bad descriptor. Zero (default): such functions are refused.
+   */
+  uint32_t allow_noiommu;
 } dmaplane_options;
 
 /*
@@ -498,11 +521,25 @@ int32_t dmaplane_options_init(struct dmaplane_options *options);
  hotplug monitor runs from now until `dmaplane_engine_destroy`.
 
  Errors: `DMAPLANE_EINVAL` (NULL `engine`, an option out of range), `DMAPLANE_ENOMEM`,
- `DMAPLANE_ENODEV` (hardware backend: no usable IOAT function), `DMAPLANE_EIO` (a device
- failed to probe).
+ `DMAPLANE_ENODEV` (VFIO or physical backend: no IOAT function could be attached;
+ `dmaplane_last_error` says why for each one tried), `DMAPLANE_EIO` (a device failed to
+ probe).
  */
 int32_t dmaplane_engine_create(const struct dmaplane_options *options,
                                struct dmaplane_engine **engine);
+
+/*
+ Writes the whole text of the last failure of `dmaplane_engine_create`,
+ `dmaplane_device_add` or `dmaplane_device_remove` on this thread into `buf` (NUL-terminated,
+ truncated to `len` bytes as `snprintf` does) and returns the length of the whole text. The
+ text says what a code cannot: for `DMAPLANE_ENODEV` from the VFIO or physical backend, each
+ IOAT function tried and why it was passed over (not bound to vfio-pci, IOMMU group not
+ viable, in use by another process, permission denied), with the fix. Empty before any
+ failure; `buf` may be NULL when `len` is 0, to learn the length.
+
+ Errors: `DMAPLANE_EINVAL` (NULL `buf` with a non-zero `len`).
+ */
+int32_t dmaplane_last_error(char *buf, size_t len);
 
 /*
  Destroys an engine: stops the monitor, releases its clients (each waits up to 5 s for its
@@ -572,12 +609,13 @@ int32_t dmaplane_device_channels(const struct dmaplane_engine *engine, uint32_t 
 int32_t dmaplane_device_remove(struct dmaplane_engine *engine, uint32_t device, uint32_t how);
 
 /*
- Adds a device while clients run: a new emulated device like the first ones, or (hardware
- backend) the first IOAT function not attached yet. The table is rebalanced onto it before
+ Adds a device while clients run: a new emulated device like the first ones, or (VFIO and
+ physical backends) the first IOAT function not attached yet. The table is rebalanced onto it before
  this returns, and a `DMAPLANE_EVENT_ADDED` event follows. Its id goes to `*device` unless
  that is NULL.
 
- Errors: `DMAPLANE_ENODEV` (hardware: no function to add), `DMAPLANE_EIO` (probe failed),
+ Errors: `DMAPLANE_ENODEV` (VFIO or physical: no function to add; see
+ `dmaplane_last_error`), `DMAPLANE_EIO` (probe failed),
  `DMAPLANE_ENOMEM`, `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
  */
 int32_t dmaplane_device_add(struct dmaplane_engine *engine, uint32_t *device);

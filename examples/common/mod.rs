@@ -1,7 +1,7 @@
 //! Pieces the Rust examples share: a quiet log, a small deterministic generator, a
-//! cache-line-padded counter, a stop flag raised on unwinding, option values, and the `main`
-//! every example runs (usage on `--help`, exit status 2 on a bad argument). Devices come from
-//! the library's `Setup`.
+//! cache-line-padded counter, a stop flag raised on unwinding, option values (the `--backend`
+//! choice among them), and the `main` every example runs (usage on `--help`, exit status 2 on a
+//! bad argument). Devices come from the library's `Setup`.
 
 #![allow(dead_code)] // each example uses its own subset
 
@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dmaplane::log::LogHook;
+use dmaplane::SetupBuilder;
 
 /// A log hook that drops the library's warnings, which would clutter the examples' output.
 pub fn quiet() -> LogHook {
@@ -102,4 +103,59 @@ pub fn option_seconds(args: &mut impl Iterator<Item = String>, name: &str) -> Re
         .ok()
         .filter(|s: &f64| s.is_finite() && *s > 0.0)
         .ok_or(format!("{name}: {text:?} is not a positive number"))
+}
+
+/// Which devices an example drives (`--backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// Emulated IOAT devices (the default).
+    Emulated,
+    /// The software engine.
+    Soft,
+    /// Real IOAT functions bound to vfio-pci, through VFIO.
+    Vfio,
+    /// Real IOAT functions bound to no driver, with physical addresses.
+    Physical,
+}
+
+/// The `--backend` lines of an example's usage.
+pub const BACKEND_USAGE: &str =
+    "  --backend B         emulated (default), soft (the CPU copies), vfio (IOAT
+                      functions bound to vfio-pci: see the README's \"Real
+                      hardware\"), physical (IOAT functions bound to no driver;
+                      root, IOMMU off or iommu=pt); --devices and --channels
+                      apply to emulated and soft only
+  --allow-noiommu     vfio: accept functions in VFIO no-IOMMU groups";
+
+impl BackendChoice {
+    /// Whether the devices are real functions the machine has (so their number is its own).
+    pub fn is_hardware(self) -> bool {
+        matches!(self, BackendChoice::Vfio | BackendChoice::Physical)
+    }
+
+    /// `builder`, set up for these devices: `devices` of them where the example makes them.
+    pub fn apply(self, builder: SetupBuilder, devices: usize, allow_noiommu: bool) -> SetupBuilder {
+        match self {
+            BackendChoice::Emulated => builder.emulated_ioat(devices),
+            BackendChoice::Soft => builder.soft(devices),
+            BackendChoice::Vfio => builder.vfio_ioat().allow_noiommu(allow_noiommu),
+            BackendChoice::Physical => builder.physical_ioat(),
+        }
+    }
+}
+
+/// The backend named after option `name`.
+pub fn option_backend(
+    args: &mut impl Iterator<Item = String>,
+    name: &str,
+) -> Result<BackendChoice, String> {
+    match option_value(args, name)?.as_str() {
+        "emulated" => Ok(BackendChoice::Emulated),
+        "soft" => Ok(BackendChoice::Soft),
+        "vfio" => Ok(BackendChoice::Vfio),
+        "physical" => Ok(BackendChoice::Physical),
+        other => Err(format!(
+            "{name}: {other:?} is not one of emulated, soft, vfio, physical"
+        )),
+    }
 }

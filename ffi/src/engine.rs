@@ -121,7 +121,7 @@ fn validate(options: &dmaplane_options) -> Result<(), Code> {
     let known_caps = DMAPLANE_CAP_MEMCPY | DMAPLANE_CAP_FILL;
     let ok = matches!(
         options.backend,
-        DMAPLANE_BACKEND_EMULATED | DMAPLANE_BACKEND_HARDWARE
+        DMAPLANE_BACKEND_EMULATED | DMAPLANE_BACKEND_PHYSICAL | DMAPLANE_BACKEND_VFIO
     ) && (1..=4).contains(&options.channels_per_device)
         && options.capabilities & DMAPLANE_CAP_MEMCPY != 0
         && options.capabilities & !known_caps == 0
@@ -152,10 +152,12 @@ impl EngineCore {
         if options.cpus != 0 {
             builder = builder.cpus(options.cpus as usize);
         }
-        builder = if options.backend == DMAPLANE_BACKEND_HARDWARE {
-            builder.hardware_ioat()
-        } else {
-            builder.emulated_ioat(options.devices as usize)
+        builder = match options.backend {
+            DMAPLANE_BACKEND_PHYSICAL => builder.physical_ioat(),
+            DMAPLANE_BACKEND_VFIO => builder
+                .vfio_ioat()
+                .allow_noiommu(options.allow_noiommu != 0),
+            _ => builder.emulated_ioat(options.devices as usize),
         };
         Ok(EngineCore {
             setup: builder.build().map_err(|e| of_setup(&e))?,
@@ -220,8 +222,9 @@ pub unsafe extern "C" fn dmaplane_options_init(options: *mut dmaplane_options) -
 /// hotplug monitor runs from now until `dmaplane_engine_destroy`.
 ///
 /// Errors: `DMAPLANE_EINVAL` (NULL `engine`, an option out of range), `DMAPLANE_ENOMEM`,
-/// `DMAPLANE_ENODEV` (hardware backend: no usable IOAT function), `DMAPLANE_EIO` (a device
-/// failed to probe).
+/// `DMAPLANE_ENODEV` (VFIO or physical backend: no IOAT function could be attached;
+/// `dmaplane_last_error` says why for each one tried), `DMAPLANE_EIO` (a device failed to
+/// probe).
 #[no_mangle]
 pub unsafe extern "C" fn dmaplane_engine_create(
     options: *const dmaplane_options,
@@ -246,6 +249,23 @@ pub unsafe extern "C" fn dmaplane_engine_create(
             .push(handle);
         *slot = std::ptr::from_ref(handle).cast_mut();
         Ok(0)
+    })
+}
+
+/// Writes the whole text of the last failure of `dmaplane_engine_create`,
+/// `dmaplane_device_add` or `dmaplane_device_remove` on this thread into `buf` (NUL-terminated,
+/// truncated to `len` bytes as `snprintf` does) and returns the length of the whole text. The
+/// text says what a code cannot: for `DMAPLANE_ENODEV` from the VFIO or physical backend, each
+/// IOAT function tried and why it was passed over (not bound to vfio-pci, IOMMU group not
+/// viable, in use by another process, permission denied), with the fix. Empty before any
+/// failure; `buf` may be NULL when `len` is 0, to learn the length.
+///
+/// Errors: `DMAPLANE_EINVAL` (NULL `buf` with a non-zero `len`).
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_last_error(buf: *mut c_char, len: usize) -> i32 {
+    guarded(|| {
+        // SAFETY: the caller passes `len` writable bytes at `buf`, or NULL with 0 (contract).
+        unsafe { write_text(&last_setup_error(), buf.cast(), len) }
     })
 }
 
@@ -409,12 +429,13 @@ pub unsafe extern "C" fn dmaplane_device_remove(
     })
 }
 
-/// Adds a device while clients run: a new emulated device like the first ones, or (hardware
-/// backend) the first IOAT function not attached yet. The table is rebalanced onto it before
+/// Adds a device while clients run: a new emulated device like the first ones, or (VFIO and
+/// physical backends) the first IOAT function not attached yet. The table is rebalanced onto it before
 /// this returns, and a `DMAPLANE_EVENT_ADDED` event follows. Its id goes to `*device` unless
 /// that is NULL.
 ///
-/// Errors: `DMAPLANE_ENODEV` (hardware: no function to add), `DMAPLANE_EIO` (probe failed),
+/// Errors: `DMAPLANE_ENODEV` (VFIO or physical: no function to add; see
+/// `dmaplane_last_error`), `DMAPLANE_EIO` (probe failed),
 /// `DMAPLANE_ENOMEM`, `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
 #[no_mangle]
 pub unsafe extern "C" fn dmaplane_device_add(engine: *mut EngineHandle, device: *mut u32) -> i32 {

@@ -73,12 +73,25 @@ pub(crate) fn of_engine(err: &EngineError) -> Code {
     }
 }
 
+thread_local! {
+    /// What the last failed setup call on this thread said, whole.
+    static LAST_SETUP_ERROR: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// The text of the last setup failure on this thread (empty before any).
+pub(crate) fn last_setup_error() -> String {
+    LAST_SETUP_ERROR.with(|last| last.borrow().clone())
+}
+
+/// The code for a setup failure; its whole text (which a code cannot carry: why each IOAT
+/// function was passed over, what to do about it) is kept for `dmaplane_last_error`.
 pub(crate) fn of_setup(err: &SetupError) -> Code {
+    LAST_SETUP_ERROR.with(|last| *last.borrow_mut() = err.to_string());
     match err {
         SetupError::Engine(err) => of_engine(err),
         SetupError::Memory(err) => of_mem(err),
         SetupError::Monitor(_) | SetupError::Probe(_) => DMAPLANE_EIO,
-        SetupError::NoDevice => DMAPLANE_ENODEV,
+        SetupError::NoDevice { .. } => DMAPLANE_ENODEV,
         SetupError::UnknownDevice(_) => DMAPLANE_ENOENT,
         SetupError::SurpriseUnsupported(_) => DMAPLANE_ENOTSUP,
         _ => DMAPLANE_EINVAL,

@@ -10,11 +10,22 @@ use dmaplane::RemovalKind;
 
 use crate::error::of_engine;
 
-/// `dmaplane_options.backend`: emulated IOAT devices (the default).
+/// `dmaplane_options.backend`: emulated IOAT devices (the default). Needs nothing.
 pub const DMAPLANE_BACKEND_EMULATED: u32 = 0;
-/// `dmaplane_options.backend`: the IOAT functions in `/sys/bus/pci/devices` (unbound from
-/// `ioatdma`; needs root for BAR access and physical addresses).
-pub const DMAPLANE_BACKEND_HARDWARE: u32 = 1;
+/// `dmaplane_options.backend`: real IOAT functions bound to no driver, their registers mapped
+/// through sysfs `resource0`, with physical DMA addresses. Needs root (for the BAR and for
+/// physical addresses) and the IOMMU off or in passthrough (`iommu=pt`): with the IOMMU
+/// translating, the function is refused. A crashed process leaves the device able to write
+/// into freed memory; prefer `DMAPLANE_BACKEND_VFIO`.
+pub const DMAPLANE_BACKEND_PHYSICAL: u32 = 1;
+/// The name `DMAPLANE_BACKEND_PHYSICAL` had before VFIO existed.
+pub const DMAPLANE_BACKEND_HARDWARE: u32 = DMAPLANE_BACKEND_PHYSICAL;
+/// `dmaplane_options.backend`: real IOAT functions bound to `vfio-pci`, opened through VFIO
+/// with the IOMMU translating; the library maps its DMA memory into the IOMMU. Needs the IOMMU
+/// on (`intel_iommu=on`), the functions bound to `vfio-pci` (`dmaplane-setup bind`), read and
+/// write access to `/dev/vfio/<group>` (or the device's cdev) and a locked-memory limit that
+/// covers the DMA memory. The kernel closing the device on exit stops its DMA.
+pub const DMAPLANE_BACKEND_VFIO: u32 = 2;
 
 /// Capability bit: memory-to-memory copy.
 pub const DMAPLANE_CAP_MEMCPY: u32 = 1 << 0;
@@ -43,7 +54,7 @@ pub const DMAPLANE_NO_CHANNEL: u64 = u64::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct dmaplane_options {
-    /// `DMAPLANE_BACKEND_EMULATED` or `DMAPLANE_BACKEND_HARDWARE`.
+    /// `DMAPLANE_BACKEND_EMULATED`, `DMAPLANE_BACKEND_VFIO` or `DMAPLANE_BACKEND_PHYSICAL`.
     pub backend: u32,
     /// Possible CPUs of the per-CPU table; 0 for this machine's.
     pub cpus: u32,
@@ -60,12 +71,16 @@ pub struct dmaplane_options {
     /// log2 of the descriptors per channel ring, 6 to 16 (default 10).
     pub ring_order: u32,
     /// Non-zero: listen to kernel uevents for the removal of attached PCI functions (of use with
-    /// the hardware backend; `dmaplane_engine_create` fails with `DMAPLANE_EIO` where the
+    /// the VFIO and physical backends; `dmaplane_engine_create` fails with `DMAPLANE_EIO` where the
     /// netlink socket cannot be opened).
     pub uevents: u32,
     /// Milliseconds an orderly removal lets operations drain before failing the rest
     /// (default 100).
     pub drain_timeout_ms: u32,
+    /// VFIO backend: non-zero lets functions in VFIO no-IOMMU groups be used (the kernel must
+    /// have `enable_unsafe_noiommu_mode` set), with physical addresses, as root, and without
+    /// any protection from a bad descriptor. Zero (default): such functions are refused.
+    pub allow_noiommu: u32,
 }
 
 impl Default for dmaplane_options {
@@ -80,6 +95,7 @@ impl Default for dmaplane_options {
             ring_order: 10,
             uevents: 0,
             drain_timeout_ms: 100,
+            allow_noiommu: 0,
         }
     }
 }

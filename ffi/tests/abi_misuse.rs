@@ -830,33 +830,75 @@ fn copy_fill_stats_table_removal_and_addition_through_the_abi() {
     destroy(e);
 }
 
+fn last_error() -> String {
+    // SAFETY: a NULL buffer with length 0 asks for the length only.
+    let needed = unsafe { dmaplane_last_error(null_mut(), 0) };
+    assert!(needed >= 0, "{}", strerror(needed));
+    let mut buf = vec![0 as std::ffi::c_char; needed as usize + 1];
+    // SAFETY: `buf` has `buf.len()` writable bytes.
+    let written = unsafe { dmaplane_last_error(buf.as_mut_ptr(), buf.len()) };
+    assert_eq!(written, needed);
+    // SAFETY: written NUL-terminated just above.
+    unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 #[test]
-fn the_hardware_backend_without_usable_ioat_functions_is_enodev() {
-    let usable = dmaplane::pci::discover()
-        .into_iter()
-        .filter(|f| f.driver.as_deref() != Some("ioatdma"))
-        .count();
-    let mut options = options(2);
-    options.backend = DMAPLANE_BACKEND_HARDWARE;
-    let mut engine = null_mut();
-    // SAFETY: valid options and a writable out-pointer.
-    let rc = unsafe { dmaplane_engine_create(&options, &mut engine) };
-    if usable == 0 {
-        assert_eq!(rc, DMAPLANE_ENODEV, "{}", strerror(rc));
-        assert!(engine.is_null());
-    } else {
-        // A machine with real, unbound IOAT functions (and root): the engine attaches them,
-        // or says why it could not.
-        println!(
-            "{usable} IOAT function(s) here: create returned {}",
-            strerror(rc)
-        );
+fn the_real_hardware_backends_without_usable_ioat_functions_are_enodev_and_say_why() {
+    let present = dmaplane::pci::discover().len();
+    for backend in [DMAPLANE_BACKEND_PHYSICAL, DMAPLANE_BACKEND_VFIO] {
+        let mut options = options(2);
+        options.backend = backend;
+        let mut engine = null_mut();
+        // SAFETY: valid options and a writable out-pointer.
+        let rc = unsafe { dmaplane_engine_create(&options, &mut engine) };
         if rc == DMAPLANE_OK {
+            // A machine with real IOAT functions set up for this backend.
             // SAFETY: a live engine.
             assert!(unsafe { dmaplane_device_list(engine, null_mut(), 0) } > 0);
             destroy(engine);
+            continue;
+        }
+        assert_eq!(rc, DMAPLANE_ENODEV, "{}", strerror(rc));
+        assert!(engine.is_null());
+        let why = last_error();
+        if present == 0 {
+            assert!(why.contains("no IOAT function found"), "{why}");
+        } else {
+            // Each function present was tried and is named with its cause.
+            for function in dmaplane::pci::discover() {
+                assert!(why.contains(&function.bdf), "{why}");
+            }
         }
     }
+    // The alias of the physical backend's old name still selects it.
+    assert_eq!(DMAPLANE_BACKEND_HARDWARE, DMAPLANE_BACKEND_PHYSICAL);
+}
+
+#[test]
+fn last_error_truncates_like_snprintf_and_refuses_a_null_buffer() {
+    let mut options = options(2);
+    options.backend = DMAPLANE_BACKEND_VFIO;
+    let mut engine = null_mut();
+    // SAFETY: valid options and a writable out-pointer.
+    let rc = unsafe { dmaplane_engine_create(&options, &mut engine) };
+    if rc == DMAPLANE_OK {
+        destroy(engine);
+        return;
+    }
+    let whole = last_error();
+    assert!(whole.len() > 4);
+    let mut small = [0x55 as std::ffi::c_char; 4];
+    // SAFETY: 4 writable bytes.
+    let needed = unsafe { dmaplane_last_error(small.as_mut_ptr(), small.len()) };
+    assert_eq!(needed as usize, whole.len());
+    // SAFETY: NUL-terminated within the 4 bytes.
+    let head = unsafe { CStr::from_ptr(small.as_ptr()) }.to_string_lossy();
+    assert_eq!(head, whole[..3]);
+    // SAFETY: NULL with a non-zero length is refused, not written.
+    let refused = unsafe { dmaplane_last_error(null_mut(), 8) };
+    assert_eq!(refused, DMAPLANE_EINVAL);
 }
 
 #[test]

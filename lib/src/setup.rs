@@ -28,19 +28,22 @@
 
 use std::fmt;
 use std::io;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::datapath::{Client, ClientConfig, ClientError};
 use crate::emu::{EmuConfig, EmuError, EmuMode, EmulatedDevice, Fault, PoolMemory};
 use crate::engine::{DeviceId, Engine, EngineConfig, EngineError, RemovalOptions};
-use crate::hotplug::{HotplugEvent, Monitor, MonitorConfig};
+use crate::hotplug::{EventHook, HotplugEvent, Monitor, MonitorConfig};
 use crate::ioat::{IoatConfig, IoatDevice, IoatError, Timeouts};
-use crate::log::LogHook;
+use crate::log::{LogHook, LogLevel};
 use crate::mem::{DmaPool, DmaPoolConfig, IovaMode, MemError};
+use crate::pci::{FunctionLock, IoatFunction, Sysfs, DEFAULT_LOCK_DIR};
 use crate::queue::{ChannelBackend, ChannelStats, DeviceSpec};
 use crate::soft::{SoftConfig, SoftDevice, SoftError, SoftFault};
 use crate::sync::lock_std;
+use crate::vfio::{NoIommu, RequestNotifier, VfioContext, VfioDevice, VfioKernel};
 
 /// The kind of device a setup starts with, and adds with [`Setup::add_device`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,9 +52,13 @@ pub enum DeviceKind {
     EmulatedIoat,
     /// The software engine.
     Soft,
-    /// Real IOAT functions from `/sys/bus/pci/devices`, unbound from `ioatdma`, with
-    /// physical addresses (needs root).
-    HardwareIoat,
+    /// Real IOAT functions bound to `vfio-pci`, opened through VFIO with the IOMMU
+    /// translating: the pool picks IOVAs and maps its memory into the VFIO container. The
+    /// usual way on a server.
+    VfioIoat,
+    /// Real IOAT functions unbound from every driver, their registers mapped through sysfs,
+    /// with physical addresses: only with the IOMMU off or in passthrough, and as root.
+    PhysicalIoat,
 }
 
 /// How a device leaves.
@@ -83,8 +90,11 @@ pub enum SetupError {
     Soft(SoftError),
     /// A device did not probe.
     Probe(IoatError),
-    /// No IOAT function is available to attach.
-    NoDevice,
+    /// No IOAT function could be attached; each one tried, with why not.
+    NoDevice {
+        /// The functions tried.
+        tried: Vec<AttachFailure>,
+    },
     /// The setup added no device with this id, or it is gone, or its removal was already
     /// asked for.
     UnknownDevice(DeviceId),
@@ -102,7 +112,16 @@ impl fmt::Display for SetupError {
             SetupError::Emulator(err) => write!(f, "emulated device: {err}"),
             SetupError::Soft(err) => err.fmt(f),
             SetupError::Probe(err) => write!(f, "probing a device: {err}"),
-            SetupError::NoDevice => f.write_str("no usable IOAT function found"),
+            SetupError::NoDevice { tried } if tried.is_empty() => {
+                f.write_str("no IOAT function found (is this an Intel Xeon with CBDMA?)")
+            }
+            SetupError::NoDevice { tried } => {
+                f.write_str("no IOAT function could be attached:")?;
+                for failure in tried {
+                    write!(f, "\n  {failure}")?;
+                }
+                Ok(())
+            }
             SetupError::UnknownDevice(id) => {
                 write!(f, "device {id} is not one of this setup's present devices")
             }
@@ -124,6 +143,33 @@ impl From<EngineError> for SetupError {
     }
 }
 
+/// Why a sysfs file of a function could not be used, with the fix where there is one: its
+/// registers and configuration space are root's (and a kernel in lockdown refuses even root).
+fn sysfs_cause(what: &str, error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::PermissionDenied => format!(
+            "{what}: permission denied (run as root; with Secure Boot the kernel's lockdown \
+             refuses it even then, so use the VFIO mode)"
+        ),
+        _ => format!("{what}: {error}"),
+    }
+}
+
+/// A function that was tried and not attached, with the cause.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachFailure {
+    /// Its PCI address.
+    pub bdf: String,
+    /// Why, with what to do about it.
+    pub cause: String,
+}
+
+impl fmt::Display for AttachFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.bdf, self.cause)
+    }
+}
+
 /// Builds a [`Setup`]. Defaults: this machine's CPUs, two emulated IOAT devices of one
 /// threaded channel each with copy and fill, 1024-descriptor rings, and a monitor without
 /// uevents whose removals let work drain for 100 ms.
@@ -138,6 +184,10 @@ pub struct SetupBuilder {
     ring_order: u32,
     pool: Option<DmaPoolConfig>,
     monitor: MonitorConfig,
+    sysfs: Sysfs,
+    vfio_kernel: Option<Arc<dyn VfioKernel>>,
+    noiommu: NoIommu,
+    lock_dir: PathBuf,
 }
 
 impl Default for SetupBuilder {
@@ -158,6 +208,10 @@ impl Default for SetupBuilder {
                 },
                 ..MonitorConfig::default()
             },
+            sysfs: Sysfs::system(),
+            vfio_kernel: None,
+            noiommu: NoIommu::Refused,
+            lock_dir: PathBuf::from(DEFAULT_LOCK_DIR),
         }
     }
 }
@@ -201,11 +255,53 @@ impl SetupBuilder {
         self
     }
 
-    /// Attaches every usable IOAT function of the machine (at least one, or the build fails
-    /// with [`SetupError::NoDevice`]).
+    /// Attaches every IOAT function bound to `vfio-pci`, through VFIO (at least one, or the
+    /// build fails with [`SetupError::NoDevice`] listing why each function was passed over).
     #[must_use]
-    pub fn hardware_ioat(mut self) -> Self {
-        self.kind = DeviceKind::HardwareIoat;
+    pub fn vfio_ioat(mut self) -> Self {
+        self.kind = DeviceKind::VfioIoat;
+        self
+    }
+
+    /// Attaches every IOAT function bound to no driver, through sysfs, with physical
+    /// addresses (the IOMMU must be off or in passthrough for them).
+    #[must_use]
+    pub fn physical_ioat(mut self) -> Self {
+        self.kind = DeviceKind::PhysicalIoat;
+        self
+    }
+
+    /// Where sysfs is (a fake tree in tests).
+    #[must_use]
+    pub fn sysfs(mut self, sysfs: Sysfs) -> Self {
+        self.sysfs = sysfs;
+        self
+    }
+
+    /// The VFIO kernel interface ([`SimKernel`](crate::vfio::SimKernel) in tests; the real
+    /// one by default).
+    #[must_use]
+    pub fn vfio_kernel(mut self, kernel: Arc<dyn VfioKernel>) -> Self {
+        self.vfio_kernel = Some(kernel);
+        self
+    }
+
+    /// Whether functions in VFIO no-IOMMU groups may be used (then with physical addresses
+    /// and no protection from a bad descriptor). Refused by default.
+    #[must_use]
+    pub fn allow_noiommu(mut self, allow: bool) -> Self {
+        self.noiommu = if allow {
+            NoIommu::Allowed
+        } else {
+            NoIommu::Refused
+        };
+        self
+    }
+
+    /// Where the per-function lock files go (`/var/tmp` by default).
+    #[must_use]
+    pub fn lock_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.lock_dir = dir.into();
         self
     }
 
@@ -278,8 +374,15 @@ impl SetupBuilder {
             )));
         }
         let engine = Engine::new(self.engine.clone())?;
+        // How the devices will be reached decides what their DMA addresses mean.
         let iova_mode = match self.kind {
-            DeviceKind::HardwareIoat => IovaMode::Physical,
+            DeviceKind::PhysicalIoat => IovaMode::Physical,
+            DeviceKind::VfioIoat
+                if self.noiommu == NoIommu::Allowed && self.sysfs.noiommu_enabled() =>
+            {
+                IovaMode::Physical
+            }
+            DeviceKind::VfioIoat => IovaMode::Mapped,
             DeviceKind::EmulatedIoat | DeviceKind::Soft => IovaMode::Va,
         };
         let pool = DmaPool::new(self.pool.unwrap_or(DmaPoolConfig {
@@ -287,20 +390,26 @@ impl SetupBuilder {
             ..DmaPoolConfig::default()
         }))
         .map_err(SetupError::Memory)?;
-        let monitor = Monitor::start(&engine, self.monitor.clone()).map_err(SetupError::Monitor)?;
+        let devices = Arc::new(Mutex::new(Devices::default()));
+        let mut monitor_config = self.monitor.clone();
+        monitor_config.on_event = Some(release_on_removal(
+            &engine,
+            &devices,
+            monitor_config.on_event.take(),
+        ));
+        let monitor = Monitor::start(&engine, monitor_config).map_err(SetupError::Monitor)?;
         let setup = Setup {
             engine,
             pool,
             monitor: Some(monitor),
             builder: self,
-            devices: Mutex::new(Devices::default()),
+            devices,
             attaching: Mutex::new(()),
+            vfio: Mutex::new(None),
         };
         match setup.builder.kind {
-            DeviceKind::HardwareIoat => {
-                if setup.add_hardware(usize::MAX)?.is_empty() {
-                    return Err(SetupError::NoDevice);
-                }
+            DeviceKind::PhysicalIoat | DeviceKind::VfioIoat => {
+                setup.add_hardware(usize::MAX)?;
             }
             DeviceKind::EmulatedIoat | DeviceKind::Soft => {
                 for _ in 0..setup.builder.devices {
@@ -319,9 +428,15 @@ enum Behind {
         driver: IoatDevice,
     },
     Soft(SoftDevice),
-    Hardware {
-        pci_address: String,
+    /// Fields drop in order: the driver's channels stop before the function is let go.
+    Physical {
         driver: IoatDevice,
+        _lock: FunctionLock,
+    },
+    Vfio {
+        driver: IoatDevice,
+        _device: VfioDevice,
+        _lock: FunctionLock,
     },
 }
 
@@ -338,9 +453,49 @@ struct Attached {
 #[derive(Default)]
 struct Devices {
     attached: Vec<Attached>,
+    /// Request notifiers of VFIO functions probed but not yet registered, by address.
+    notifiers: std::collections::HashMap<String, Arc<RequestNotifier>>,
     serial: u32,
     /// What the channels of released devices did.
     released: ChannelStats,
+}
+
+impl Devices {
+    /// Drops what the engine has released (its channels are stopped, their statistics final),
+    /// so a long run of removals and additions does not keep every device it ever had, and a
+    /// VFIO function goes back to the kernel (whose unbind waits for its file to close).
+    fn let_go_of_released(&mut self, engine: &Engine) {
+        let Devices {
+            attached, released, ..
+        } = self;
+        attached.retain(|d| {
+            let keep = engine.device_present(d.id).is_some();
+            if !keep {
+                *released = *released + device_stats(&d.channels);
+            }
+            keep
+        });
+    }
+}
+
+/// The monitor's event hook: after each removal, lets go of what the engine released (the
+/// application may not call the setup again for a while, and the kernel may be waiting for the
+/// function), then calls the application's own hook.
+fn release_on_removal(
+    engine: &Engine,
+    devices: &Arc<Mutex<Devices>>,
+    application: Option<EventHook>,
+) -> EventHook {
+    let engine = engine.clone();
+    let devices = Arc::downgrade(devices);
+    Arc::new(move |event| {
+        if let (HotplugEvent::Removed(_), Some(devices)) = (event, devices.upgrade()) {
+            lock_std(&devices).let_go_of_released(&engine);
+        }
+        if let Some(hook) = &application {
+            hook(event);
+        }
+    })
 }
 
 /// What a device's channels did, summed.
@@ -369,9 +524,12 @@ pub struct Setup {
     pool: DmaPool,
     monitor: Option<Monitor>,
     builder: SetupBuilder,
-    devices: Mutex<Devices>,
+    /// Shared with the monitor's event hook, which lets go of removed devices.
+    devices: Arc<Mutex<Devices>>,
     /// Serializes hardware attaches, so two threads never probe the same PCI function.
     attaching: Mutex<()>,
+    /// The VFIO context every function joins, made with the first one.
+    vfio: Mutex<Option<Arc<VfioContext>>>,
 }
 
 impl Setup {
@@ -414,18 +572,7 @@ impl Setup {
 
     fn devices_locked(&self) -> MutexGuard<'_, Devices> {
         let mut devices = lock_std(&self.devices);
-        // Drop what the engine has released, so a long run of removals and additions does not
-        // keep every device it ever had; its channels are stopped, their statistics final.
-        let Devices {
-            attached, released, ..
-        } = &mut *devices;
-        attached.retain(|d| {
-            let keep = self.engine.device_present(d.id).is_some();
-            if !keep {
-                *released = *released + device_stats(&d.channels);
-            }
-            keep
-        });
+        devices.let_go_of_released(&self.engine);
         devices
     }
 
@@ -440,7 +587,8 @@ impl Setup {
                 kind: match d.behind {
                     Behind::Emulated { .. } => DeviceKind::EmulatedIoat,
                     Behind::Soft(_) => DeviceKind::Soft,
-                    Behind::Hardware { .. } => DeviceKind::HardwareIoat,
+                    Behind::Physical { .. } => DeviceKind::PhysicalIoat,
+                    Behind::Vfio { .. } => DeviceKind::VfioIoat,
                 },
                 removal_requested: d.removal_requested,
             })
@@ -486,12 +634,12 @@ impl Setup {
             devices.serial - 1
         };
         let (name, behind) = match b.kind {
-            DeviceKind::HardwareIoat => {
+            DeviceKind::PhysicalIoat | DeviceKind::VfioIoat => {
                 return self
                     .add_hardware(1)?
                     .first()
                     .copied()
-                    .ok_or(SetupError::NoDevice)
+                    .ok_or(SetupError::NoDevice { tried: Vec::new() })
             }
             DeviceKind::EmulatedIoat => {
                 let config = EmuConfig {
@@ -535,13 +683,20 @@ impl Setup {
     /// Registers a device through the monitor and keeps what is behind it.
     fn attach(&self, name: String, behind: Behind) -> Result<DeviceId, SetupError> {
         let spec: DeviceSpec = match &behind {
-            Behind::Emulated { driver, .. } | Behind::Hardware { driver, .. } => driver.spec(),
+            Behind::Emulated { driver, .. }
+            | Behind::Physical { driver, .. }
+            | Behind::Vfio { driver, .. } => driver.spec(),
             Behind::Soft(device) => device.spec(),
         };
         let channels = spec.channels.clone();
         let id = self.monitor().add(spec)?;
-        if let Behind::Hardware { pci_address, .. } = &behind {
-            self.monitor().watch_pci(id, pci_address.clone());
+        if matches!(behind, Behind::Physical { .. } | Behind::Vfio { .. }) {
+            // The kernel removing or unbinding the function removes the device; for a VFIO
+            // function, so does the kernel asking for it back.
+            self.monitor().watch_pci(id, name.clone());
+            if let Some(notifier) = lock_std(&self.devices).notifiers.remove(&name) {
+                self.monitor().watch_request(id, notifier);
+            }
         }
         self.devices_locked().attached.push(Attached {
             id,
@@ -553,50 +708,160 @@ impl Setup {
         Ok(id)
     }
 
-    /// Probes and adds up to `limit` IOAT functions not attached yet; returns their ids.
+    /// Attaches up to `limit` IOAT functions not attached yet, the setup's way (VFIO or
+    /// physical); returns their ids. A function that cannot be attached is passed over with
+    /// its cause logged; when none could be, the error lists every cause.
     fn add_hardware(&self, limit: usize) -> Result<Vec<DeviceId>, SetupError> {
         let _one_at_a_time = lock_std(&self.attaching);
         let attached: Vec<String> = self
             .devices_locked()
             .attached
             .iter()
-            .filter_map(|d| match &d.behind {
-                Behind::Hardware { pci_address, .. } => Some(pci_address.clone()),
-                _ => None,
-            })
+            .filter(|d| matches!(d.behind, Behind::Physical { .. } | Behind::Vfio { .. }))
+            .map(|d| d.name.clone())
             .collect();
         let mut added = Vec::new();
-        for function in crate::pci::discover() {
+        let mut tried = Vec::new();
+        for function in self.builder.sysfs.discover_ioat() {
             if added.len() == limit {
                 break;
             }
-            // The kernel driver owns a bound function; sharing its registers would corrupt
-            // both. It must be unbound (or bound to vfio-pci/uio) first.
-            if attached.contains(&function.bdf) || function.driver.as_deref() == Some("ioatdma") {
+            if attached.contains(&function.bdf) {
                 continue;
             }
-            let (Ok(registers), Ok(config)) = (
-                function.map_bar0(crate::ioat::spec::BAR_SIZE),
-                function.config(),
-            ) else {
-                continue;
+            let outcome = match self.builder.kind {
+                DeviceKind::VfioIoat => self.vfio_function(&function),
+                _ => self.physical_function(&function),
             };
-            let Ok(driver) = IoatDevice::probe(
-                function.bdf.clone(),
-                Arc::new(registers),
-                Some(Arc::new(config)),
-                self.pool.clone(),
-                self.channel_config(false),
-            ) else {
-                continue;
-            };
-            let behind = Behind::Hardware {
-                pci_address: function.bdf.clone(),
-                driver,
-            };
-            added.push(self.attach(function.bdf, behind)?);
+            match outcome.and_then(|behind| {
+                self.attach(function.bdf.clone(), behind)
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok(id) => added.push(id),
+                Err(cause) => {
+                    (self.builder.engine.log)(
+                        LogLevel::Warn,
+                        &format!("{} not attached: {cause}", function.bdf),
+                    );
+                    tried.push(AttachFailure {
+                        bdf: function.bdf,
+                        cause,
+                    });
+                }
+            }
+        }
+        if added.is_empty() {
+            return Err(SetupError::NoDevice { tried });
         }
         Ok(added)
+    }
+
+    /// A function unbound from every driver, through sysfs, with physical addresses.
+    fn physical_function(&self, function: &IoatFunction) -> Result<Behind, String> {
+        match function.driver.as_deref() {
+            None => {}
+            // The kernel driver owns a bound function; sharing its registers would corrupt
+            // both. Bound to vfio-pci, it idles in D3 and its BAR reads all-ones.
+            Some("vfio-pci") => {
+                return Err("bound to vfio-pci: use the VFIO mode, or unbind it".into())
+            }
+            Some(driver) => {
+                return Err(format!(
+                    "bound to {driver}: unbind it first (`dmaplane-setup unbind {}`)",
+                    function.bdf
+                ))
+            }
+        }
+        let lock = FunctionLock::acquire(&self.builder.lock_dir, &function.bdf)
+            .map_err(|e| e.to_string())?;
+        let registers = function
+            .map_bar0(crate::ioat::spec::BAR_SIZE)
+            .map_err(|e| sysfs_cause("mapping resource0", &e))?;
+        let config = function
+            .config()
+            .map_err(|e| sysfs_cause("opening configuration space", &e))?;
+        let driver = IoatDevice::probe(
+            function.bdf.clone(),
+            Arc::new(registers),
+            Some(Arc::new(config)),
+            self.pool.clone(),
+            self.channel_config(false),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Behind::Physical {
+            driver,
+            _lock: lock,
+        })
+    }
+
+    /// A function bound to vfio-pci, opened through VFIO into the setup's context, with the
+    /// pool mapped into it and the kernel's device requests watched.
+    fn vfio_function(&self, function: &IoatFunction) -> Result<Behind, String> {
+        if function.driver.as_deref() != Some("vfio-pci") {
+            return Err(crate::vfio::VfioError::NotBound {
+                bdf: function.bdf.clone(),
+                driver: function.driver.clone(),
+            }
+            .to_string());
+        }
+        let lock = FunctionLock::acquire(&self.builder.lock_dir, &function.bdf)
+            .map_err(|e| e.to_string())?;
+        let context = {
+            let mut vfio = lock_std(&self.vfio);
+            match &*vfio {
+                Some(context) => Arc::clone(context),
+                None => {
+                    let kernel = self
+                        .builder
+                        .vfio_kernel
+                        .clone()
+                        .unwrap_or_else(|| crate::vfio::LinuxVfio::new());
+                    let context = VfioContext::for_function(
+                        kernel,
+                        &self.builder.sysfs,
+                        &function.bdf,
+                        self.builder.noiommu,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    *vfio = Some(Arc::clone(&context));
+                    context
+                }
+            }
+        };
+        let device = context
+            .open_device(&self.builder.sysfs, &function.bdf)
+            .map_err(|e| e.to_string())?;
+        if self.pool.iova_mode() == IovaMode::Mapped {
+            self.pool
+                .attach_iommu(context.clone())
+                .map_err(|e| format!("mapping the DMA pool: {e}"))?;
+        }
+        let registers = device
+            .bar0(crate::ioat::spec::BAR_SIZE)
+            .map_err(|e| e.to_string())?;
+        let config = device.config_space().map_err(|e| e.to_string())?;
+        let notifier = device.request_notifier().map_err(|e| e.to_string())?;
+        let driver = IoatDevice::probe(
+            function.bdf.clone(),
+            registers,
+            Some(config),
+            self.pool.clone(),
+            self.channel_config(false),
+        )
+        .map_err(|e| e.to_string())?;
+        self.pending_notifier(&function.bdf, notifier);
+        Ok(Behind::Vfio {
+            driver,
+            _device: device,
+            _lock: lock,
+        })
+    }
+
+    /// Keeps a VFIO function's request notifier until its device id is known.
+    fn pending_notifier(&self, bdf: &str, notifier: RequestNotifier) {
+        lock_std(&self.devices)
+            .notifiers
+            .insert(bdf.to_string(), Arc::new(notifier));
     }
 
     /// Starts the removal of `device` while clients keep working; the outcome arrives as a
@@ -620,7 +885,7 @@ impl Setup {
             (Removal::Surprise, Behind::Soft(soft)) => soft
                 .inject(SoftFault::SurpriseRemoval)
                 .map_err(SetupError::Soft)?,
-            (Removal::Surprise, Behind::Hardware { .. }) => {
+            (Removal::Surprise, Behind::Physical { .. } | Behind::Vfio { .. }) => {
                 return Err(SetupError::SurpriseUnsupported(device))
             }
         }
@@ -644,5 +909,23 @@ impl fmt::Debug for Setup {
             .field("kind", &self.builder.kind)
             .field("devices", &self.devices())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_sysfs_file_names_the_fix() {
+        let refused = io::Error::from_raw_os_error(libc::EACCES);
+        let cause = sysfs_cause("mapping resource0", &refused);
+        assert!(
+            cause.contains("run as root") && cause.contains("VFIO"),
+            "{cause}"
+        );
+        let missing = io::Error::from_raw_os_error(libc::ENOENT);
+        let cause = sysfs_cause("mapping resource0", &missing);
+        assert!(!cause.contains("root"), "{cause}");
     }
 }

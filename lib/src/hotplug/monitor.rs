@@ -9,6 +9,9 @@
 //!   recorded datagrams with [`Monitor::feed_uevent`];
 //! - a device whose registers read all-ones (surprise removal), checked every
 //!   [`MonitorConfig::presence_interval`];
+//! - the VFIO device-request eventfd of a function opened through VFIO (the kernel wants it
+//!   back: an unbind, a hot-unplug begun), given with [`Monitor::watch_request`] and checked
+//!   as often;
 //! - an explicit [`Monitor::remove`].
 //!
 //! Every removal and addition is reported as a [`HotplugEvent`], through a queue
@@ -46,6 +49,7 @@ use super::uevent::{self, PciEvent, UeventSocket};
 use crate::engine::{DeviceId, Engine, EngineError, RemovalOptions, RemovalReport};
 use crate::queue::DeviceSpec;
 use crate::sync::lock_std;
+use crate::vfio::RequestNotifier;
 
 /// What the monitor reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +129,9 @@ impl fmt::Debug for MonitorConfig {
     }
 }
 
+/// The VFIO device-request notifiers the monitor reads, with the device each one removes.
+type WatchedRequests = Vec<(DeviceId, Arc<RequestNotifier>)>;
+
 enum Request {
     Remove(DeviceId),
     Uevent(Vec<u8>),
@@ -138,6 +145,8 @@ pub struct Monitor {
     emit: Emitter,
     /// PCI address of each watched device.
     watched: Arc<Mutex<HashMap<String, DeviceId>>>,
+    /// VFIO device-request notifiers of watched devices.
+    device_requests: Arc<Mutex<WatchedRequests>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -175,6 +184,7 @@ impl Monitor {
             hook: config.on_event.clone(),
         };
         let watched = Arc::new(Mutex::new(HashMap::new()));
+        let watched_requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut thread_state = MonitorThread {
             engine: engine.clone(),
@@ -183,6 +193,7 @@ impl Monitor {
             inbox,
             emit: emit.clone(),
             watched: Arc::clone(&watched),
+            device_requests: Arc::clone(&watched_requests),
             stop: Arc::clone(&stop),
         };
         let thread = std::thread::Builder::new()
@@ -194,6 +205,7 @@ impl Monitor {
             events: Mutex::new(events),
             emit,
             watched,
+            device_requests: watched_requests,
             stop,
             thread: Some(thread),
         })
@@ -211,6 +223,11 @@ impl Monitor {
     /// Removes `device` when kernel uevents say the PCI function `bdf` left or was unbound.
     pub fn watch_pci(&self, device: DeviceId, bdf: impl Into<String>) {
         lock_std(&self.watched).insert(bdf.into(), device);
+    }
+
+    /// Removes `device` when the kernel signals `notifier`, its VFIO device-request eventfd.
+    pub fn watch_request(&self, device: DeviceId, notifier: Arc<RequestNotifier>) {
+        lock_std(&self.device_requests).push((device, notifier));
     }
 
     /// Asks for `device` to be removed; the outcome arrives as an event.
@@ -264,6 +281,7 @@ struct MonitorThread {
     inbox: mpsc::Receiver<Request>,
     emit: Emitter,
     watched: Arc<Mutex<HashMap<String, DeviceId>>>,
+    device_requests: Arc<Mutex<WatchedRequests>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -281,6 +299,7 @@ impl MonitorThread {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
             self.read_socket();
+            self.check_requests();
             self.check_presence();
         }
     }
@@ -316,6 +335,18 @@ impl MonitorThread {
         }
     }
 
+    /// Functions the kernel asked back through their VFIO device-request eventfd.
+    fn check_requests(&mut self) {
+        let asked: Vec<DeviceId> = lock_std(&self.device_requests)
+            .iter()
+            .filter(|(_, notifier)| notifier.requested())
+            .map(|(device, _)| *device)
+            .collect();
+        for device in asked {
+            self.remove(device);
+        }
+    }
+
     /// Surprise removals: devices whose registers read all-ones.
     fn check_presence(&mut self) {
         for (device, _) in self.engine.devices() {
@@ -327,6 +358,7 @@ impl MonitorThread {
 
     fn remove(&mut self, device: DeviceId) {
         lock_std(&self.watched).retain(|_, d| *d != device);
+        lock_std(&self.device_requests).retain(|(d, _)| *d != device);
         let event = match self.engine.remove_device(device, self.config.removal) {
             Ok(report) => HotplugEvent::Removed(report),
             Err(error) => HotplugEvent::Failed { device, error },
