@@ -39,7 +39,7 @@ use crate::hotplug::{EventHook, HotplugEvent, Monitor, MonitorConfig};
 use crate::ioat::{IoatConfig, IoatDevice, IoatError, Timeouts};
 use crate::log::{LogHook, LogLevel};
 use crate::mem::{DmaPool, DmaPoolConfig, IovaMode, MemError};
-use crate::pci::{FunctionLock, IoatFunction, Sysfs, DEFAULT_LOCK_DIR};
+use crate::pci::{FunctionLock, PciFunction, Sysfs, DEFAULT_LOCK_DIR};
 use crate::queue::{ChannelBackend, ChannelStats, DeviceSpec};
 use crate::soft::{SoftConfig, SoftDevice, SoftError, SoftFault};
 use crate::sync::lock_std;
@@ -757,7 +757,7 @@ impl Setup {
     }
 
     /// A function unbound from every driver, through sysfs, with physical addresses.
-    fn physical_function(&self, function: &IoatFunction) -> Result<Behind, String> {
+    fn physical_function(&self, function: &PciFunction) -> Result<Behind, String> {
         match function.driver.as_deref() {
             None => {}
             // The kernel driver owns a bound function; sharing its registers would corrupt
@@ -796,7 +796,7 @@ impl Setup {
 
     /// A function bound to vfio-pci, opened through VFIO into the setup's context, with the
     /// pool mapped into it and the kernel's device requests watched.
-    fn vfio_function(&self, function: &IoatFunction) -> Result<Behind, String> {
+    fn vfio_function(&self, function: &PciFunction) -> Result<Behind, String> {
         if function.driver.as_deref() != Some("vfio-pci") {
             return Err(crate::vfio::VfioError::NotBound {
                 bdf: function.bdf.clone(),

@@ -276,6 +276,18 @@ impl FakeSysfs {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
         std::fs::write(root.join("bus/pci/drivers_probe"), "").unwrap();
+        for driver in ["vfio-pci", "ioatdma"] {
+            Self::driver_files(&root.join("bus/pci/drivers").join(driver));
+        }
+        for hugepages in [
+            "kernel/mm/hugepages/hugepages-2048kB",
+            "devices/system/node/node0/hugepages/hugepages-2048kB",
+        ] {
+            let dir = root.join(hugepages);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("nr_hugepages"), "0\n").unwrap();
+            std::fs::write(dir.join("free_hugepages"), "0\n").unwrap();
+        }
         std::fs::write(
             root.join("module/vfio/parameters/enable_unsafe_noiommu_mode"),
             "N\n",
@@ -326,8 +338,30 @@ impl FakeSysfs {
         let link = self.root.join("bus/pci/devices").join(bdf).join("driver");
         let _ = std::fs::remove_file(&link);
         let driver_dir = self.root.join("bus/pci/drivers").join(driver);
-        std::fs::create_dir_all(&driver_dir).unwrap();
+        Self::driver_files(&driver_dir);
         std::os::unix::fs::symlink(&driver_dir, link).unwrap();
+    }
+
+    /// A driver's directory with the attributes a binding writes.
+    fn driver_files(dir: &std::path::Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        for attribute in ["bind", "unbind", "new_id"] {
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(attribute))
+                .unwrap();
+        }
+    }
+
+    /// Removes driver `driver`'s directory, as if its module were not loaded.
+    pub fn unload(&self, driver: &str) {
+        std::fs::remove_dir_all(self.root.join("bus/pci/drivers").join(driver)).unwrap();
+    }
+
+    /// Reads a file of the tree, relative to its root.
+    pub fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.root.join(path)).unwrap()
     }
 
     pub fn set_group_type(&self, group: u32, kind: &str) {

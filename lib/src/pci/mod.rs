@@ -1,9 +1,18 @@
-//! PCI plumbing for real IOAT functions: configuration-space access and discovery in sysfs.
+//! PCI plumbing for real DMA functions: configuration-space access, discovery in sysfs
+//! ([`Sysfs`], whose root a test may point at a fake tree), moving functions between drivers
+//! ([`binding`], what `dmaplane-setup` does), and per-function ownership ([`FunctionLock`]).
 //!
 //! The driver reaches configuration space through [`ConfigSpace`]: on hardware, reads and
-//! writes of `/sys/bus/pci/devices/<bdf>/config` ([`SysfsConfig`]); on the emulated device,
-//! its model. Discovery lists the functions whose vendor and device ids are IOAT's, so that
-//! an application can attach them after unbinding the kernel's `ioatdma` driver.
+//! writes of `/sys/bus/pci/devices/<bdf>/config` ([`SysfsConfig`]) or of VFIO's configuration
+//! region; on the emulated device, its model. Discovery lists the functions whose vendor and
+//! device ids are IOAT's (or DSA's).
+
+pub mod binding;
+mod lock;
+mod sysfs;
+
+pub use lock::{FunctionLock, LockError, DEFAULT_LOCK_DIR};
+pub use sysfs::Sysfs;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -180,15 +189,51 @@ pub const IOAT_DEVICE_IDS: &[u16] = &[
     0x0b00, // Ice Lake-SP
 ];
 
-/// An IOAT function found in sysfs.
+/// Device ids of DSA functions (Sapphire Rapids and later Xeons, Granite Rapids-D, Diamond
+/// Rapids), which `dmaplane-setup` lists and binds beside IOAT's.
+pub const DSA_DEVICE_IDS: &[u16] = &[0x0b25, 0x11fb, 0x1212];
+
+/// What kind of DMA engine a function is, by its device id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    /// IOAT (QuickData, CBDMA).
+    Ioat,
+    /// DSA (Data Streaming Accelerator).
+    Dsa,
+}
+
+impl EngineKind {
+    /// The kind of device `device_id` (of Intel's), if it is a DMA engine this library knows.
+    pub fn of(device_id: u16) -> Option<EngineKind> {
+        if IOAT_DEVICE_IDS.contains(&device_id) {
+            Some(EngineKind::Ioat)
+        } else if DSA_DEVICE_IDS.contains(&device_id) {
+            Some(EngineKind::Dsa)
+        } else {
+            None
+        }
+    }
+
+    /// The kernel's own driver for it.
+    pub fn kernel_driver(self) -> &'static str {
+        match self {
+            EngineKind::Ioat => "ioatdma",
+            EngineKind::Dsa => "idxd",
+        }
+    }
+}
+
+/// A DMA function found in sysfs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IoatFunction {
+pub struct PciFunction {
     /// Bus/device/function address, such as `0000:00:04.0`.
     pub bdf: String,
     /// Its sysfs directory.
     pub dir: PathBuf,
     /// PCI device id.
     pub device_id: u16,
+    /// What kind of engine it is.
+    pub kind: EngineKind,
     /// NUMA node, when the kernel reports one.
     pub numa_node: Option<u32>,
     /// Kernel driver bound to it (`ioatdma`, `vfio-pci`, `uio_pci_generic`), if any.
@@ -197,7 +242,7 @@ pub struct IoatFunction {
     pub iommu_group: Option<u32>,
 }
 
-impl IoatFunction {
+impl PciFunction {
     /// Maps the first `len` bytes of BAR0, the register window (`ioat::spec::BAR_SIZE`),
     /// through sysfs: the device will see bus addresses, physical unless an IOMMU translates
     /// for it, which the window records for the driver's check.
@@ -224,11 +269,16 @@ fn read_hex_u16(path: &Path) -> Option<u16> {
 
 /// Lists the IOAT functions under `devices_dir` (normally `/sys/bus/pci/devices`), sorted by
 /// address. A directory that cannot be read yields an empty list.
-pub fn discover_in(devices_dir: &Path) -> Vec<IoatFunction> {
+pub fn discover_in(devices_dir: &Path) -> Vec<PciFunction> {
+    discover_kinds(devices_dir, &[EngineKind::Ioat])
+}
+
+/// Lists the functions of the kinds `kinds` under `devices_dir`, sorted by address.
+pub(crate) fn discover_kinds(devices_dir: &Path, kinds: &[EngineKind]) -> Vec<PciFunction> {
     let Ok(entries) = std::fs::read_dir(devices_dir) else {
         return Vec::new();
     };
-    let mut found: Vec<IoatFunction> = entries
+    let mut found: Vec<PciFunction> = entries
         .flatten()
         .filter_map(|entry| {
             let dir = entry.path();
@@ -236,19 +286,18 @@ pub fn discover_in(devices_dir: &Path) -> Vec<IoatFunction> {
                 return None;
             }
             let device_id = read_hex_u16(&dir.join("device"))?;
-            if !IOAT_DEVICE_IDS.contains(&device_id) {
-                return None;
-            }
+            let kind = EngineKind::of(device_id).filter(|kind| kinds.contains(kind))?;
             let numa_node = std::fs::read_to_string(dir.join("numa_node"))
                 .ok()
                 .and_then(|t| t.trim().parse::<i64>().ok())
                 .and_then(|n| u32::try_from(n).ok());
-            Some(IoatFunction {
+            Some(PciFunction {
                 bdf: entry.file_name().to_string_lossy().into_owned(),
                 driver: link_name(&dir.join("driver")),
                 iommu_group: link_name(&dir.join("iommu_group")).and_then(|n| n.parse().ok()),
                 dir,
                 device_id,
+                kind,
                 numa_node,
             })
         })
@@ -258,118 +307,14 @@ pub fn discover_in(devices_dir: &Path) -> Vec<IoatFunction> {
 }
 
 /// Lists the machine's IOAT functions.
-pub fn discover() -> Vec<IoatFunction> {
+pub fn discover() -> Vec<PciFunction> {
     Sysfs::system().discover_ioat()
 }
 
 /// The last component of the target of the symbolic link at `link`.
-fn link_name(link: &Path) -> Option<String> {
+pub(crate) fn link_name(link: &Path) -> Option<String> {
     let target = std::fs::read_link(link).ok()?;
     Some(target.file_name()?.to_string_lossy().into_owned())
-}
-
-/// Where the kernel's sysfs is: `/sys` on a machine, a fake tree in tests. Everything the
-/// library and `dmaplane-setup` learn about PCI functions, IOMMU groups and VFIO from the
-/// kernel they read through one of these, so that a fake tree stands in for all of it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sysfs {
-    root: PathBuf,
-}
-
-impl Sysfs {
-    /// The machine's `/sys`.
-    pub fn system() -> Sysfs {
-        Sysfs::at("/sys")
-    }
-
-    /// A sysfs tree at `root` (a fake one, in tests).
-    pub fn at(root: impl Into<PathBuf>) -> Sysfs {
-        Sysfs { root: root.into() }
-    }
-
-    /// The root.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// `bus/pci/devices`.
-    pub fn pci_devices(&self) -> PathBuf {
-        self.root.join("bus/pci/devices")
-    }
-
-    /// The directory of PCI function `bdf`.
-    pub fn device_dir(&self, bdf: &str) -> PathBuf {
-        self.pci_devices().join(bdf)
-    }
-
-    /// `bus/pci/drivers/<driver>`.
-    pub fn driver_dir(&self, driver: &str) -> PathBuf {
-        self.root.join("bus/pci/drivers").join(driver)
-    }
-
-    /// The IOAT functions, in address order.
-    pub fn discover_ioat(&self) -> Vec<IoatFunction> {
-        discover_in(&self.pci_devices())
-    }
-
-    /// The driver bound to `bdf`, if any.
-    pub fn driver(&self, bdf: &str) -> Option<String> {
-        link_name(&self.device_dir(bdf).join("driver"))
-    }
-
-    /// The IOMMU group of `bdf`, if it has one.
-    pub fn iommu_group(&self, bdf: &str) -> Option<u32> {
-        link_name(&self.device_dir(bdf).join("iommu_group")).and_then(|n| n.parse().ok())
-    }
-
-    /// The functions in IOMMU group `group`, in address order.
-    pub fn group_devices(&self, group: u32) -> Vec<String> {
-        let dir = self
-            .root
-            .join(format!("kernel/iommu_groups/{group}/devices"));
-        let mut devices: Vec<String> = std::fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        devices.sort();
-        devices
-    }
-
-    /// The domain type of IOMMU group `group` (`identity` in passthrough, `DMA` or `DMA-FQ`
-    /// when the IOMMU translates), where the kernel reports it.
-    pub fn group_type(&self, group: u32) -> Option<String> {
-        let text =
-            std::fs::read_to_string(self.root.join(format!("kernel/iommu_groups/{group}/type")))
-                .ok()?;
-        Some(text.trim().to_string())
-    }
-
-    /// Whether any IOMMU group exists: an IOMMU is on (or VFIO's no-IOMMU mode made groups).
-    pub fn iommu_groups_exist(&self) -> bool {
-        std::fs::read_dir(self.root.join("kernel/iommu_groups"))
-            .is_ok_and(|mut entries| entries.next().is_some())
-    }
-
-    /// Whether VFIO's unsafe no-IOMMU mode is enabled.
-    pub fn noiommu_enabled(&self) -> bool {
-        std::fs::read_to_string(
-            self.root
-                .join("module/vfio/parameters/enable_unsafe_noiommu_mode"),
-        )
-        .is_ok_and(|t| t.trim() == "Y")
-    }
-
-    /// The VFIO character device of `bdf` (`vfioN`, under `/dev/vfio/devices`), on kernels
-    /// with the device cdev interface.
-    pub fn vfio_cdev(&self, bdf: &str) -> Option<String> {
-        let mut entries = std::fs::read_dir(self.device_dir(bdf).join("vfio-dev")).ok()?;
-        let entry = entries.next()?.ok()?;
-        Some(entry.file_name().to_string_lossy().into_owned())
-    }
 }
 
 #[cfg(test)]
@@ -412,112 +357,5 @@ mod tests {
         assert_eq!(config.read32(0x180).unwrap(), 0xdead_beef);
         std::fs::remove_dir_all(&root).unwrap();
         assert!(discover_in(&root).is_empty());
-    }
-}
-
-/// Where per-function lock files go by default (as SPDK puts its `spdk_pci_lock_*`).
-pub const DEFAULT_LOCK_DIR: &str = "/var/tmp";
-
-/// Exclusive ownership of one PCI function among the processes of a machine: an advisory
-/// `flock` on `<dir>/dmaplane_pci_<bdf>`, holding the owner's pid so a refusal can name it.
-/// Released when dropped, or when the process dies (the kernel drops the lock with the file).
-#[derive(Debug)]
-pub struct FunctionLock {
-    file: File,
-    bdf: String,
-}
-
-/// Why a function could not be locked.
-#[derive(Debug)]
-pub enum LockError {
-    /// Another process (or another setup in this one) holds it.
-    InUse {
-        /// The function.
-        bdf: String,
-        /// The holder's pid, as it wrote it.
-        pid: Option<u32>,
-    },
-    /// The lock file could not be opened or locked.
-    Io {
-        /// The lock file.
-        path: PathBuf,
-        /// What the kernel said.
-        error: io::Error,
-    },
-}
-
-impl std::fmt::Display for LockError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LockError::InUse {
-                bdf,
-                pid: Some(pid),
-            } => {
-                write!(f, "{bdf} is in use by pid {pid}")
-            }
-            LockError::InUse { bdf, pid: None } => write!(f, "{bdf} is in use by another process"),
-            LockError::Io { path, error } => {
-                write!(f, "cannot lock {}: {error}", path.display())
-            }
-        }
-    }
-}
-
-impl std::error::Error for LockError {}
-
-impl FunctionLock {
-    /// Takes the lock of `bdf` in `dir`, or says who holds it.
-    pub fn acquire(dir: &Path, bdf: &str) -> Result<FunctionLock, LockError> {
-        use std::io::{Read, Seek, Write};
-        use std::os::fd::AsRawFd;
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = dir.join(format!("dmaplane_pci_{bdf}"));
-        let io_error = |error| LockError::Io {
-            path: path.clone(),
-            error,
-        };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&path)
-            .map_err(io_error)?;
-        // SAFETY: `flock` on a descriptor this file owns; no memory is passed.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() != io::ErrorKind::WouldBlock {
-                return Err(io_error(error));
-            }
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
-            return Err(LockError::InUse {
-                bdf: bdf.to_string(),
-                pid: text.trim().parse().ok(),
-            });
-        }
-        let written = file
-            .set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| write!(file, "{}", std::process::id()));
-        written.map_err(io_error)?;
-        Ok(FunctionLock {
-            file,
-            bdf: bdf.to_string(),
-        })
-    }
-
-    /// The function.
-    pub fn bdf(&self) -> &str {
-        &self.bdf
-    }
-}
-
-impl Drop for FunctionLock {
-    fn drop(&mut self) {
-        // The file stays (removing it could let two processes lock two different files);
-        // emptied, it names no owner. Closing it releases the lock.
-        let _ = self.file.set_len(0);
     }
 }
