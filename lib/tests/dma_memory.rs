@@ -746,7 +746,8 @@ fn physical_mode_translates_or_refuses_with_a_typed_error() {
 #[derive(Debug)]
 struct RecordingIommu {
     id: dmaplane::mem::IommuId,
-    window: std::ops::RangeInclusive<u64>,
+    /// What it accepts now: a device joining the context may narrow it.
+    window: Mutex<std::ops::RangeInclusive<u64>>,
     limit: usize,
     /// IOVA → (VA, length) of what is mapped now.
     mapped: Mutex<std::collections::BTreeMap<u64, (usize, usize)>>,
@@ -756,7 +757,7 @@ impl RecordingIommu {
     fn new(window: std::ops::RangeInclusive<u64>, limit: usize) -> std::sync::Arc<RecordingIommu> {
         std::sync::Arc::new(RecordingIommu {
             id: dmaplane::mem::IommuId::fresh(),
-            window,
+            window: Mutex::new(window),
             limit,
             mapped: Mutex::new(std::collections::BTreeMap::new()),
         })
@@ -777,8 +778,8 @@ impl dmaplane::mem::IommuMapper for RecordingIommu {
         self.id
     }
 
-    fn iova_ranges(&self) -> Vec<std::ops::RangeInclusive<u64>> {
-        vec![self.window.clone()]
+    fn iova_ranges(&self) -> std::io::Result<Vec<std::ops::RangeInclusive<u64>>> {
+        Ok(vec![self.window.lock().unwrap().clone()])
     }
 
     fn entries_left(&self) -> Option<u32> {
@@ -894,5 +895,39 @@ fn a_mapped_pool_respects_the_iommus_windows_and_entry_limit() {
     assert!(matches!(
         va.attach_iommu(RecordingIommu::new(0..=u64::MAX, 8)),
         Err(MemError::InvalidConfig { .. })
+    ));
+}
+
+#[test]
+fn attaching_a_context_again_narrows_later_iovas_to_its_new_windows() {
+    let pool = pool(IovaMode::Mapped);
+    let iommu = RecordingIommu::new((1 << 32)..=((1 << 36) - 1), 64);
+    pool.attach_iommu(iommu.clone()).unwrap();
+    let highest_mapped = iommu
+        .mapped()
+        .iter()
+        .map(|&(iova, _, len)| iova + len as u64)
+        .max()
+        .unwrap();
+    // A device joins the context and the kernel reserves everything above what is mapped
+    // plus a little room.
+    let top = highest_mapped + 4 * pool.region_size() as u64 - 1;
+    *iommu.window.lock().unwrap() = (1 << 32)..=top;
+    pool.attach_iommu(iommu.clone()).unwrap();
+    let mut blocks = Vec::new();
+    for _ in 0..3 {
+        blocks.push(pool.alloc(pool.region_size(), 4096).unwrap());
+    }
+    for (iova, _, len) in iommu.mapped() {
+        assert!(
+            iova + len as u64 - 1 <= top,
+            "{iova:#x}+{len:#x} above {top:#x}"
+        );
+    }
+    // Negative control: a window that no longer covers what is mapped is refused.
+    *iommu.window.lock().unwrap() = (1 << 35)..=((1 << 36) - 1);
+    assert!(matches!(
+        pool.attach_iommu(iommu.clone()),
+        Err(MemError::IovaOutsideIommu { .. })
     ));
 }

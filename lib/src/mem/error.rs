@@ -122,6 +122,11 @@ pub enum MemError {
         /// Its length.
         len: usize,
     },
+    /// The IOMMU context could not say which IOVAs it accepts.
+    IommuQuery {
+        /// What the kernel (or its simulation) said.
+        reason: String,
+    },
     /// The IOMMU context refused to map (or unmap) a range.
     IommuMap {
         /// The IOVA.
@@ -218,6 +223,9 @@ impl fmt::Display for MemError {
                 f,
                 "IOVA range {iova:#x}+{len:#x} is outside the IOMMU's valid windows"
             ),
+            MemError::IommuQuery { reason } => {
+                write!(f, "reading the IOMMU context's valid IOVA ranges failed: {reason}")
+            }
             MemError::IommuMap { iova, len, reason } => {
                 write!(f, "mapping IOVA {iova:#x}+{len:#x} in the IOMMU failed: {reason}")
             }

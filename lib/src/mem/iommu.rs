@@ -46,8 +46,9 @@ pub trait IommuMapper: Send + Sync + fmt::Debug {
     fn id(&self) -> IommuId;
 
     /// The IOVA windows its devices may use, ends inclusive (reserved regions and the address
-    /// width already taken out).
-    fn iova_ranges(&self) -> Vec<RangeInclusive<u64>>;
+    /// width already taken out), as they are now: each device or group that joins the context
+    /// may narrow them.
+    fn iova_ranges(&self) -> io::Result<Vec<RangeInclusive<u64>>>;
 
     /// How many more mappings the context accepts (type1's `dma_entry_limit` less those made),
     /// when it says.

@@ -363,8 +363,9 @@ impl DmaPool {
     /// Maps every region and registration of this pool into `iommu` (a VFIO container), and
     /// every later one as it comes, at the IOVAs this pool picks; what is mapped is unmapped
     /// when its region or registration goes, and everything when the pool does. Future IOVAs
-    /// are picked inside `iommu`'s windows. Only for [`IovaMode::Mapped`] pools; attaching a
-    /// context twice is a no-op.
+    /// are picked inside `iommu`'s windows. Only for [`IovaMode::Mapped`] pools. Attaching a
+    /// context again re-reads its windows, which a device or group joining it may have
+    /// narrowed, and picks later IOVAs inside what is left.
     pub fn attach_iommu(&self, iommu: Arc<dyn IommuMapper>) -> Result<(), MemError> {
         let mut state = self.inner.lock();
         if state.iova_space.is_none() {
@@ -375,11 +376,11 @@ impl DmaPool {
                 ),
             });
         }
-        if state.iommus.iter().any(|i| i.id() == iommu.id()) {
-            return Ok(());
-        }
-        let ranges = iommu.iova_ranges();
+        let ranges = iommu.iova_ranges().map_err(|e| MemError::IommuQuery {
+            reason: e.to_string(),
+        })?;
         let runs: Vec<Run> = state.mapped.values().copied().collect();
+        let known = state.iommus.iter().any(|i| i.id() == iommu.id());
         if let Some(outside) = runs
             .iter()
             .find(|run| !super::iommu::within(&ranges, run.iova, run.len))
@@ -389,17 +390,21 @@ impl DmaPool {
                 len: outside.len,
             });
         }
-        if iommu
-            .entries_left()
-            .is_some_and(|left| (left as usize) < runs.len())
-        {
-            return Err(MemError::IommuEntriesExhausted);
+        if !known {
+            if iommu
+                .entries_left()
+                .is_some_and(|left| (left as usize) < runs.len())
+            {
+                return Err(MemError::IommuEntriesExhausted);
+            }
+            map_everywhere(std::slice::from_ref(&iommu), &runs)?;
         }
-        map_everywhere(std::slice::from_ref(&iommu), &runs)?;
         if let Some(space) = state.iova_space.as_mut() {
             space.restrict(&ranges);
         }
-        state.iommus.push(iommu);
+        if !known {
+            state.iommus.push(iommu);
+        }
         Ok(())
     }
 

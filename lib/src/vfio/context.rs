@@ -232,12 +232,12 @@ impl VfioContext {
             }
             Err(e) => return Err(close_on_error(call("VFIO_GROUP_SET_CONTAINER", bdf)(e))),
         }
+        let model = if noiommu {
+            extension::NOIOMMU
+        } else {
+            extension::TYPE1V2
+        };
         if state.model.is_none() {
-            let model = if noiommu {
-                extension::NOIOMMU
-            } else {
-                extension::TYPE1V2
-            };
             let offered = kernel
                 .check_extension(container, model)
                 .map_err(|e| close_on_error(call("VFIO_CHECK_EXTENSION", bdf)(e)))?;
@@ -247,13 +247,6 @@ impl VfioContext {
             kernel
                 .set_iommu(container, model)
                 .map_err(|e| close_on_error(call("VFIO_SET_IOMMU", bdf)(e)))?;
-            state.model = Some(model);
-            if !noiommu {
-                let info = kernel
-                    .iommu_info(container)
-                    .map_err(|e| close_on_error(call("VFIO_IOMMU_GET_INFO", bdf)(e)))?;
-                state.iova_ranges = info.iova_ranges;
-            }
         } else if (state.model == Some(extension::NOIOMMU)) != noiommu {
             // The kernel refuses to mix no-IOMMU and translated groups in one container.
             return Err(close_on_error(VfioError::Call {
@@ -262,6 +255,18 @@ impl VfioContext {
                 error: io::Error::from_raw_os_error(libc::EPERM),
             }));
         }
+        if !noiommu {
+            // Every group that joins may bring reserved regions of its own, which the kernel
+            // takes out of the container's windows; the pool re-reads them when the device
+            // is attached to it.
+            match kernel.iommu_info(container) {
+                Ok(info) => state.iova_ranges = info.iova_ranges,
+                Err(e) => return Err(close_on_error(call("VFIO_IOMMU_GET_INFO", bdf)(e))),
+            }
+        }
+        // Recorded only once a group holds it: when the only group closes, the kernel drops
+        // the container's model, and the next group must set it again.
+        state.model = Some(model);
         state.groups.insert(group, fd);
         Ok(fd)
     }
@@ -326,12 +331,12 @@ impl IommuMapper for VfioContext {
         self.id
     }
 
-    fn iova_ranges(&self) -> Vec<RangeInclusive<u64>> {
+    fn iova_ranges(&self) -> io::Result<Vec<RangeInclusive<u64>>> {
         match self.kind {
-            Kind::Type1 { .. } => lock_std(&self.state).iova_ranges.clone(),
-            Kind::Iommufd { iommufd, ioas } => {
-                self.kernel.ioas_ranges(iommufd, ioas).unwrap_or_default()
-            }
+            // Re-read as each group joins (see `join_group`).
+            Kind::Type1 { .. } => Ok(lock_std(&self.state).iova_ranges.clone()),
+            // The IOAS narrows as each device attaches; asked afresh.
+            Kind::Iommufd { iommufd, ioas } => self.kernel.ioas_ranges(iommufd, ioas),
         }
     }
 

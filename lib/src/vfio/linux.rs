@@ -7,6 +7,11 @@
 //! opening `/dev/vfio/vfio` where it exists; the layer above it is tested against the
 //! simulated kernel, which answers the same calls with the same errnos.
 
+// vfio-pci places region N at file offset N << 40, which `off_t` holds only where it is 64
+// bits wide.
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("the VFIO layer needs a 64-bit target");
+
 use std::ffi::CString;
 use std::io;
 use std::ops::RangeInclusive;
@@ -75,6 +80,7 @@ struct DeviceInfoRaw {
     num_regions: u32,
     num_irqs: u32,
     cap_offset: u32,
+    pad: u32,
 }
 
 #[repr(C)]
@@ -205,8 +211,14 @@ unsafe fn ioctl(fd: Fd, request: u64, arg: usize) -> io::Result<i32> {
 }
 
 /// `ioctl` with a pointer to `value`.
-fn ioctl_with<T>(fd: Fd, request: u64, value: &mut T) -> io::Result<i32> {
-    // SAFETY: `value` is a live, writable `T`, which is what each caller's request takes.
+///
+/// # Safety
+///
+/// `request` must take a pointer to a `T` laid out as the kernel's struct, with its size
+/// field (`argsz`, `size`) no larger than `T`, and any pointer inside `value` must cover what
+/// the request will read or write through it.
+unsafe fn ioctl_with<T>(fd: Fd, request: u64, value: &mut T) -> io::Result<i32> {
+    // SAFETY: `value` is a live, writable `T`; the rest is the caller's contract.
     unsafe { ioctl(fd, request, std::ptr::from_mut(value) as usize) }
 }
 
@@ -232,7 +244,8 @@ fn info_with_caps<T: Copy>(
     set_argsz: impl Fn(&mut T, u32),
 ) -> io::Result<Vec<u8>> {
     let mut head = init;
-    ioctl_with(fd, request, &mut head)?;
+    // SAFETY: the caller's request takes a `T` (its contract), whose argsz is `T`'s size.
+    unsafe { ioctl_with(fd, request, &mut head) }?;
     let wanted = (argsz_of(&head) as usize).max(std::mem::size_of::<T>());
     // u64 storage keeps the buffer aligned for the structs read out of it.
     let mut buffer = vec![0u64; wanted.div_ceil(8)];
@@ -343,8 +356,10 @@ impl VfioKernel for LinuxVfio {
             });
         }
         if info.iova_ranges.is_empty() {
-            // Kernels before the range capability: everything but the x86 MSI window.
-            info.iova_ranges = vec![0..=0xfedf_ffff, 0xfef0_0000..=u64::MAX];
+            // Kernels before the range capability: everything but the x86 MSI window, up to
+            // 48 bits (the widest VT-d address width); the pool's default window stays below
+            // 2^39 anyway, which every VT-d unit translates.
+            info.iova_ranges = vec![0..=0xfedf_ffff, 0xfef0_0000..=(1 << 48) - 1];
         }
         Ok(info)
     }
@@ -357,7 +372,9 @@ impl VfioKernel for LinuxVfio {
             iova,
             size,
         };
-        ioctl_with(container, nr::IOMMU_MAP_DMA, &mut map).map(drop)
+        // SAFETY: VFIO_IOMMU_MAP_DMA takes a `vfio_iommu_type1_dma_map`, which `DmaMap` mirrors,
+        // argsz its size.
+        unsafe { ioctl_with(container, nr::IOMMU_MAP_DMA, &mut map) }.map(drop)
     }
 
     fn unmap_dma(&self, container: Fd, iova: u64, size: u64) -> io::Result<u64> {
@@ -367,7 +384,9 @@ impl VfioKernel for LinuxVfio {
             iova,
             size,
         };
-        ioctl_with(container, nr::IOMMU_UNMAP_DMA, &mut unmap)?;
+        // SAFETY: VFIO_IOMMU_UNMAP_DMA takes a `vfio_iommu_type1_dma_unmap`, which `DmaUnmap`
+        // mirrors, argsz its size.
+        unsafe { ioctl_with(container, nr::IOMMU_UNMAP_DMA, &mut unmap) }?;
         Ok(unmap.size)
     }
 
@@ -384,13 +403,15 @@ impl VfioKernel for LinuxVfio {
             argsz: size_of::<GroupStatus>(),
             flags: 0,
         };
-        ioctl_with(group, nr::GROUP_GET_STATUS, &mut status)?;
+        // SAFETY: VFIO_GROUP_GET_STATUS takes a `vfio_group_status`, which `GroupStatus` mirrors.
+        unsafe { ioctl_with(group, nr::GROUP_GET_STATUS, &mut status) }?;
         Ok(status.flags)
     }
 
     fn set_container(&self, group: Fd, container: Fd) -> io::Result<()> {
         let mut container = container;
-        ioctl_with(group, nr::GROUP_SET_CONTAINER, &mut container).map(drop)
+        // SAFETY: VFIO_GROUP_SET_CONTAINER takes a pointer to an `int` holding the container fd.
+        unsafe { ioctl_with(group, nr::GROUP_SET_CONTAINER, &mut container) }.map(drop)
     }
 
     fn group_device(&self, group: Fd, name: &str) -> io::Result<Fd> {
@@ -414,7 +435,9 @@ impl VfioKernel for LinuxVfio {
             iommufd,
             out_devid: 0,
         };
-        ioctl_with(device, nr::DEVICE_BIND_IOMMUFD, &mut bind)?;
+        // SAFETY: VFIO_DEVICE_BIND_IOMMUFD takes a `vfio_device_bind_iommufd`, which `BindIommufd`
+        // mirrors (its optional tail omitted, argsz says so).
+        unsafe { ioctl_with(device, nr::DEVICE_BIND_IOMMUFD, &mut bind) }?;
         Ok(bind.out_devid)
     }
 
@@ -424,7 +447,8 @@ impl VfioKernel for LinuxVfio {
             flags: 0,
             out_ioas_id: 0,
         };
-        ioctl_with(iommufd, nr::IOMMU_IOAS_ALLOC, &mut alloc)?;
+        // SAFETY: IOMMU_IOAS_ALLOC takes an `iommu_ioas_alloc`, which `IoasAlloc` mirrors.
+        unsafe { ioctl_with(iommufd, nr::IOMMU_IOAS_ALLOC, &mut alloc) }?;
         Ok(alloc.out_ioas_id)
     }
 
@@ -434,7 +458,9 @@ impl VfioKernel for LinuxVfio {
             flags: 0,
             pt_id: ioas,
         };
-        ioctl_with(device, nr::DEVICE_ATTACH_IOMMUFD_PT, &mut attach).map(drop)
+        // SAFETY: VFIO_DEVICE_ATTACH_IOMMUFD_PT takes a `vfio_device_attach_iommufd_pt`, which
+        // `AttachPt` mirrors (its optional tail omitted).
+        unsafe { ioctl_with(device, nr::DEVICE_ATTACH_IOMMUFD_PT, &mut attach) }.map(drop)
     }
 
     fn ioas_ranges(&self, iommufd: Fd, ioas: u32) -> io::Result<Vec<RangeInclusive<u64>>> {
@@ -448,7 +474,9 @@ impl VfioKernel for LinuxVfio {
                 allowed_iovas: ranges.as_mut_ptr() as u64,
                 out_iova_alignment: 0,
             };
-            match ioctl_with(iommufd, nr::IOMMU_IOAS_IOVA_RANGES, &mut query) {
+            // SAFETY: IOMMU_IOAS_IOVA_RANGES takes an `iommu_ioas_iova_ranges`, which
+            // `IoasIovaRanges` mirrors; `allowed_iovas` points at `num_iovas` live `IovaRange`s.
+            match unsafe { ioctl_with(iommufd, nr::IOMMU_IOAS_IOVA_RANGES, &mut query) } {
                 Ok(_) => {
                     ranges.truncate(query.num_iovas as usize);
                     return Ok(ranges.iter().map(|r| r.start..=r.last).collect());
@@ -472,7 +500,9 @@ impl VfioKernel for LinuxVfio {
             length: len,
             iova,
         };
-        ioctl_with(iommufd, nr::IOMMU_IOAS_MAP, &mut map).map(drop)
+        // SAFETY: IOMMU_IOAS_MAP takes an `iommu_ioas_map`, which `IoasMap` mirrors; the kernel
+        // checks the user range itself.
+        unsafe { ioctl_with(iommufd, nr::IOMMU_IOAS_MAP, &mut map) }.map(drop)
     }
 
     fn ioas_unmap(&self, iommufd: Fd, ioas: u32, iova: u64, len: u64) -> io::Result<u64> {
@@ -482,7 +512,8 @@ impl VfioKernel for LinuxVfio {
             iova,
             length: len,
         };
-        ioctl_with(iommufd, nr::IOMMU_IOAS_UNMAP, &mut unmap)?;
+        // SAFETY: IOMMU_IOAS_UNMAP takes an `iommu_ioas_unmap`, which `IoasUnmap` mirrors.
+        unsafe { ioctl_with(iommufd, nr::IOMMU_IOAS_UNMAP, &mut unmap) }?;
         Ok(unmap.length)
     }
 
@@ -491,7 +522,9 @@ impl VfioKernel for LinuxVfio {
             argsz: size_of::<DeviceInfoRaw>(),
             ..DeviceInfoRaw::default()
         };
-        ioctl_with(device, nr::DEVICE_GET_INFO, &mut info)?;
+        // SAFETY: VFIO_DEVICE_GET_INFO takes a `vfio_device_info`, which `DeviceInfoRaw` mirrors,
+        // argsz its size.
+        unsafe { ioctl_with(device, nr::DEVICE_GET_INFO, &mut info) }?;
         Ok(DeviceInfo {
             flags: info.flags,
             num_regions: info.num_regions,
@@ -616,7 +649,9 @@ impl VfioKernel for LinuxVfio {
             count: 1,
             fd: eventfd,
         };
-        ioctl_with(device, nr::DEVICE_SET_IRQS, &mut set).map(drop)
+        // SAFETY: VFIO_DEVICE_SET_IRQS takes a `vfio_irq_set` with `count` s32 eventfds after it,
+        // which `IrqSetEventfd` mirrors (count 1).
+        unsafe { ioctl_with(device, nr::DEVICE_SET_IRQS, &mut set) }.map(drop)
     }
 
     fn close(&self, fd: Fd) {
