@@ -76,18 +76,39 @@ impl Rig {
     }
 }
 
-/// Copies 4 KiB on `cpu` through whatever device the table gives it and checks the bytes.
+/// Copies 4 KiB and fills 1 KiB on `cpu` through whatever device the table gives it, and
+/// checks the bytes (and that the fill stopped where it should).
 fn copy_checked(setup: &Setup, cpu: usize, seed: u8) {
     let mut client = setup.client(cpu).unwrap();
     let (src, dst) = (
         block(setup.pool(), 4096, seed),
         block(setup.pool(), 4096, 0),
     );
-    // SAFETY: the blocks outlive the operation, polled to completion below.
-    unsafe { client.copy(dst.as_mut_ptr(), src.as_ptr(), 4096, 7, OpFlags::SUBMIT) }.unwrap();
-    let done = collect(&mut client, 1);
-    assert_eq!(done[0].result, Ok(()));
+    let filled = block(setup.pool(), 1088, 0);
+    let untouched = filled.to_vec();
+    let pattern = 0x0123_4567_89ab_cdef_u64 ^ u64::from(seed);
+    // SAFETY: the blocks outlive the operations, polled to completion below.
+    unsafe {
+        client
+            .copy(dst.as_mut_ptr(), src.as_ptr(), 4096, 7, OpFlags::NONE)
+            .unwrap();
+        client
+            .fill(filled.as_mut_ptr(), pattern, 1024, 8, OpFlags::SUBMIT)
+            .unwrap();
+    }
+    let done = collect(&mut client, 2);
+    assert!(done.iter().all(|c| c.result == Ok(())), "{done:?}");
     assert_eq!(dst.to_vec(), src.to_vec());
+    let bytes = filled.to_vec();
+    let expected: Vec<u8> = pattern
+        .to_le_bytes()
+        .iter()
+        .copied()
+        .cycle()
+        .take(1024)
+        .collect();
+    assert_eq!(bytes[..1024], expected[..]);
+    assert_eq!(bytes[1024..], untouched[1024..], "past the fill");
 }
 
 fn next_removal(setup: &Setup) -> DeviceId {
@@ -124,7 +145,7 @@ fn a_vfio_setup_copies_through_the_iommu_releases_a_function_the_kernel_asks_for
     }
     // Every byte went through the IOMMU: the emulated functions did the copies.
     let stats = setup.stats();
-    assert_eq!(stats.ops_ok, 2);
+    assert_eq!(stats.ops_ok, 4);
 
     // The kernel wants the first function back (an unbind, or the slot going away).
     let first = devices.iter().find(|d| d.name == FIRST).unwrap().id;
