@@ -130,6 +130,14 @@ fn no_device_causes(result: Result<Setup, SetupError>) -> String {
     }
 }
 
+/// The line of `why` that names `bdf`.
+fn cause_of(why: &str, bdf: &str) -> String {
+    why.lines()
+        .find(|l| l.trim_start().starts_with(bdf))
+        .unwrap_or_else(|| panic!("{bdf} not named in:\n{why}"))
+        .to_string()
+}
+
 #[test]
 fn a_vfio_setup_copies_through_the_iommu_releases_a_function_the_kernel_asks_for_and_re_adds_it() {
     let rig = Rig::new("setup-vfio", &[FIRST, SECOND]);
@@ -255,12 +263,7 @@ fn every_function_passed_over_in_vfio_mode_is_named_with_its_cause_and_fix() {
     let _held = FunctionLock::acquire(&rig.lock_dir(), "0000:00:04.4").unwrap();
 
     let why = no_device_causes(rig.builder().build());
-    let line = |bdf: &str| {
-        why.lines()
-            .find(|l| l.trim_start().starts_with(bdf))
-            .unwrap_or_else(|| panic!("{bdf} not named in:\n{why}"))
-            .to_string()
-    };
+    let line = |bdf: &str| cause_of(&why, bdf);
     let on_ioatdma = line("0000:00:04.0");
     assert!(
         on_ioatdma.contains("ioatdma") && on_ioatdma.contains("vfio-pci"),
@@ -317,12 +320,7 @@ fn the_physical_mode_refuses_functions_on_a_driver_and_under_a_translating_iommu
         })
         .build();
     let why = no_device_causes(result);
-    let line = |bdf: &str| {
-        why.lines()
-            .find(|l| l.trim_start().starts_with(bdf))
-            .unwrap_or_else(|| panic!("{bdf} not named in:\n{why}"))
-            .to_string()
-    };
+    let line = |bdf: &str| cause_of(&why, bdf);
     assert!(line("0000:00:04.0").contains("unbind it first"), "{why}");
     assert!(line("0000:00:04.1").contains("use the VFIO mode"), "{why}");
     let translated = line("0000:00:04.2");
