@@ -43,15 +43,18 @@
 //!    the generic ring and the lock-free pieces under it;
 //! 7. [`ioat`], [`soft`]: the backends, siblings: the IOAT driver and the software engine;
 //! 8. [`emu`]: the emulated IOAT device, the embedded default;
-//! 9. `engine`: devices, channel reference counts, the per-CPU table and its rebalance
-//!    ([`Engine`]), removal;
-//! 10. [`datapath`]: [`Client`], [`BufferClient`], pinned [`Workers`](datapath::Workers);
-//! 11. [`hotplug`]: the [`Monitor`] and kernel uevents;
-//! 12. `setup`: [`Setup`] and its builder.
+//! 9. [`edu`]: QEMU's `edu` device as a backend (a software-engine ring whose copies its DMA
+//!    engine carries out through VFIO), and a model of it: what the KVM rig drives;
+//! 10. `engine`: devices, channel reference counts, the per-CPU table and its rebalance
+//!     ([`Engine`]), removal;
+//! 11. [`datapath`]: [`Client`], [`BufferClient`], pinned [`Workers`](datapath::Workers);
+//! 12. [`hotplug`]: the [`Monitor`] and kernel uevents;
+//! 13. `setup`: [`Setup`] and its builder.
 
 mod capability;
 pub mod cpu;
 pub mod datapath;
+pub mod edu;
 pub mod emu;
 mod engine;
 pub mod hotplug;

@@ -14,6 +14,8 @@ use std::ptr::NonNull;
 
 use memmap2::{MmapOptions, MmapRaw};
 
+use crate::mem::{DmaPool, IovaMode};
+
 /// How the device behind a register window addresses host memory, as the way its registers
 /// were reached implies: the driver checks it against the DMA pool's IOVA mode at probe, so a
 /// pool whose addresses the device would misread is refused before any descriptor is built.
@@ -35,6 +37,38 @@ pub enum DmaAddressing {
         /// VFIO's unsafe no-IOMMU mode.
         noiommu: bool,
     },
+}
+
+/// Why a pool's IOVAs would mean nothing to the device behind `registers`, or `Ok`: each way
+/// of reaching a function fixes what its DMA addresses mean, and a mismatch is refused before
+/// the function is enabled, with the fix named.
+pub fn check_addressing(registers: &dyn RegisterWindow, pool: &DmaPool) -> Result<(), String> {
+    let mode = pool.iova_mode();
+    let refuse = |why: &str| Err(format!("{why} (the pool is {mode:?})"));
+    match registers.addressing() {
+        DmaAddressing::Emulated => Ok(()),
+        DmaAddressing::Physical {
+            iommu_translating: true,
+        } => refuse(
+            "an IOMMU translates this function's DMA, so physical addresses would fault: \
+             open it through VFIO (bind it to vfio-pci), or boot with iommu=pt",
+        ),
+        DmaAddressing::Physical { .. } if mode != IovaMode::Physical => refuse(
+            "registers mapped through sysfs: the device sees bus addresses, so the pool \
+             must use IovaMode::Physical",
+        ),
+        DmaAddressing::Vfio { noiommu: true, .. } if mode != IovaMode::Physical => {
+            refuse("VFIO's no-IOMMU mode translates nothing: the pool must use IovaMode::Physical")
+        }
+        DmaAddressing::Vfio {
+            iommu,
+            noiommu: false,
+        } if mode != IovaMode::Mapped || !pool.iommus().contains(&iommu) => refuse(
+            "opened through VFIO: the pool must be IovaMode::Mapped and attached to the \
+             function's IOMMU context (DmaPool::attach_iommu)",
+        ),
+        DmaAddressing::Physical { .. } | DmaAddressing::Vfio { .. } => Ok(()),
+    }
 }
 
 /// Byte-addressed device registers.

@@ -33,13 +33,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::datapath::{Client, ClientConfig, ClientError};
+use crate::edu::{EduConfig, EduDevice};
 use crate::emu::{EmuConfig, EmuError, EmuMode, EmulatedDevice, Fault, PoolMemory};
 use crate::engine::{DeviceId, Engine, EngineConfig, EngineError, RemovalOptions};
 use crate::hotplug::{EventHook, HotplugEvent, Monitor, MonitorConfig};
 use crate::ioat::{IoatConfig, IoatDevice, IoatError, Timeouts};
 use crate::log::{LogHook, LogLevel};
 use crate::mem::{DmaPool, DmaPoolConfig, IovaMode, MemError};
-use crate::pci::{FunctionLock, PciFunction, Sysfs, DEFAULT_LOCK_DIR};
+use crate::pci::{EngineKind, FunctionLock, PciFunction, Sysfs, DEFAULT_LOCK_DIR};
 use crate::queue::{ChannelBackend, ChannelStats, DeviceSpec};
 use crate::soft::{SoftConfig, SoftDevice, SoftError, SoftFault};
 use crate::sync::lock_std;
@@ -59,6 +60,20 @@ pub enum DeviceKind {
     /// Real IOAT functions unbound from every driver, their registers mapped through sysfs,
     /// with physical addresses: only with the IOMMU off or in passthrough, and as root.
     PhysicalIoat,
+    /// QEMU `edu` devices bound to `vfio-pci`, opened through VFIO as [`DeviceKind::VfioIoat`]
+    /// functions are: the KVM rig's DMA engine (see [`crate::edu`]).
+    VfioEdu,
+}
+
+impl DeviceKind {
+    /// Whether devices of this kind are PCI functions the machine has (rather than made by
+    /// the setup).
+    fn is_pci(self) -> bool {
+        matches!(
+            self,
+            DeviceKind::VfioIoat | DeviceKind::PhysicalIoat | DeviceKind::VfioEdu
+        )
+    }
 }
 
 /// How a device leaves.
@@ -271,6 +286,13 @@ impl SetupBuilder {
         self
     }
 
+    /// Attaches every QEMU `edu` device bound to `vfio-pci`, through VFIO (in a KVM guest).
+    #[must_use]
+    pub fn vfio_edu(mut self) -> Self {
+        self.kind = DeviceKind::VfioEdu;
+        self
+    }
+
     /// Where sysfs is (a fake tree in tests).
     #[must_use]
     pub fn sysfs(mut self, sysfs: Sysfs) -> Self {
@@ -382,7 +404,7 @@ impl SetupBuilder {
             {
                 IovaMode::Physical
             }
-            DeviceKind::VfioIoat => IovaMode::Mapped,
+            DeviceKind::VfioIoat | DeviceKind::VfioEdu => IovaMode::Mapped,
             DeviceKind::EmulatedIoat | DeviceKind::Soft => IovaMode::Va,
         };
         let pool = DmaPool::new(self.pool.unwrap_or(DmaPoolConfig {
@@ -407,14 +429,11 @@ impl SetupBuilder {
             attaching: Mutex::new(()),
             vfio: Mutex::new(None),
         };
-        match setup.builder.kind {
-            DeviceKind::PhysicalIoat | DeviceKind::VfioIoat => {
-                setup.add_hardware(usize::MAX)?;
-            }
-            DeviceKind::EmulatedIoat | DeviceKind::Soft => {
-                for _ in 0..setup.builder.devices {
-                    setup.add_device()?;
-                }
+        if setup.builder.kind.is_pci() {
+            setup.add_hardware(usize::MAX)?;
+        } else {
+            for _ in 0..setup.builder.devices {
+                setup.add_device()?;
             }
         }
         Ok(setup)
@@ -438,6 +457,20 @@ enum Behind {
         _device: VfioDevice,
         _lock: FunctionLock,
     },
+    VfioEdu {
+        driver: EduDevice,
+        _device: VfioDevice,
+        _lock: FunctionLock,
+    },
+}
+
+impl Behind {
+    fn is_pci(&self) -> bool {
+        matches!(
+            self,
+            Behind::Physical { .. } | Behind::Vfio { .. } | Behind::VfioEdu { .. }
+        )
+    }
 }
 
 /// A device the setup added, kept until the engine has released it.
@@ -589,6 +622,7 @@ impl Setup {
                     Behind::Soft(_) => DeviceKind::Soft,
                     Behind::Physical { .. } => DeviceKind::PhysicalIoat,
                     Behind::Vfio { .. } => DeviceKind::VfioIoat,
+                    Behind::VfioEdu { .. } => DeviceKind::VfioEdu,
                 },
                 removal_requested: d.removal_requested,
             })
@@ -634,7 +668,7 @@ impl Setup {
             devices.serial - 1
         };
         let (name, behind) = match b.kind {
-            DeviceKind::PhysicalIoat | DeviceKind::VfioIoat => {
+            DeviceKind::PhysicalIoat | DeviceKind::VfioIoat | DeviceKind::VfioEdu => {
                 return self
                     .add_hardware(1)?
                     .first()
@@ -687,10 +721,11 @@ impl Setup {
             | Behind::Physical { driver, .. }
             | Behind::Vfio { driver, .. } => driver.spec(),
             Behind::Soft(device) => device.spec(),
+            Behind::VfioEdu { driver, .. } => driver.spec(),
         };
         let channels = spec.channels.clone();
         let id = self.monitor().add(spec)?;
-        if matches!(behind, Behind::Physical { .. } | Behind::Vfio { .. }) {
+        if behind.is_pci() {
             // The kernel removing or unbinding the function removes the device; for a VFIO
             // function, so does the kernel asking for it back.
             self.monitor().watch_pci(id, name.clone());
@@ -717,12 +752,16 @@ impl Setup {
             .devices_locked()
             .attached
             .iter()
-            .filter(|d| matches!(d.behind, Behind::Physical { .. } | Behind::Vfio { .. }))
+            .filter(|d| d.behind.is_pci())
             .map(|d| d.name.clone())
             .collect();
         let mut added = Vec::new();
         let mut tried = Vec::new();
-        for function in self.builder.sysfs.discover_ioat() {
+        let kind = match self.builder.kind {
+            DeviceKind::VfioEdu => EngineKind::Edu,
+            _ => EngineKind::Ioat,
+        };
+        for function in self.builder.sysfs.discover(kind) {
             if added.len() == limit {
                 break;
             }
@@ -730,8 +769,8 @@ impl Setup {
                 continue;
             }
             let outcome = match self.builder.kind {
-                DeviceKind::VfioIoat => self.vfio_function(&function),
-                _ => self.physical_function(&function),
+                DeviceKind::PhysicalIoat => self.physical_function(&function),
+                _ => self.vfio_function(&function),
             };
             match outcome.and_then(|behind| {
                 self.attach(function.bdf.clone(), behind)
@@ -836,25 +875,44 @@ impl Setup {
                 .attach_iommu(context.clone())
                 .map_err(|e| format!("mapping the DMA pool: {e}"))?;
         }
-        let registers = device
-            .bar0(crate::ioat::spec::BAR_SIZE)
-            .map_err(|e| e.to_string())?;
+        let bar_size = match function.kind {
+            EngineKind::Edu => crate::edu::spec::BAR_SIZE,
+            _ => crate::ioat::spec::BAR_SIZE,
+        };
+        let registers = device.bar0(bar_size).map_err(|e| e.to_string())?;
         let config = device.config_space().map_err(|e| e.to_string())?;
         let notifier = device.request_notifier().map_err(|e| e.to_string())?;
-        let driver = IoatDevice::probe(
-            function.bdf.clone(),
-            registers,
-            Some(config),
-            self.pool.clone(),
-            self.channel_config(false),
-        )
-        .map_err(|e| e.to_string())?;
+        let behind = if function.kind == EngineKind::Edu {
+            let driver = EduDevice::probe(
+                function.bdf.clone(),
+                registers,
+                Some(config),
+                self.pool.clone(),
+                EduConfig::default(),
+            )
+            .map_err(|e| e.to_string())?;
+            Behind::VfioEdu {
+                driver,
+                _device: device,
+                _lock: lock,
+            }
+        } else {
+            let driver = IoatDevice::probe(
+                function.bdf.clone(),
+                registers,
+                Some(config),
+                self.pool.clone(),
+                self.channel_config(false),
+            )
+            .map_err(|e| e.to_string())?;
+            Behind::Vfio {
+                driver,
+                _device: device,
+                _lock: lock,
+            }
+        };
         self.pending_notifier(&function.bdf, notifier);
-        Ok(Behind::Vfio {
-            driver,
-            _device: device,
-            _lock: lock,
-        })
+        Ok(behind)
     }
 
     /// Keeps a VFIO function's request notifier until its device id is known.
@@ -885,9 +943,7 @@ impl Setup {
             (Removal::Surprise, Behind::Soft(soft)) => soft
                 .inject(SoftFault::SurpriseRemoval)
                 .map_err(SetupError::Soft)?,
-            (Removal::Surprise, Behind::Physical { .. } | Behind::Vfio { .. }) => {
-                return Err(SetupError::SurpriseUnsupported(device))
-            }
+            (Removal::Surprise, _) => return Err(SetupError::SurpriseUnsupported(device)),
         }
         attached.removal_requested = true;
         Ok(())

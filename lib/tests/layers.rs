@@ -21,10 +21,11 @@ const LAYERS: &[(&str, u32)] = &[
     ("ioat", 6),
     ("soft", 6),
     ("emu", 7),
-    ("engine", 8),
-    ("datapath", 9),
-    ("hotplug", 10),
-    ("setup", 11),
+    ("edu", 8),
+    ("engine", 9),
+    ("datapath", 10),
+    ("hotplug", 11),
+    ("setup", 12),
 ];
 
 fn layer_of(module: &str) -> Option<u32> {

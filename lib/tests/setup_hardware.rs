@@ -15,7 +15,8 @@ use dmaplane::vfio::sim::{SimConfig, SimKernel};
 use dmaplane::{DeviceId, DeviceKind, OpFlags, Setup, SetupBuilder, SetupError};
 
 mod common;
-use common::{block, collect, quiet, FakeSysfs};
+use common::{block, collect, quiet};
+use dmaplane::pci::fake::FakeSysfs;
 
 const FIRST: &str = "0000:00:04.0";
 const SECOND: &str = "0000:00:04.1";

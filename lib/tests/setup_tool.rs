@@ -5,7 +5,7 @@
 use std::process::{Command, Output};
 
 mod common;
-use common::FakeSysfs;
+use dmaplane::pci::fake::FakeSysfs;
 
 const IOAT: &str = "0000:00:04.0";
 const IOAT_2: &str = "0000:00:04.1";

@@ -19,7 +19,8 @@ use dmaplane::vfio::{
 use dmaplane::{Client, ClientConfig, Completion, Engine, EngineConfig, OpFlags};
 
 mod common;
-use common::{block, quiet, FakeSysfs};
+use common::{block, quiet};
+use dmaplane::pci::fake::FakeSysfs;
 
 const BDF: &str = "0000:00:04.0";
 

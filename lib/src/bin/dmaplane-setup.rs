@@ -212,7 +212,7 @@ fn next_step(sysfs: &Sysfs, function: &PciFunction) -> String {
             }
         }
         None => "ready for the physical mode (root, IOMMU off or iommu=pt)".into(),
-        Some(driver) if driver == function.kind.kernel_driver() => {
+        Some(driver) if Some(driver) == function.kind.kernel_driver() => {
             format!("on the kernel's {driver}: `dmaplane-setup bind {bdf}` for the VFIO mode")
         }
         Some(driver) => format!("on {driver}: `dmaplane-setup bind {bdf}` for the VFIO mode"),

@@ -9,9 +9,9 @@
 
 use super::error::IoatError;
 use super::spec::{self, cbver, device};
-use crate::mem::{DmaPool, IovaMode};
-use crate::mmio::{DmaAddressing, RegisterWindow};
-use crate::pci::{find_capability, regs, ConfigSpace};
+use crate::mem::DmaPool;
+use crate::mmio::RegisterWindow;
+use crate::pci::{enable_dma, ConfigSpace};
 
 /// What a function's device registers say about it, read once at probe and at channel start.
 pub(crate) struct Identity {
@@ -48,42 +48,12 @@ impl Identity {
     }
 }
 
-/// Refuses a pool whose IOVAs the device behind `registers` would not understand: each way of
-/// reaching a function fixes what its DMA addresses mean.
+/// Refuses a pool whose IOVAs the device behind `registers` would not understand.
 pub(crate) fn check_addressing(
     registers: &dyn RegisterWindow,
     pool: &DmaPool,
 ) -> Result<(), IoatError> {
-    let mode = pool.iova_mode();
-    let refuse = |why: &str| {
-        Err(IoatError::Addressing(format!(
-            "{why} (the pool is {mode:?})"
-        )))
-    };
-    match registers.addressing() {
-        DmaAddressing::Emulated => Ok(()),
-        DmaAddressing::Physical {
-            iommu_translating: true,
-        } => refuse(
-            "an IOMMU translates this function's DMA, so physical addresses would fault: \
-             open it through VFIO (bind it to vfio-pci), or boot with iommu=pt",
-        ),
-        DmaAddressing::Physical { .. } if mode != IovaMode::Physical => refuse(
-            "registers mapped through sysfs: the device sees bus addresses, so the pool \
-             must use IovaMode::Physical",
-        ),
-        DmaAddressing::Vfio { noiommu: true, .. } if mode != IovaMode::Physical => {
-            refuse("VFIO's no-IOMMU mode translates nothing: the pool must use IovaMode::Physical")
-        }
-        DmaAddressing::Vfio {
-            iommu,
-            noiommu: false,
-        } if mode != IovaMode::Mapped || !pool.iommus().contains(&iommu) => refuse(
-            "opened through VFIO: the pool must be IovaMode::Mapped and attached to the \
-             function's IOMMU context (DmaPool::attach_iommu)",
-        ),
-        DmaAddressing::Physical { .. } | DmaAddressing::Vfio { .. } => Ok(()),
-    }
+    crate::mmio::check_addressing(registers, pool).map_err(IoatError::Addressing)
 }
 
 /// Enables the function and reads its identity. Without configuration space (a test driving
@@ -93,24 +63,8 @@ pub(crate) fn bring_up(
     config_space: Option<&dyn ConfigSpace>,
 ) -> Result<Identity, IoatError> {
     let device_id = match config_space {
-        Some(config) => Some(enable(config).map_err(|e| IoatError::Config(e.to_string()))?),
+        Some(config) => Some(enable_dma(config).map_err(|e| IoatError::Config(e.to_string()))?),
         None => None,
     };
     Identity::read(registers, device_id)
-}
-
-/// Memory space and bus mastering on, Relaxed Ordering off; returns the device id.
-fn enable(config: &dyn ConfigSpace) -> std::io::Result<u16> {
-    let wanted = regs::COMMAND_MEMORY | regs::COMMAND_MASTER;
-    let command = config.read16(regs::COMMAND)?;
-    if command & wanted != wanted {
-        config.write16(regs::COMMAND, command | wanted)?;
-    }
-    if let Some(exp) = find_capability(config, regs::CAP_ID_EXP)? {
-        let devctl = config.read16(exp + regs::EXP_DEVCTL)?;
-        if devctl & regs::EXP_DEVCTL_RELAX_EN != 0 {
-            config.write16(exp + regs::EXP_DEVCTL, devctl & !regs::EXP_DEVCTL_RELAX_EN)?;
-        }
-    }
-    config.read16(regs::DEVICE_ID)
 }

@@ -30,7 +30,8 @@ impl Target {
         match self {
             Target::Vfio => Some(VFIO_PCI),
             Target::Unbound => None,
-            Target::Kernel => Some(function.kind.kernel_driver()),
+            // A function without a kernel driver of its own is simply unbound.
+            Target::Kernel => function.kind.kernel_driver(),
         }
     }
 }

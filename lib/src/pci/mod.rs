@@ -8,6 +8,7 @@
 //! device ids are IOAT's (or DSA's).
 
 pub mod binding;
+pub mod fake;
 mod lock;
 mod sysfs;
 
@@ -172,6 +173,25 @@ pub fn find_capability(config: &dyn ConfigSpace, id: u8) -> io::Result<Option<us
     Ok(None)
 }
 
+/// Readies a function for DMA: memory space and bus mastering on, Relaxed Ordering off in its
+/// PCI Express Device Control (so its writes reach memory in order, and a completion never
+/// overtakes the data it reports); returns its device id. A VFIO open leaves bus mastering
+/// off, and a function reset may clear both bits, so drivers call this at every start.
+pub fn enable_dma(config: &dyn ConfigSpace) -> io::Result<u16> {
+    let wanted = regs::COMMAND_MEMORY | regs::COMMAND_MASTER;
+    let command = config.read16(regs::COMMAND)?;
+    if command & wanted != wanted {
+        config.write16(regs::COMMAND, command | wanted)?;
+    }
+    if let Some(exp) = find_capability(config, regs::CAP_ID_EXP)? {
+        let devctl = config.read16(exp + regs::EXP_DEVCTL)?;
+        if devctl & regs::EXP_DEVCTL_RELAX_EN != 0 {
+            config.write16(exp + regs::EXP_DEVCTL, devctl & !regs::EXP_DEVCTL_RELAX_EN)?;
+        }
+    }
+    config.read16(regs::DEVICE_ID)
+}
+
 /// Intel's PCI vendor id.
 pub const INTEL_VENDOR: u16 = 0x8086;
 
@@ -200,25 +220,32 @@ pub enum EngineKind {
     Ioat,
     /// DSA (Data Streaming Accelerator).
     Dsa,
+    /// QEMU's `edu` device: a test device with a small DMA engine, in KVM guests.
+    Edu,
 }
 
+/// QEMU's PCI vendor id, which its `edu` device carries.
+pub const QEMU_VENDOR: u16 = 0x1234;
+/// The `edu` device's id.
+pub const EDU_DEVICE_ID: u16 = 0x11e8;
+
 impl EngineKind {
-    /// The kind of device `device_id` (of Intel's), if it is a DMA engine this library knows.
-    pub fn of(device_id: u16) -> Option<EngineKind> {
-        if IOAT_DEVICE_IDS.contains(&device_id) {
-            Some(EngineKind::Ioat)
-        } else if DSA_DEVICE_IDS.contains(&device_id) {
-            Some(EngineKind::Dsa)
-        } else {
-            None
+    /// The kind of function `vendor:device_id`, if it is a DMA engine this library knows.
+    pub fn of(vendor: u16, device_id: u16) -> Option<EngineKind> {
+        match vendor {
+            INTEL_VENDOR if IOAT_DEVICE_IDS.contains(&device_id) => Some(EngineKind::Ioat),
+            INTEL_VENDOR if DSA_DEVICE_IDS.contains(&device_id) => Some(EngineKind::Dsa),
+            QEMU_VENDOR if device_id == EDU_DEVICE_ID => Some(EngineKind::Edu),
+            _ => None,
         }
     }
 
-    /// The kernel's own driver for it.
-    pub fn kernel_driver(self) -> &'static str {
+    /// The kernel's own driver for it (the `edu` device has none).
+    pub fn kernel_driver(self) -> Option<&'static str> {
         match self {
-            EngineKind::Ioat => "ioatdma",
-            EngineKind::Dsa => "idxd",
+            EngineKind::Ioat => Some("ioatdma"),
+            EngineKind::Dsa => Some("idxd"),
+            EngineKind::Edu => None,
         }
     }
 }
@@ -282,11 +309,9 @@ pub(crate) fn discover_kinds(devices_dir: &Path, kinds: &[EngineKind]) -> Vec<Pc
         .flatten()
         .filter_map(|entry| {
             let dir = entry.path();
-            if read_hex_u16(&dir.join("vendor"))? != INTEL_VENDOR {
-                return None;
-            }
+            let vendor = read_hex_u16(&dir.join("vendor"))?;
             let device_id = read_hex_u16(&dir.join("device"))?;
-            let kind = EngineKind::of(device_id).filter(|kind| kinds.contains(kind))?;
+            let kind = EngineKind::of(vendor, device_id).filter(|kind| kinds.contains(kind))?;
             let numa_node = std::fs::read_to_string(dir.join("numa_node"))
                 .ok()
                 .and_then(|t| t.trim().parse::<i64>().ok())

@@ -55,6 +55,11 @@ impl Sysfs {
         discover_kinds(&self.pci_devices(), &[EngineKind::Ioat, EngineKind::Dsa])
     }
 
+    /// The functions of kind `kind`, in address order.
+    pub fn discover(&self, kind: EngineKind) -> Vec<PciFunction> {
+        discover_kinds(&self.pci_devices(), &[kind])
+    }
+
     /// The driver bound to `bdf`, if any.
     pub fn driver(&self, bdf: &str) -> Option<String> {
         link_name(&self.device_dir(bdf).join("driver"))

@@ -11,7 +11,7 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{SoftConfig, TraceEvent};
+use super::{PieceExecutor, SoftConfig, TraceEvent};
 
 use crate::mem::Translator;
 use crate::queue::ring::{Op, Producer, Retirer, Ring, RingEngine, Sink, SlotMeta};
@@ -31,6 +31,8 @@ struct Work {
     len: usize,
     /// Set by the executor: the device error code the piece failed with (0: success).
     failed_with: u32,
+    /// What the failure means.
+    cause: &'static str,
 }
 
 /// The faults a test or application can inject into one channel.
@@ -87,6 +89,7 @@ pub(crate) struct SoftEngine {
     fill_supported: bool,
     max_transfer: usize,
     pool: Option<crate::mem::DmaPool>,
+    executor: Option<Arc<dyn PieceExecutor>>,
     faults: Arc<ChannelFaults>,
     device: Arc<DeviceFaults>,
 }
@@ -112,6 +115,7 @@ impl SoftEngine {
             fill_supported: config.fill,
             max_transfer: config.max_transfer,
             pool: config.pool.clone(),
+            executor: config.executor.clone(),
             faults,
             device,
         }
@@ -140,6 +144,7 @@ impl SoftEngine {
         // one touching it until it is retired.
         let work = unsafe { &mut *self.slot(index) };
         work.failed_with = failing;
+        work.cause = INJECTED;
         let due = self.faults.fail_in.load(Ordering::Acquire);
         if failing == 0 && due > 0 {
             self.faults.fail_in.store(due - 1, Ordering::Release);
@@ -156,11 +161,24 @@ impl SoftEngine {
         } else {
             0
         };
-        match work.src {
+        match (work.src, &self.executor) {
+            (Some(src), Some(executor)) => {
+                // SAFETY: the submitter promised both buffers stay valid and untouched by
+                // anyone else until the completion is returned, which happens after this; with
+                // a pool (which an executor's device has) they were checked to be its memory.
+                let outcome = unsafe { executor.copy(self.channel, work.dst, src, work.len) };
+                if let Err(failure) = outcome {
+                    work.failed_with = failure.code.max(1);
+                    work.cause = failure.cause;
+                    return work.failed_with;
+                }
+            }
             // SAFETY: the submitter promised both buffers stay valid and untouched by anyone
             // else until the completion is returned, which happens after this.
-            Some(src) => unsafe { std::ptr::copy(src as *const u8, work.dst as *mut u8, work.len) },
-            None => {
+            (Some(src), None) => unsafe {
+                std::ptr::copy(src as *const u8, work.dst as *mut u8, work.len)
+            },
+            (None, _) => {
                 let bytes = work.pattern.to_le_bytes();
                 for i in 0..work.len {
                     // SAFETY: as above, for the destination.
@@ -183,11 +201,12 @@ impl SoftEngine {
     /// The outcome of carried-out slot `index`.
     fn outcome(&self, index: u32) -> Result<(), OpError> {
         // SAFETY: as in `execute`.
-        match unsafe { (*self.slot(index)).failed_with } {
+        let work = unsafe { &*self.slot(index) };
+        match work.failed_with {
             0 => Ok(()),
             code => Err(OpError::Device {
                 code,
-                cause: INJECTED,
+                cause: work.cause,
             }),
         }
     }
@@ -242,6 +261,7 @@ impl RingEngine for SoftEngine {
                 pattern: pattern.rotate_right(8 * (offset % 8) as u32),
                 len: piece,
                 failed_with: 0,
+                cause: "",
             };
             let last = k + 1 == pieces;
             // SAFETY: the slot was claimed by this producer and is not published yet.

@@ -61,6 +61,43 @@ pub struct SoftConfig {
     /// device behind an IOMMU: others are refused with
     /// [`SubmitError::Unmapped`](crate::SubmitError::Unmapped). When unset, any memory goes.
     pub pool: Option<DmaPool>,
+    /// Who copies: the polling CPU when unset, or a device the backend drives one piece at a
+    /// time (at most `max_transfer` bytes each). Such a device copies only, so `fill` must be
+    /// off.
+    pub executor: Option<Arc<dyn PieceExecutor>>,
+}
+
+/// A device that carries out a software channel's copies itself, one piece at a time, in the
+/// retiring CPU's poll: the `edu` backend's DMA engine, reached through VFIO. The channel's
+/// ring, routing, removal and statistics stay the software engine's.
+pub trait PieceExecutor: Send + Sync + fmt::Debug {
+    /// Copies `len` bytes from `src` to `dst` on channel `channel`, or says why it could not.
+    /// A failed piece must leave `dst` as it was wherever the device could tell.
+    ///
+    /// # Safety
+    ///
+    /// `src` must be valid for reads and `dst` for writes of `len` bytes, both DMA memory of
+    /// the device's pool, and nobody else may touch them until this returns.
+    unsafe fn copy(
+        &self,
+        channel: usize,
+        dst: usize,
+        src: usize,
+        len: usize,
+    ) -> Result<(), PieceError>;
+
+    /// Whether the device still answers (its registers do not read all-ones).
+    fn is_present(&self) -> bool;
+}
+
+/// Why a piece failed, as the operation's [`OpError::Device`](crate::OpError::Device) reports
+/// it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PieceError {
+    /// The device's code (non-zero).
+    pub code: u32,
+    /// What it means.
+    pub cause: &'static str,
 }
 
 impl Default for SoftConfig {
@@ -71,6 +108,7 @@ impl Default for SoftConfig {
             fill: true,
             max_transfer: MAX_TRANSFER,
             pool: None,
+            executor: None,
         }
     }
 }
@@ -166,6 +204,11 @@ impl SoftDevice {
                 "largest transfer {} is outside 1..=2^30",
                 config.max_transfer
             )));
+        }
+        if config.executor.is_some() && config.fill {
+            return Err(SoftError::InvalidConfig(
+                "a device that carries out the pieces copies only: turn fill off".into(),
+            ));
         }
         let faults = Arc::new(DeviceFaults::default());
         let channels = (0..config.channels)
@@ -341,5 +384,10 @@ impl ChannelBackend for SoftChannelBackend {
 
     fn is_present(&self) -> bool {
         !self.device.removed.load(Ordering::Acquire)
+            && self
+                .config
+                .executor
+                .as_ref()
+                .map_or(true, |e| e.is_present())
     }
 }
