@@ -94,6 +94,14 @@ pub trait RegisterWindow: Send + Sync {
     fn write32(&self, offset: usize, value: u32);
     /// Writes the 64-bit register at `offset` in one access.
     fn write64(&self, offset: usize, value: u64);
+
+    /// Lets go of the device while others may still hold the window: from now on reads return
+    /// all-ones (what a removed device answers) and writes go nowhere. A window over a VFIO
+    /// device's mapping does this so that the device can be closed and handed back to the
+    /// kernel (whose unbind waits for every mapping of it to go) without leaving a hole that
+    /// a late access would fault on. Windows that map nothing of a device keep the default,
+    /// which does nothing.
+    fn revoke(&self) {}
 }
 
 /// A mapped register region accessed with volatile loads and stores.
@@ -341,6 +349,9 @@ impl RegisterWindow for AddressedWindow {
     }
     fn write64(&self, offset: usize, value: u64) {
         self.inner.write64(offset, value)
+    }
+    fn revoke(&self) {
+        self.inner.revoke()
     }
 }
 

@@ -105,8 +105,10 @@ pub enum SetupError {
     Soft(SoftError),
     /// A device did not probe.
     Probe(IoatError),
-    /// No IOAT function could be attached; each one tried, with why not.
+    /// No function of the setup's kind could be attached; each one tried, with why not.
     NoDevice {
+        /// The kind looked for.
+        kind: DeviceKind,
         /// The functions tried.
         tried: Vec<AttachFailure>,
     },
@@ -127,11 +129,15 @@ impl fmt::Display for SetupError {
             SetupError::Emulator(err) => write!(f, "emulated device: {err}"),
             SetupError::Soft(err) => err.fmt(f),
             SetupError::Probe(err) => write!(f, "probing a device: {err}"),
-            SetupError::NoDevice { tried } if tried.is_empty() => {
+            SetupError::NoDevice {
+                kind: DeviceKind::VfioEdu,
+                tried,
+            } if tried.is_empty() => f.write_str("no edu function found"),
+            SetupError::NoDevice { tried, .. } if tried.is_empty() => {
                 f.write_str("no IOAT function found (is this an Intel Xeon with CBDMA?)")
             }
-            SetupError::NoDevice { tried } => {
-                f.write_str("no IOAT function could be attached:")?;
+            SetupError::NoDevice { tried, .. } => {
+                f.write_str("no function could be attached:")?;
                 for failure in tried {
                     write!(f, "\n  {failure}")?;
                 }
@@ -450,21 +456,39 @@ enum Behind {
     /// Fields drop in order: the driver's channels stop before the function is let go.
     Physical {
         driver: IoatDevice,
-        _lock: FunctionLock,
+        lock: Option<FunctionLock>,
     },
     Vfio {
         driver: IoatDevice,
-        _device: VfioDevice,
-        _lock: FunctionLock,
+        device: VfioDevice,
+        lock: Option<FunctionLock>,
     },
     VfioEdu {
         driver: EduDevice,
-        _device: VfioDevice,
-        _lock: FunctionLock,
+        device: VfioDevice,
+        lock: Option<FunctionLock>,
     },
 }
 
 impl Behind {
+    /// The VFIO device behind it, if it was opened through VFIO.
+    fn vfio(&self) -> Option<&VfioDevice> {
+        match self {
+            Behind::Vfio { device, .. } | Behind::VfioEdu { device, .. } => Some(device),
+            _ => None,
+        }
+    }
+
+    /// Lets other processes (and a later attach) have the function.
+    fn unlock(&mut self) {
+        if let Behind::Physical { lock, .. }
+        | Behind::Vfio { lock, .. }
+        | Behind::VfioEdu { lock, .. } = self
+        {
+            lock.take();
+        }
+    }
+
     fn is_pci(&self) -> bool {
         matches!(
             self,
@@ -481,6 +505,9 @@ struct Attached {
     channels: Vec<Arc<dyn ChannelBackend>>,
     /// Its removal was asked for (the monitor may not have unregistered it yet).
     removal_requested: bool,
+    /// The function was handed back to the kernel after its removal (the engine may still be
+    /// waiting for holders to let go): it may be attached again.
+    handed_back: bool,
 }
 
 #[derive(Default)]
@@ -511,9 +538,11 @@ impl Devices {
     }
 }
 
-/// The monitor's event hook: after each removal, lets go of what the engine released (the
-/// application may not call the setup again for a while, and the kernel may be waiting for the
-/// function), then calls the application's own hook.
+/// The monitor's event hook: after each removal, hands a VFIO function back to the kernel at
+/// once (its unbind or removal waits for that; the channels are stopped, so whatever still
+/// reads the registers gets the all-ones of a removed device) and lets go of what the engine
+/// released (the application may not call the setup again for a while), then calls the
+/// application's own hook.
 fn release_on_removal(
     engine: &Engine,
     devices: &Arc<Mutex<Devices>>,
@@ -522,8 +551,16 @@ fn release_on_removal(
     let engine = engine.clone();
     let devices = Arc::downgrade(devices);
     Arc::new(move |event| {
-        if let (HotplugEvent::Removed(_), Some(devices)) = (event, devices.upgrade()) {
-            lock_std(&devices).let_go_of_released(&engine);
+        if let (HotplugEvent::Removed(report), Some(devices)) = (event, devices.upgrade()) {
+            let mut devices = lock_std(&devices);
+            if let Some(removed) = devices.attached.iter_mut().find(|d| d.id == report.device) {
+                if let Some(vfio) = removed.behind.vfio() {
+                    vfio.release();
+                    removed.behind.unlock();
+                    removed.handed_back = true;
+                }
+            }
+            devices.let_go_of_released(&engine);
         }
         if let Some(hook) = &application {
             hook(event);
@@ -673,7 +710,10 @@ impl Setup {
                     .add_hardware(1)?
                     .first()
                     .copied()
-                    .ok_or(SetupError::NoDevice { tried: Vec::new() })
+                    .ok_or(SetupError::NoDevice {
+                        kind: b.kind,
+                        tried: Vec::new(),
+                    })
             }
             DeviceKind::EmulatedIoat => {
                 let config = EmuConfig {
@@ -739,6 +779,7 @@ impl Setup {
             behind,
             channels,
             removal_requested: false,
+            handed_back: false,
         });
         Ok(id)
     }
@@ -752,7 +793,7 @@ impl Setup {
             .devices_locked()
             .attached
             .iter()
-            .filter(|d| d.behind.is_pci())
+            .filter(|d| d.behind.is_pci() && !d.handed_back)
             .map(|d| d.name.clone())
             .collect();
         let mut added = Vec::new();
@@ -790,7 +831,10 @@ impl Setup {
             }
         }
         if added.is_empty() {
-            return Err(SetupError::NoDevice { tried });
+            return Err(SetupError::NoDevice {
+                kind: self.builder.kind,
+                tried,
+            });
         }
         Ok(added)
     }
@@ -829,7 +873,7 @@ impl Setup {
         .map_err(|e| e.to_string())?;
         Ok(Behind::Physical {
             driver,
-            _lock: lock,
+            lock: Some(lock),
         })
     }
 
@@ -893,8 +937,8 @@ impl Setup {
             .map_err(|e| e.to_string())?;
             Behind::VfioEdu {
                 driver,
-                _device: device,
-                _lock: lock,
+                device,
+                lock: Some(lock),
             }
         } else {
             let driver = IoatDevice::probe(
@@ -907,8 +951,8 @@ impl Setup {
             .map_err(|e| e.to_string())?;
             Behind::Vfio {
                 driver,
-                _device: device,
-                _lock: lock,
+                device,
+                lock: Some(lock),
             }
         };
         self.pending_notifier(&function.bdf, notifier);

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use dmaplane::edu::model::{bind_modelled_edu, EduModel};
-use dmaplane::edu::{spec, EduConfig, EduDevice, EduError, DESTINATION_FAULT, SOURCE_FAULT};
+use dmaplane::edu::{
+    spec, EduConfig, EduDevice, EduError, DESTINATION_FAULT, MAX_TRANSFER, SOURCE_FAULT,
+};
 use dmaplane::mem::{DmaPool, DmaPoolConfig, IommuMapper, IovaMode};
 use dmaplane::pci::fake::FakeSysfs;
 use dmaplane::vfio::sim::{SimConfig, SimKernel};
@@ -70,10 +72,12 @@ fn client(rig: &Rig) -> Client {
 
 #[test]
 fn copies_of_every_size_arrive_whole_with_three_transfers_per_piece() {
+    // Pieces end inside the buffer, or the model (like QEMU 7.2) stops for good: the negative
+    // control is a driver that uses the whole buffer.
     let rig = rig("edu-copies");
     let mut client = client(&rig);
     let mut transfers = 0;
-    for (i, len) in [1usize, 100, 4095, 4096, 4097, 10_000]
+    for (i, len) in [1usize, 100, 4094, 4095, 4096, 4097, 10_000]
         .into_iter()
         .enumerate()
     {
@@ -101,7 +105,7 @@ fn copies_of_every_size_arrive_whole_with_three_transfers_per_piece() {
         assert_eq!(bytes[..len], src.to_vec()[..], "{len} B");
         assert_eq!(bytes[len..], guard[..], "{len} B: past the end");
         // Read into the buffer, back to the bounce block, out to the destination.
-        transfers += 3 * len.div_ceil(spec::BUFFER_SIZE) as u64;
+        transfers += 3 * len.div_ceil(MAX_TRANSFER) as u64;
         assert_eq!(rig.model.transfers(), transfers, "{len} B");
     }
     assert_eq!(rig.model.faults(), 0);

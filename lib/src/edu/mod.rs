@@ -89,6 +89,11 @@ impl fmt::Display for EduError {
 
 impl std::error::Error for EduError {}
 
+/// The largest transfer the driver makes: one byte short of the buffer, because QEMU up to
+/// 7.2 checks a transfer's end against the buffer's with `<` instead of `<=`, and stops the
+/// whole machine on a transfer that ends exactly at the buffer's end.
+pub const MAX_TRANSFER: usize = spec::BUFFER_SIZE - 1;
+
 /// A piece's source did not arrive intact in the device's buffer: its read faulted (an IOVA
 /// the IOMMU does not map), and the destination was left alone.
 pub const SOURCE_FAULT: PieceError = PieceError {
@@ -164,7 +169,7 @@ impl EduDevice {
                 channels: 1,
                 ring_order: config.ring_order,
                 fill: false,
-                max_transfer: spec::BUFFER_SIZE,
+                max_transfer: MAX_TRANSFER,
                 pool: Some(pool),
                 executor: Some(Arc::clone(&engine) as Arc<dyn PieceExecutor>),
             },
@@ -268,10 +273,10 @@ impl PieceExecutor for EduEngine {
             .map_err(|_| NOT_MAPPED)?;
         let mut done = 0;
         while done < len {
-            // A chunk contiguous in IOVA space on both sides, and no larger than the buffer.
+            // A chunk contiguous in IOVA space on both sides, and no larger than a transfer.
             let (src_iova, src_run) = self.iova(src + done, len - done)?;
             let (dst_iova, dst_run) = self.iova(dst + done, len - done)?;
-            let n = src_run.min(dst_run).min(spec::BUFFER_SIZE);
+            let n = src_run.min(dst_run).min(MAX_TRANSFER);
             self.transfer(0, src_iova, spec::BUFFER, n)?;
             self.transfer(spec::CMD_TO_BUS, spec::BUFFER, bounce_iova, n)?;
             // SAFETY: the bounce block is this engine's, idle between transfers; the source is

@@ -5,7 +5,9 @@
 //! to the driver; the model counts them as the guest's kernel log would show them.
 //!
 //! A transfer runs at the second read of the command register after the start (so a driver
-//! that does not wait for the run bit to clear is caught), not on a timer.
+//! that does not wait for the run bit to clear is caught), not on a timer. A transfer that
+//! does not end strictly inside the buffer stops the device for good, as it stops the whole
+//! machine in QEMU 7.2 (whose range check is off by one).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -116,9 +118,10 @@ impl EduModel {
         let Some(offset) = local
             .checked_sub(spec::BUFFER)
             .map(|o| o as usize)
-            .filter(|o| o + engine.count as usize <= spec::BUFFER_SIZE)
+            .filter(|o| o + (engine.count as usize) < spec::BUFFER_SIZE)
         else {
-            return; // outside the buffer: QEMU logs it and moves nothing sensible
+            self.removed.store(true, Ordering::Release);
+            return;
         };
         let len = engine.count as usize;
         let buffer = &mut engine.buffer[offset..offset + len];

@@ -70,9 +70,16 @@ impl DeviceFaults {
 pub(crate) struct SoftRetire {
     /// Slots before this index have been carried out.
     executed: u32,
-    /// The code an earlier piece of the operation being carried out failed with (0: none):
+    /// How an earlier piece of the operation being carried out failed (code 0: it did not):
     /// its later pieces are skipped and fail alike, so the operation completes with it.
-    failing: u32,
+    failing: Failure,
+}
+
+/// A piece's failure: the device's code (0: none) and what it means.
+#[derive(Clone, Copy, Default)]
+struct Failure {
+    code: u32,
+    cause: &'static str,
 }
 
 /// A submitter's own state.
@@ -137,23 +144,28 @@ impl SoftEngine {
         Ok(())
     }
 
-    /// Carries out slot `index` on this CPU, or fails it if a failure is due, and returns the
-    /// code it failed with (0: success).
-    fn execute(&self, index: u32, failing: u32) -> u32 {
+    /// Carries out slot `index` on this CPU (or has the executor's device do it), or fails it
+    /// if a failure is due or an earlier piece of its operation failed, and returns how it
+    /// failed (code 0: it did not).
+    fn execute(&self, index: u32, failing: Failure) -> Failure {
         // SAFETY: the slot is published and announced, and the caller is the retirer, the only
         // one touching it until it is retired.
         let work = unsafe { &mut *self.slot(index) };
-        work.failed_with = failing;
-        work.cause = INJECTED;
+        work.failed_with = failing.code;
+        work.cause = failing.cause;
         let due = self.faults.fail_in.load(Ordering::Acquire);
-        if failing == 0 && due > 0 {
+        if failing.code == 0 && due > 0 {
             self.faults.fail_in.store(due - 1, Ordering::Release);
             if due == 1 {
                 work.failed_with = self.faults.fail_code.load(Ordering::Acquire).max(1);
+                work.cause = INJECTED;
             }
         }
         if work.failed_with != 0 {
-            return work.failed_with;
+            return Failure {
+                code: work.failed_with,
+                cause: work.cause,
+            };
         }
         let tracing = self.device.tracing.load(Ordering::Relaxed);
         let start = if tracing {
@@ -170,7 +182,10 @@ impl SoftEngine {
                 if let Err(failure) = outcome {
                     work.failed_with = failure.code.max(1);
                     work.cause = failure.cause;
-                    return work.failed_with;
+                    return Failure {
+                        code: work.failed_with,
+                        cause: work.cause,
+                    };
                 }
             }
             // SAFETY: the submitter promised both buffers stay valid and untouched by anyone
@@ -195,7 +210,7 @@ impl SoftEngine {
             };
             crate::sync::lock_std(&self.device.trace).push(event);
         }
-        0
+        Failure::default()
     }
 
     /// The outcome of carried-out slot `index`.
@@ -297,7 +312,7 @@ impl RingEngine for SoftEngine {
                 let failing = self.execute(state.executed, state.failing);
                 // SAFETY: an announced slot, read by the retirer.
                 let ends_op = unsafe { r.ring.meta(state.executed) }.ends_op;
-                state.failing = if ends_op { 0 } else { failing };
+                state.failing = if ends_op { Failure::default() } else { failing };
                 state.executed = state.executed.wrapping_add(1);
             }
         }

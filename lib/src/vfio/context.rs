@@ -3,7 +3,7 @@
 //! device cdevs bound to it (kernels with `CONFIG_VFIO_DEVICE_CDEV`). One context serves every
 //! function of a setup, so one mapping of a region serves them all.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
@@ -35,9 +35,16 @@ enum Kind {
 struct Type1State {
     /// Group number → its open node.
     groups: HashMap<u32, Fd>,
+    /// Group number → devices open through it; a group whose last device closes leaves the
+    /// container (its node may name a new group once its function is plugged in again).
+    open_devices: HashMap<u32, usize>,
     /// The IOMMU model is set (after the first group joined).
     model: Option<u32>,
     iova_ranges: Vec<RangeInclusive<u64>>,
+    /// What the pool asked to map (IOVA → virtual address, length). When the last group leaves,
+    /// the kernel forgets every mapping with the container's model; they are made again when a
+    /// group joins, and meanwhile recorded only.
+    mappings: BTreeMap<u64, (u64, u64)>,
 }
 
 /// An IOMMU context. See the module documentation.
@@ -176,11 +183,38 @@ impl VfioContext {
                 bdf: bdf.to_string(),
             })?;
         let group_fd = self.join_group(sysfs, bdf, group, container)?;
-        let fd = self
-            .kernel
-            .group_device(group_fd, bdf)
-            .map_err(call("VFIO_GROUP_GET_DEVICE_FD", bdf))?;
-        VfioDevice::new(Arc::clone(self), fd, bdf)
+        let fd = match self.kernel.group_device(group_fd, bdf) {
+            Ok(fd) => fd,
+            Err(e) => {
+                // A group joined for this device alone leaves again.
+                self.device_closed(Some(group));
+                return Err(call("VFIO_GROUP_GET_DEVICE_FD", bdf)(e));
+            }
+        };
+        VfioDevice::new(Arc::clone(self), fd, bdf, Some(group))
+    }
+
+    /// A device of `group` was closed: the group leaves the container with its last device.
+    /// When no group is left, the kernel has dropped the container's IOMMU model and with it
+    /// every mapping; the next group to join sets the model again and the mappings are made
+    /// again.
+    pub(super) fn device_closed(&self, group: Option<u32>) {
+        let (Kind::Type1 { .. }, Some(group)) = (&self.kind, group) else {
+            return;
+        };
+        let mut state = lock_std(&self.state);
+        let open = state.open_devices.entry(group).or_insert(1);
+        *open -= 1;
+        if *open > 0 {
+            return;
+        }
+        state.open_devices.remove(&group);
+        if let Some(fd) = state.groups.remove(&group) {
+            self.kernel.close(fd);
+        }
+        if state.groups.is_empty() {
+            state.model = None;
+        }
     }
 
     /// The group's node, opened and attached to the container (once per group).
@@ -193,6 +227,7 @@ impl VfioContext {
     ) -> Result<Fd, VfioError> {
         let mut state = lock_std(&self.state);
         if let Some(&fd) = state.groups.get(&group) {
+            *state.open_devices.entry(group).or_default() += 1;
             return Ok(fd);
         }
         let kernel = &self.kernel;
@@ -264,10 +299,20 @@ impl VfioContext {
                 Err(e) => return Err(close_on_error(call("VFIO_IOMMU_GET_INFO", bdf)(e))),
             }
         }
+        if state.model.is_none() && !noiommu {
+            // The first group of an empty container: the mappings made before (or lost when
+            // the last group left) are made again.
+            for (&iova, &(va, len)) in &state.mappings {
+                if let Err(e) = kernel.map_dma(container, va, iova, len) {
+                    return Err(close_on_error(call("VFIO_IOMMU_MAP_DMA", bdf)(e)));
+                }
+            }
+        }
         // Recorded only once a group holds it: when the only group closes, the kernel drops
         // the container's model, and the next group must set it again.
         state.model = Some(model);
         state.groups.insert(group, fd);
+        *state.open_devices.entry(group).or_default() += 1;
         Ok(fd)
     }
 
@@ -304,7 +349,7 @@ impl VfioContext {
             self.kernel.close(fd);
             return Err(e);
         }
-        VfioDevice::new(Arc::clone(self), fd, bdf)
+        VfioDevice::new(Arc::clone(self), fd, bdf, None)
     }
 }
 
@@ -350,7 +395,15 @@ impl IommuMapper for VfioContext {
     fn map(&self, va: usize, iova: u64, len: usize) -> io::Result<()> {
         match self.kind {
             Kind::Type1 { container } => {
-                self.kernel.map_dma(container, va as u64, iova, len as u64)
+                let mut state = lock_std(&self.state);
+                // Without a group the container has no model to map with: recorded, and made
+                // when a group joins.
+                if state.model.is_some() {
+                    self.kernel
+                        .map_dma(container, va as u64, iova, len as u64)?;
+                }
+                state.mappings.insert(iova, (va as u64, len as u64));
+                Ok(())
             }
             Kind::Iommufd { iommufd, ioas } => self
                 .kernel
@@ -360,7 +413,21 @@ impl IommuMapper for VfioContext {
 
     fn unmap(&self, iova: u64, len: usize) -> io::Result<()> {
         let unmapped = match self.kind {
-            Kind::Type1 { container } => self.kernel.unmap_dma(container, iova, len as u64)?,
+            Kind::Type1 { container } => {
+                let mut state = lock_std(&self.state);
+                let inside: Vec<u64> = state
+                    .mappings
+                    .range(iova..iova + len as u64)
+                    .map(|(&at, _)| at)
+                    .collect();
+                for at in inside {
+                    state.mappings.remove(&at);
+                }
+                if state.model.is_none() {
+                    return Ok(());
+                }
+                self.kernel.unmap_dma(container, iova, len as u64)?
+            }
             Kind::Iommufd { iommufd, ioas } => {
                 self.kernel.ioas_unmap(iommufd, ioas, iova, len as u64)?
             }

@@ -2,14 +2,15 @@
 //! parts mapped, the rest through pread and pwrite, as the sparse-mmap capability demands),
 //! configuration space through the config region, reset, and the device-request eventfd.
 //!
-//! The device fd stays open while anything made from it (the register window, the
-//! configuration space, the notifier) is alive; when the last goes, the kernel clears bus
-//! mastering and puts the function in D3, so a crashed or finished process leaves no DMA
-//! running.
+//! Dropping the [`VfioDevice`] (or [`VfioDevice::release`]) hands the function back at once,
+//! even while a driver still holds its register window: each mapping of BAR0 is replaced by
+//! all-ones memory ([`RegisterWindow::revoke`]) and the device fd is closed, so the kernel's
+//! unbind or removal, which waits for both, can finish. The kernel then clears bus mastering
+//! and puts the function in D3, as it does when a process crashes, so no DMA is left running.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::context::VfioContext;
 use super::kernel::{region_flags, region_index, DeviceInfo, Fd, RegionInfo};
@@ -17,20 +18,41 @@ use super::VfioError;
 use crate::mmio::{AddressedWindow, DmaAddressing, RegisterWindow};
 use crate::pci::ConfigSpace;
 
-/// The device fd, closed when its last holder goes.
+/// The device fd, closed when the device is released (or its last holder goes). Calls on it
+/// hold the read lock, so a number closed (and perhaps reused for another file) is never
+/// used.
 struct DeviceFd {
     context: Arc<VfioContext>,
-    fd: Fd,
+    fd: RwLock<Option<Fd>>,
     bdf: String,
+    /// Its IOMMU group, when opened through one (type1).
+    group: Option<u32>,
 }
 
 impl Drop for DeviceFd {
     fn drop(&mut self) {
-        self.context.kernel().close(self.fd);
+        self.close();
     }
 }
 
 impl DeviceFd {
+    /// Runs `call` on the open fd, or fails with `EBADF` once it is closed.
+    fn with<T>(&self, call: impl FnOnce(Fd) -> io::Result<T>) -> io::Result<T> {
+        let fd = self.fd.read().unwrap_or_else(|p| p.into_inner());
+        match *fd {
+            Some(fd) => call(fd),
+            None => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        }
+    }
+
+    fn close(&self) {
+        let mut fd = self.fd.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(fd) = fd.take() {
+            self.context.kernel().close(fd);
+            self.context.device_closed(self.group);
+        }
+    }
+
     fn call(&self, what: &'static str) -> impl FnOnce(io::Error) -> VfioError + '_ {
         move |error| VfioError::Call {
             what,
@@ -44,6 +66,14 @@ impl DeviceFd {
 pub struct VfioDevice {
     fd: Arc<DeviceFd>,
     info: DeviceInfo,
+    /// Every mapping of BAR0 handed out, to revoke on release.
+    mappings: Mutex<Vec<Arc<dyn RegisterWindow>>>,
+}
+
+impl Drop for VfioDevice {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl std::fmt::Debug for VfioDevice {
@@ -60,18 +90,32 @@ impl VfioDevice {
         context: Arc<VfioContext>,
         fd: Fd,
         bdf: &str,
+        group: Option<u32>,
     ) -> Result<VfioDevice, VfioError> {
         let fd = Arc::new(DeviceFd {
             context,
-            fd,
+            fd: RwLock::new(Some(fd)),
             bdf: bdf.to_string(),
+            group,
         });
         let info = fd
-            .context
-            .kernel()
-            .device_info(fd.fd)
+            .with(|raw| fd.context.kernel().device_info(raw))
             .map_err(fd.call("VFIO_DEVICE_GET_INFO"))?;
-        Ok(VfioDevice { fd, info })
+        Ok(VfioDevice {
+            fd,
+            info,
+            mappings: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Hands the function back to the kernel now: every mapping of BAR0 reads all-ones from
+    /// here on, configuration space and the rest of BAR0 answer as a removed device does, and
+    /// the fd is closed. Idempotent; dropping the device does it too.
+    pub fn release(&self) {
+        for window in crate::sync::lock_std(&self.mappings).drain(..) {
+            window.revoke();
+        }
+        self.fd.close();
     }
 
     /// The function's PCI address.
@@ -92,9 +136,7 @@ impl VfioDevice {
     /// Region `index` (see [`region_index`]).
     pub fn region(&self, index: u32) -> Result<RegionInfo, VfioError> {
         self.fd
-            .context
-            .kernel()
-            .region_info(self.fd.fd, index)
+            .with(|fd| self.fd.context.kernel().region_info(fd, index))
             .map_err(self.fd.call("VFIO_DEVICE_GET_REGION_INFO"))
     }
 
@@ -131,9 +173,11 @@ impl VfioDevice {
         }
         let mut mapped = Vec::new();
         for (offset, size) in areas {
-            let window = kernel
-                .map_region(self.fd.fd, region.offset + offset, size as usize)
+            let window = self
+                .fd
+                .with(|fd| kernel.map_region(fd, region.offset + offset, size as usize))
                 .map_err(|e| refused(format!("mmap of {offset:#x}+{size:#x}: {e}")))?;
+            crate::sync::lock_std(&self.mappings).push(Arc::clone(&window));
             mapped.push((offset as usize, size as usize, window));
         }
         let window: Arc<dyn RegisterWindow> = match mapped.as_slice() {
@@ -165,9 +209,7 @@ impl VfioDevice {
     /// its power-on value; standard configuration space is restored by the kernel.
     pub fn reset(&self) -> Result<(), VfioError> {
         self.fd
-            .context
-            .kernel()
-            .reset(self.fd.fd)
+            .with(|fd| self.fd.context.kernel().reset(fd))
             .map_err(self.fd.call("VFIO_DEVICE_RESET"))
     }
 
@@ -182,9 +224,12 @@ impl VfioDevice {
         // SAFETY: a fresh descriptor from `eventfd`, owned by nothing else.
         let eventfd = unsafe { OwnedFd::from_raw_fd(raw) };
         self.fd
-            .context
-            .kernel()
-            .set_request_eventfd(self.fd.fd, eventfd.as_raw_fd())
+            .with(|fd| {
+                self.fd
+                    .context
+                    .kernel()
+                    .set_request_eventfd(fd, eventfd.as_raw_fd())
+            })
             .map_err(self.fd.call("VFIO_DEVICE_SET_IRQS (device request)"))?;
         Ok(RequestNotifier {
             eventfd,
@@ -237,9 +282,7 @@ impl SparseBar {
         let at = self.region_offset + offset as u64;
         match self
             .fd
-            .context
-            .kernel()
-            .read(self.fd.fd, at, &mut bytes[..width])
+            .with(|fd| self.fd.context.kernel().read(fd, at, &mut bytes[..width]))
         {
             Ok(()) => u64::from_le_bytes(bytes),
             // A register read that fails is what a gone device answers.
@@ -253,9 +296,7 @@ impl SparseBar {
         // A failed register write is dropped, as a posted write to a gone device is.
         let _ = self
             .fd
-            .context
-            .kernel()
-            .write(self.fd.fd, at, &bytes[..width]);
+            .with(|fd| self.fd.context.kernel().write(fd, at, &bytes[..width]));
     }
 }
 
@@ -293,18 +334,22 @@ struct VfioConfig {
 impl VfioConfig {
     fn read<const N: usize>(&self, offset: usize) -> io::Result<[u8; N]> {
         let mut bytes = [0u8; N];
-        self.fd
-            .context
-            .kernel()
-            .read(self.fd.fd, self.offset + offset as u64, &mut bytes)?;
+        self.fd.with(|fd| {
+            self.fd
+                .context
+                .kernel()
+                .read(fd, self.offset + offset as u64, &mut bytes)
+        })?;
         Ok(bytes)
     }
 
     fn write(&self, offset: usize, bytes: &[u8]) -> io::Result<()> {
-        self.fd
-            .context
-            .kernel()
-            .write(self.fd.fd, self.offset + offset as u64, bytes)
+        self.fd.with(|fd| {
+            self.fd
+                .context
+                .kernel()
+                .write(fd, self.offset + offset as u64, bytes)
+        })
     }
 }
 

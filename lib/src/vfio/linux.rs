@@ -705,6 +705,43 @@ impl RegisterWindow for MappedRegion {
     fn write64(&self, offset: usize, value: u64) {
         self.region.write64(offset, value)
     }
+
+    fn revoke(&self) {
+        // Anonymous all-ones memory takes the BAR's place in one step (mremap), so an access
+        // racing with this sees the device or all-ones, never a hole; the device file loses
+        // this mapping's reference, which the kernel's unbind waits for.
+        // SAFETY: a fresh private anonymous mapping, owned by nobody else.
+        let fresh = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                self.len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if fresh == libc::MAP_FAILED {
+            return; // the BAR stays mapped: the unbind waits until the window goes
+        }
+        // SAFETY: `fresh` is `len` writable bytes just mapped.
+        unsafe { std::ptr::write_bytes(fresh.cast::<u8>(), 0xff, self.len) };
+        // SAFETY: moves the fresh mapping over our own mapping of `len` bytes at `base`, which
+        // stays ours (unmapped in `drop`); nothing else lives in that range.
+        let moved = unsafe {
+            libc::mremap(
+                fresh,
+                self.len,
+                self.len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                self.base.as_ptr().cast::<libc::c_void>(),
+            )
+        };
+        if moved == libc::MAP_FAILED {
+            // SAFETY: the fresh mapping was not moved; it is ours to undo.
+            unsafe { libc::munmap(fresh, self.len) };
+        }
+    }
 }
 
 #[cfg(test)]

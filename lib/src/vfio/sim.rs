@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::ops::RangeInclusive;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::kernel::{
@@ -128,7 +129,8 @@ impl Mappings {
 
 struct Container {
     model: Option<u32>,
-    groups: Vec<u32>,
+    /// The groups attached: (number, instance).
+    groups: Vec<(u32, u64)>,
     mappings: Mappings,
 }
 
@@ -146,12 +148,16 @@ struct OpenDevice {
 
 enum Handle {
     Container,
-    Group(u32),
+    /// A group node: the group's number and which group of that number (a function removed
+    /// and plugged in again makes a new one; the old node then answers ENODEV).
+    Group(u32, u64),
     Device(OpenDevice),
     Iommufd,
 }
 
 struct Group {
+    /// Which group of this number it is.
+    instance: u64,
     devices: Vec<String>,
     viable: bool,
     open: Option<Fd>,
@@ -213,7 +219,10 @@ impl SimKernel {
     /// Binds `function` to vfio-pci: its group node appears.
     pub fn add_function(&self, function: SimFunction) {
         let mut state = lock_std(&self.state);
+        state.next_fd += 1;
+        let instance = state.next_fd as u64;
         let group = state.groups.entry(function.group).or_insert(Group {
+            instance,
             devices: Vec::new(),
             viable: true,
             open: None,
@@ -221,6 +230,32 @@ impl SimKernel {
         });
         group.devices.push(function.bdf.clone());
         state.functions.insert(function.bdf.clone(), function);
+    }
+
+    /// The function leaves, as a hot-removal ends once its user let go: a group left empty
+    /// goes with it, and its open nodes answer ENODEV from then on (a function plugged in again
+    /// gets a new group, as on a real kernel).
+    pub fn remove_function(&self, bdf: &str) {
+        let mut state = lock_std(&self.state);
+        let Some(function) = state.functions.remove(bdf) else {
+            return;
+        };
+        let empty = state.groups.get_mut(&function.group).is_some_and(|g| {
+            g.devices.retain(|d| d != bdf);
+            g.devices.is_empty()
+        });
+        if empty {
+            state.groups.remove(&function.group);
+        }
+    }
+
+    /// Whether anything holds `bdf` open (a device handle), which a real kernel's removal of it
+    /// waits for.
+    pub fn is_open(&self, bdf: &str) -> bool {
+        lock_std(&self.state)
+            .handles
+            .values()
+            .any(|h| matches!(h, Handle::Device(d) if d.bdf == bdf))
     }
 
     /// Marks group `group` viable or not (another of its functions bound to a kernel driver).
@@ -268,6 +303,15 @@ impl SimKernel {
 }
 
 impl State {
+    /// Group `number` as the node that names `instance` of it sees it: gone (ENODEV) once its
+    /// functions were removed.
+    fn group(&self, number: u32, instance: u64) -> io::Result<&Group> {
+        self.groups
+            .get(&number)
+            .filter(|g| g.instance == instance)
+            .ok_or(errno(libc::ENODEV))
+    }
+
     /// The mappings the function's DMA goes through.
     fn context_of(&self, bdf: &str) -> Option<&Mappings> {
         for handle in self.handles.values() {
@@ -437,7 +481,8 @@ impl VfioKernel for SimKernel {
         if g.open.is_some() {
             return Err(errno(libc::EBUSY));
         }
-        let fd = SimKernel::new_fd(&mut state, Handle::Group(group));
+        let instance = g.instance;
+        let fd = SimKernel::new_fd(&mut state, Handle::Group(group, instance));
         if let Some(g) = state.groups.get_mut(&group) {
             g.open = Some(fd);
         }
@@ -446,10 +491,10 @@ impl VfioKernel for SimKernel {
 
     fn group_status(&self, group: Fd) -> io::Result<u32> {
         let state = lock_std(&self.state);
-        let Some(Handle::Group(number)) = state.handles.get(&group) else {
+        let Some(&Handle::Group(number, instance)) = state.handles.get(&group) else {
             return Err(errno(libc::EBADF));
         };
-        let g = &state.groups[number];
+        let g = state.group(number, instance)?;
         let mut flags = 0;
         if g.viable {
             flags |= group_flags::VIABLE;
@@ -462,12 +507,11 @@ impl VfioKernel for SimKernel {
 
     fn set_container(&self, group: Fd, container: Fd) -> io::Result<()> {
         let mut state = lock_std(&self.state);
-        let Some(Handle::Group(number)) = state.handles.get(&group) else {
+        let Some(&Handle::Group(number, instance)) = state.handles.get(&group) else {
             return Err(errno(libc::EBADF));
         };
-        let number = *number;
         state.container(container)?;
-        let g = &state.groups[&number];
+        let g = state.group(number, instance)?;
         if g.container.is_some() {
             return Err(errno(libc::EINVAL));
         }
@@ -477,16 +521,16 @@ impl VfioKernel for SimKernel {
         if let Some(g) = state.groups.get_mut(&number) {
             g.container = Some(container);
         }
-        state.container(container)?.groups.push(number);
+        state.container(container)?.groups.push((number, instance));
         Ok(())
     }
 
     fn group_device(&self, group: Fd, name: &str) -> io::Result<Fd> {
         let mut state = lock_std(&self.state);
-        let Some(Handle::Group(number)) = state.handles.get(&group) else {
+        let Some(&Handle::Group(number, instance)) = state.handles.get(&group) else {
             return Err(errno(libc::EBADF));
         };
-        let g = &state.groups[number];
+        let g = state.group(number, instance)?;
         let ready = g
             .container
             .and_then(|c| state.containers.get(&c))
@@ -741,6 +785,7 @@ impl VfioKernel for SimKernel {
             inner: Arc::clone(&f.registers),
             base: within as usize,
             len,
+            revoked: AtomicBool::new(false),
         }))
     }
 
@@ -777,21 +822,34 @@ impl VfioKernel for SimKernel {
         match state.handles.remove(&fd) {
             Some(Handle::Container) => {
                 if let Some(c) = state.containers.remove(&fd) {
-                    for group in c.groups {
-                        if let Some(g) = state.groups.get_mut(&group) {
+                    for (number, instance) in c.groups {
+                        if let Some(g) = state
+                            .groups
+                            .get_mut(&number)
+                            .filter(|g| g.instance == instance)
+                        {
                             g.container = None;
                         }
                     }
                 }
             }
-            Some(Handle::Group(number)) => {
-                if let Some(g) = state.groups.get_mut(&number) {
+            Some(Handle::Group(number, instance)) => {
+                if let Some(g) = state
+                    .groups
+                    .get_mut(&number)
+                    .filter(|g| g.instance == instance)
+                {
                     g.open = None;
-                    // A group closed while attached leaves its container.
-                    if let Some(c) = g.container.take() {
-                        if let Some(c) = state.containers.get_mut(&c) {
-                            c.groups.retain(|&n| n != number);
-                        }
+                    g.container = None;
+                }
+                // A group closed while attached (removed since, or not) leaves its container;
+                // with the last group the container loses its IOMMU model and every mapping.
+                for c in state.containers.values_mut() {
+                    let before = c.groups.len();
+                    c.groups.retain(|&g| g != (number, instance));
+                    if c.groups.len() < before && c.groups.is_empty() {
+                        c.model = None;
+                        c.mappings = Mappings::default();
                     }
                 }
             }
@@ -878,42 +936,44 @@ struct WindowAt {
     inner: Arc<dyn RegisterWindow>,
     base: usize,
     len: usize,
+    /// Revoked: the mapping was replaced by all-ones memory (see [`RegisterWindow::revoke`]).
+    revoked: AtomicBool,
 }
 
 impl WindowAt {
-    fn at(&self, offset: usize, width: usize) -> usize {
+    /// Where an access of `width` bytes at `offset` goes in the function's window, or `None`
+    /// once revoked.
+    fn at(&self, offset: usize, width: usize) -> Option<usize> {
         assert!(
             offset + width <= self.len,
             "access of {width} bytes at {offset:#x} past a {:#x}-byte mapping",
             self.len
         );
-        self.base + offset
+        (!self.revoked.load(Ordering::Acquire)).then_some(self.base + offset)
     }
 }
 
+macro_rules! window_access {
+    ($read:ident, $write:ident, $ty:ty, $width:expr) => {
+        fn $read(&self, offset: usize) -> $ty {
+            self.at(offset, $width)
+                .map_or(<$ty>::MAX, |at| self.inner.$read(at))
+        }
+        fn $write(&self, offset: usize, value: $ty) {
+            if let Some(at) = self.at(offset, $width) {
+                self.inner.$write(at, value)
+            }
+        }
+    };
+}
+
 impl RegisterWindow for WindowAt {
-    fn read8(&self, offset: usize) -> u8 {
-        self.inner.read8(self.at(offset, 1))
-    }
-    fn read16(&self, offset: usize) -> u16 {
-        self.inner.read16(self.at(offset, 2))
-    }
-    fn read32(&self, offset: usize) -> u32 {
-        self.inner.read32(self.at(offset, 4))
-    }
-    fn read64(&self, offset: usize) -> u64 {
-        self.inner.read64(self.at(offset, 8))
-    }
-    fn write8(&self, offset: usize, value: u8) {
-        self.inner.write8(self.at(offset, 1), value)
-    }
-    fn write16(&self, offset: usize, value: u16) {
-        self.inner.write16(self.at(offset, 2), value)
-    }
-    fn write32(&self, offset: usize, value: u32) {
-        self.inner.write32(self.at(offset, 4), value)
-    }
-    fn write64(&self, offset: usize, value: u64) {
-        self.inner.write64(self.at(offset, 8), value)
+    window_access!(read8, write8, u8, 1);
+    window_access!(read16, write16, u16, 2);
+    window_access!(read32, write32, u32, 4);
+    window_access!(read64, write64, u64, 8);
+
+    fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
     }
 }
