@@ -257,3 +257,86 @@ fn bad_settings_are_refused_with_the_reason() {
     let device = SoftDevice::new("soft", SoftConfig::default()).unwrap();
     assert!(device.inject(SoftFault::Stall { channel: 1 }).is_err());
 }
+
+/// A device that copies with the CPU, and stops its channel's queue while carrying out the
+/// first piece, as a removal whose drain time runs out meanwhile does.
+#[derive(Debug, Default)]
+struct StoppedMidway {
+    queue: std::sync::OnceLock<Arc<dyn ChannelQueue>>,
+    pieces: std::sync::atomic::AtomicU32,
+}
+
+impl dmaplane::soft::PieceExecutor for StoppedMidway {
+    unsafe fn copy(
+        &self,
+        _channel: usize,
+        dst: usize,
+        src: usize,
+        len: usize,
+    ) -> Result<(), dmaplane::soft::PieceError> {
+        // SAFETY: the caller's promise: both ranges valid and ours for the piece.
+        unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, len) };
+        if self
+            .pieces
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            == 0
+        {
+            self.queue.get().expect("set before any work").remove();
+        }
+        Ok(())
+    }
+
+    fn is_present(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_device_stopped_while_carrying_out_work_fails_the_rest_with_device_removed() {
+    let executor = Arc::new(StoppedMidway::default());
+    let device = SoftDevice::new(
+        "soft",
+        SoftConfig {
+            fill: false,
+            executor: Some(executor.clone()),
+            ..SoftConfig::default()
+        },
+    )
+    .unwrap();
+    let (queue, mut handle) = owned_handle(&device);
+    executor.queue.set(Arc::clone(&queue)).unwrap();
+    let src = vec![7u8; 64];
+    let mut dsts = vec![vec![0u8; 64]; 3];
+    for (i, dst) in dsts.iter_mut().enumerate() {
+        // SAFETY: the buffers outlive the operations, polled to completion below.
+        unsafe {
+            handle.copy(
+                dst.as_mut_ptr(),
+                src.as_ptr(),
+                64,
+                i as u64,
+                OpFlags::NONE,
+            )
+        }
+        .unwrap();
+    }
+    handle.submit();
+    let done = poll_all(&mut handle, 3);
+    let results: Vec<_> = done.iter().map(|c| (c.user_data, c.result)).collect();
+    assert_eq!(
+        results,
+        [
+            (0, Ok(())),
+            (1, Err(OpError::DeviceRemoved)),
+            (2, Err(OpError::DeviceRemoved))
+        ]
+    );
+    assert_eq!(
+        executor.pieces.load(std::sync::atomic::Ordering::Acquire),
+        1,
+        "nothing ran after the stop"
+    );
+    assert_eq!(dsts[0], src);
+    assert!(dsts[1..].iter().all(|d| d.iter().all(|&b| b == 0)));
+    assert_eq!(queue.health(), Health::Removed);
+}

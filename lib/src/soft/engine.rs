@@ -309,6 +309,11 @@ impl RingEngine for SoftEngine {
             let announced = r.ring.doorbell.announced();
             let state = &mut r.side.engine;
             while state.executed != announced {
+                // A removal whose drain time ran out stops the work between pieces: what did
+                // not run fails with "device removed" below, as on a device that was stopped.
+                if !r.ring.health().works() {
+                    break;
+                }
                 let failing = self.execute(state.executed, state.failing);
                 // SAFETY: an announced slot, read by the retirer.
                 let ends_op = unsafe { r.ring.meta(state.executed) }.ends_op;
@@ -332,6 +337,9 @@ impl RingEngine for SoftEngine {
         if gone {
             // What ran was reported above; nothing else will run.
             r.abandon(OpError::DeviceRemoved, Health::Removed, sink, || true);
+        } else if !r.ring.health().works() {
+            // Stopped while carrying the work out: the rest fails with the stop's cause.
+            r.abandon_stopped(sink, || true);
         }
     }
 

@@ -253,7 +253,8 @@ pub fn vfio_layer(p: &dyn Platform) -> Outcome {
     Ok(())
 }
 
-fn edu_setup(p: &dyn Platform) -> Result<Setup, String> {
+/// A setup of every `edu` function; an orderly removal lets work drain for `drain`.
+fn edu_setup(p: &dyn Platform, drain: Duration) -> Result<Setup, String> {
     Setup::builder()
         .log(quiet())
         .vfio_edu()
@@ -261,14 +262,19 @@ fn edu_setup(p: &dyn Platform) -> Result<Setup, String> {
         .sysfs(p.sysfs())
         .lock_dir(p.lock_dir())
         .uevents(p.uevents())
-        .drain_timeout(PATIENCE)
+        .drain_timeout(drain)
         .build()
         .map_err(|e| e.to_string())
 }
 
+/// How long a removal lets work drain in [`hot_removal`]: shorter than one piece takes, so
+/// that a removal usually meets work it must fail with "device removed" (the seed's
+/// "drain, then fail the rest").
+const SHORT_DRAIN: Duration = Duration::from_millis(150);
+
 /// Copies of every size through the `edu` backend on each CPU, with guard bytes past the end.
 pub fn edu_copy(p: &dyn Platform) -> Outcome {
-    let setup = edu_setup(p)?;
+    let setup = edu_setup(p, PATIENCE)?;
     let cpus = setup.engine().possible_cpus();
     let sizes = [1usize, 63, 4096, 4097, 9000];
     for cpu in 0..cpus {
@@ -442,7 +448,7 @@ fn settle(ledgers: Vec<Ledger>) -> Result<Ledger, String> {
 
 /// Random copies from every CPU at once, two in flight each.
 pub fn ledger(p: &dyn Platform) -> Outcome {
-    let setup = edu_setup(p)?;
+    let setup = edu_setup(p, PATIENCE)?;
     let cpus = setup.engine().possible_cpus();
     let each = 12 * u64::from(p.scale());
     let go = AtomicBool::new(true);
@@ -652,7 +658,7 @@ pub fn hot_removal(p: &dyn Platform) -> Outcome {
         functions.len() >= 2,
         "hot-removal needs two edu functions, found {functions:?}"
     );
-    let setup = edu_setup(p)?;
+    let setup = edu_setup(p, SHORT_DRAIN)?;
     let cpus = setup.engine().possible_cpus();
     let go = AtomicBool::new(true);
     let completed = AtomicU64::new(0);

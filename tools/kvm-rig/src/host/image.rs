@@ -76,7 +76,13 @@ pub fn unpack_packages(work: &Path) -> Result<PathBuf, RigError> {
         return Ok(root);
     }
     std::fs::create_dir_all(&debs).map_err(RigError::io(&debs))?;
-    let kernel = kernel_package()?;
+    // Without the packages there is no guest: the run is skipped, saying why.
+    let unavailable = |e: RigError| {
+        RigError::Skipped(format!(
+            "cannot fetch the guest from Debian's packages: {e}"
+        ))
+    };
+    let kernel = kernel_package().map_err(unavailable)?;
     println!("kvm-rig: fetching {kernel} and busybox-static from Debian's packages");
     let download = |packages: &[&str]| {
         run(Command::new("apt-get")
@@ -86,8 +92,8 @@ pub fn unpack_packages(work: &Path) -> Result<PathBuf, RigError> {
     };
     if download(&[&kernel, "busybox-static"]).is_err() {
         // A fresh machine may have no package lists yet.
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
-        download(&[&kernel, "busybox-static"])?;
+        run(Command::new("apt-get").args(["update", "-qq"])).map_err(unavailable)?;
+        download(&[&kernel, "busybox-static"]).map_err(unavailable)?;
     }
     for deb in std::fs::read_dir(&debs)
         .map_err(RigError::io(&debs))?
