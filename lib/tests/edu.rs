@@ -35,7 +35,7 @@ fn rig(name: &str) -> Rig {
     let kernel = SimKernel::new(SimConfig::default());
     let sysfs = FakeSysfs::new(name);
     sysfs.add_edu(BDF, Some("vfio-pci"), Some(7));
-    let model = bind_modelled_edu(&kernel, BDF, 7);
+    let model = bind_modelled_edu(&kernel, BDF, 7, None);
     let context = VfioContext::type1(kernel.clone(), NoIommu::Refused).unwrap();
     let device = context.open_device(&sysfs.sysfs(), BDF).unwrap();
     let pool = DmaPool::new(DmaPoolConfig {

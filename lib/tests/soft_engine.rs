@@ -309,16 +309,8 @@ fn a_device_stopped_while_carrying_out_work_fails_the_rest_with_device_removed()
     let mut dsts = vec![vec![0u8; 64]; 3];
     for (i, dst) in dsts.iter_mut().enumerate() {
         // SAFETY: the buffers outlive the operations, polled to completion below.
-        unsafe {
-            handle.copy(
-                dst.as_mut_ptr(),
-                src.as_ptr(),
-                64,
-                i as u64,
-                OpFlags::NONE,
-            )
-        }
-        .unwrap();
+        unsafe { handle.copy(dst.as_mut_ptr(), src.as_ptr(), 64, i as u64, OpFlags::NONE) }
+            .unwrap();
     }
     handle.submit();
     let done = poll_all(&mut handle, 3);

@@ -269,9 +269,15 @@ impl ConfigSpace for Config {
     }
 }
 
-/// Makes a modelled `edu` function and binds it to `kernel` as `bdf` in IOMMU group `group`:
-/// the kernel's IOMMU is its memory, and VFIO's reset is its reset.
-pub fn bind_modelled_edu(kernel: &Arc<SimKernel>, bdf: &str, group: u32) -> Arc<EduModel> {
+/// Makes a modelled `edu` function and binds it to `kernel` as `bdf` in IOMMU group `group`
+/// (with VFIO cdev `cdev`, on a kernel with iommufd): the kernel's IOMMU is its memory, and
+/// VFIO's reset is its reset.
+pub fn bind_modelled_edu(
+    kernel: &Arc<SimKernel>,
+    bdf: &str,
+    group: u32,
+    cdev: Option<String>,
+) -> Arc<EduModel> {
     // SAFETY: the device reaches memory only through transfers the driver starts for pieces
     // whose buffers its caller keeps live and untouched, and through mappings the pool makes
     // for live memory.
@@ -286,7 +292,7 @@ pub fn bind_modelled_edu(kernel: &Arc<SimKernel>, bdf: &str, group: u32) -> Arc<
         config: model.config_space(),
         sparse_areas: None,
         reset: Some(Arc::new(move || for_reset.reset())),
-        cdev: None,
+        cdev,
     });
     model
 }

@@ -110,12 +110,22 @@ fn collect(client: &mut Client, count: usize) -> Result<Vec<Completion>, String>
     Ok(got)
 }
 
-/// The VFIO layer on its own: a type1 context, the function's regions, BAR0 and configuration
+/// The VFIO layer on its own: the context the kernel offers (iommufd where the function has a
+/// VFIO cdev, a type1 container otherwise), the function's regions, BAR0 and configuration
 /// space, reset, and the pool's mappings as the IOMMU counts them, up to the entry limit.
 pub fn vfio_layer(p: &dyn Platform) -> Outcome {
     let bdf = first_function(p)?;
     let sysfs = p.sysfs();
-    let context = VfioContext::type1(p.kernel(), NoIommu::Refused).map_err(|e| e.to_string())?;
+    let context = VfioContext::for_function(p.kernel(), &sysfs, &bdf, NoIommu::Refused)
+        .map_err(|e| e.to_string())?;
+    println!(
+        "vfio_layer: {bdf} through {}",
+        if context.is_iommufd() {
+            "iommufd"
+        } else {
+            "a type1 container"
+        }
+    );
     let device = context
         .open_device(&sysfs, &bdf)
         .map_err(|e| e.to_string())?;

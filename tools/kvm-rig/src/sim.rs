@@ -26,11 +26,12 @@ pub struct SimPlatform {
 
 impl SimPlatform {
     /// `count` `edu` functions on buses 1, 2, … (as behind the rig's root ports), each in an
-    /// IOMMU group of its own, in a kernel whose containers take `entry_limit` mappings.
-    pub fn new(name: &str, count: usize, entry_limit: usize) -> SimPlatform {
+    /// IOMMU group of its own, in a kernel whose containers take `entry_limit` mappings (and
+    /// with iommufd and VFIO cdevs where `iommufd`).
+    pub fn new(name: &str, count: usize, entry_limit: usize, iommufd: bool) -> SimPlatform {
         let kernel = SimKernel::new(SimConfig {
             dma_entry_limit: entry_limit,
-            iommufd: false,
+            iommufd,
             ..SimConfig::default()
         });
         let sysfs = FakeSysfs::new(name);
@@ -40,7 +41,19 @@ impl SimPlatform {
                 let bdf = format!("0000:{bus:02x}:00.0");
                 let group = 10 + bus as u32;
                 sysfs.add_edu(&bdf, Some("vfio-pci"), Some(group));
-                let model = bind_modelled_edu(&kernel, &bdf, group);
+                let cdev = iommufd.then(|| format!("vfio{bus}"));
+                if let Some(cdev) = &cdev {
+                    std::fs::create_dir_all(
+                        sysfs
+                            .root
+                            .join("bus/pci/devices")
+                            .join(&bdf)
+                            .join("vfio-dev")
+                            .join(cdev),
+                    )
+                    .expect("a cdev entry");
+                }
+                let model = bind_modelled_edu(&kernel, &bdf, group, cdev);
                 (bdf, group, model)
             })
             .collect();
@@ -111,7 +124,7 @@ impl Platform for SimPlatform {
             ));
         }
         self.kernel.remove_function(bdf);
-        let model = bind_modelled_edu(&self.kernel, bdf, group);
+        let model = bind_modelled_edu(&self.kernel, bdf, group, None);
         self.sysfs.add_edu(bdf, Some("vfio-pci"), Some(group));
         for entry in self
             .functions

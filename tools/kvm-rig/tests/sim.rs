@@ -8,7 +8,11 @@ use kvm_rig::sim::SimPlatform;
 use kvm_rig::Platform;
 
 fn run(name: &str) {
-    let platform = SimPlatform::new(&format!("rig-{name}"), 2, 64);
+    run_on(name, false);
+}
+
+fn run_on(name: &str, iommufd: bool) {
+    let platform = SimPlatform::new(&format!("rig-{name}-{iommufd}"), 2, 64, iommufd);
     let scenario = scenarios::named(name).unwrap();
     if let Err(why) = scenario(&platform) {
         panic!("{name} on the {}: {why}", platform.describe());
@@ -18,6 +22,11 @@ fn run(name: &str) {
 #[test]
 fn vfio_layer() {
     run("vfio_layer");
+}
+
+#[test]
+fn vfio_layer_through_iommufd() {
+    run_on("vfio_layer", true);
 }
 
 #[test]
