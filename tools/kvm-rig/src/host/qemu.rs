@@ -76,39 +76,46 @@ pub struct Boot {
     pub timeout: Duration,
 }
 
-/// QEMU's arguments for `boot`.
-pub fn arguments(boot: &Boot) -> Vec<String> {
-    let mut args: Vec<String> = Vec::new();
-    let mut push = |words: &[&str]| args.extend(words.iter().map(|w| w.to_string()));
-    match boot.accel {
+/// The arguments every guest gets: the accelerator and machine, memory, no default devices,
+/// the serial console on standard output, and no reboot (a panic or power-off ends QEMU).
+fn base_arguments(accel: Accel, memory_mib: usize) -> Vec<String> {
+    let machine: &[&str] = match accel {
         // Interrupt remapping needs the split irqchip under KVM; the host CPU model without
         // the capabilities MSR, which nested hosts often refuse to set.
-        Accel::Kvm => push(&[
+        Accel::Kvm => &[
             "-accel",
             "kvm",
             "-cpu",
             "host,-arch-capabilities",
             "-machine",
             "q35,kernel-irqchip=split",
-        ]),
-        Accel::Tcg => push(&["-accel", "tcg", "-machine", "q35"]),
-    }
+        ],
+        Accel::Tcg => &["-accel", "tcg", "-machine", "q35"],
+    };
+    let memory = memory_mib.to_string();
+    machine
+        .iter()
+        .copied()
+        .chain([
+            "-m",
+            &memory,
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ])
+        .map(String::from)
+        .collect()
+}
+
+/// QEMU's arguments for `boot`.
+pub fn arguments(boot: &Boot) -> Vec<String> {
+    let mut args = base_arguments(boot.accel, boot.memory_mib);
+    let mut push = |words: &[&str]| args.extend(words.iter().map(|w| w.to_string()));
     let cpus = boot.cpus.to_string();
-    let memory = boot.memory_mib.to_string();
-    push(&[
-        "-smp",
-        &cpus,
-        "-m",
-        &memory,
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-device",
-        "intel-iommu,intremap=on",
-    ]);
+    push(&["-smp", &cpus, "-device", "intel-iommu,intremap=on"]);
     for index in 1..=boot.edu_devices {
         let (_, port) = edu_id(index);
         let root_port = format!(
@@ -217,27 +224,16 @@ pub fn choose_accel(wanted: Option<Accel>, image: &GuestImage, work: &Path) -> A
     }
     // A kernel without an initramfs: under working KVM it prints its banner within a second
     // or two, then panics and exits.
-    let probe = [
-        "-accel",
-        "kvm",
-        "-cpu",
-        "host,-arch-capabilities",
-        "-machine",
-        "q35",
-        "-m",
-        "256",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-kernel",
-        &image.kernel.to_string_lossy(),
-        "-append",
-        "console=ttyS0 panic=-1",
-    ]
-    .map(String::from);
+    let mut probe = base_arguments(Accel::Kvm, 256);
+    probe.extend(
+        [
+            "-kernel",
+            &image.kernel.to_string_lossy(),
+            "-append",
+            "console=ttyS0 panic=-1",
+        ]
+        .map(String::from),
+    );
     let works = match spawn(&probe) {
         Ok((mut child, lines)) => {
             let deadline = Instant::now() + Duration::from_secs(20);
