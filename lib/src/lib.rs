@@ -81,7 +81,7 @@ pub use queue::{
     BackendError, ChannelBackend, ChannelStats, Completion, DeviceSpec, NullChannel, OpError,
     OpFlags, SubmitError,
 };
-pub use setup::{DeviceInfo, DeviceKind, Removal, Setup, SetupBuilder, SetupError};
+pub use setup::{AttachFailure, DeviceInfo, DeviceKind, Removal, Setup, SetupBuilder, SetupError};
 
 /// The lock-free protocols, exposed for the loom model tests only.
 #[cfg(loom)]

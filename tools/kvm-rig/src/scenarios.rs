@@ -13,8 +13,9 @@
 //!   back, added, and the table moved onto it again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use dmaplane::edu::{spec, EduConfig, EduDevice, SOURCE_FAULT};
@@ -343,7 +344,7 @@ fn copy_loop(
     depth: usize,
     limit: u64,
     keep_going: &AtomicBool,
-    completed: &AtomicU64,
+    completed: &Progress,
 ) -> Ledger {
     let mut ledger = Ledger::default();
     let mut client = match Client::new(setup.engine(), Some(cpu), ClientConfig::default()) {
@@ -410,7 +411,7 @@ fn copy_loop(
         }
         let n = client.poll(&mut batch);
         for done in &batch[..n] {
-            completed.fetch_add(1, Ordering::AcqRel);
+            completed.completed_one();
             let Some((src, dst, len)) = in_flight.remove(&done.user_data) else {
                 ledger.problems.push(format!(
                     "cpu{cpu}: completion {:#x} twice or unknown",
@@ -462,7 +463,7 @@ pub fn ledger(p: &dyn Platform) -> Outcome {
     let cpus = setup.engine().possible_cpus();
     let each = 12 * u64::from(p.scale());
     let go = AtomicBool::new(true);
-    let completed = AtomicU64::new(0);
+    let completed = Progress::default();
     let ledgers = std::thread::scope(|s| {
         let threads: Vec<_> = (0..cpus)
             .map(|cpu| {
@@ -586,19 +587,45 @@ fn wait_removed(setup: &Setup, device: DeviceId) -> Result<(), String> {
     Err(format!("{device} was not removed within {PATIENCE:?}"))
 }
 
-/// Waits until `count` more operations completed across the clients.
-fn wait_progress(completed: &AtomicU64, count: u64) -> Outcome {
-    let target = completed.load(Ordering::Acquire) + count;
-    let deadline = Instant::now() + PATIENCE;
-    while completed.load(Ordering::Acquire) < target {
-        ensure!(
-            Instant::now() < deadline,
-            "no progress: {} of {target} completions",
-            completed.load(Ordering::Acquire)
-        );
-        std::thread::sleep(Duration::from_millis(20));
+/// Completions counted across the clients, for the scenario's thread to wait on.
+#[derive(Default)]
+struct Progress {
+    completed: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Progress {
+    fn completed_one(&self) {
+        *self.completed.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.changed.notify_all();
     }
-    Ok(())
+
+    /// Waits, up to [`PATIENCE`], until `done` holds; it is asked again at each completion
+    /// (and at least every 100 ms, for conditions completions do not change).
+    fn wait_for(&self, what: &str, mut done: impl FnMut(u64) -> bool) -> Outcome {
+        let deadline = Instant::now() + PATIENCE;
+        let mut completed = self.completed.lock().unwrap_or_else(|p| p.into_inner());
+        while !done(*completed) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return Err(format!(
+                    "{what}: not within {PATIENCE:?} ({} completions)",
+                    *completed
+                ));
+            };
+            completed = self
+                .changed
+                .wait_timeout(completed, left.min(Duration::from_millis(100)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Waits until `count` more operations completed.
+    fn wait_more(&self, count: u64) -> Outcome {
+        let target = *self.completed.lock().unwrap_or_else(|p| p.into_inner()) + count;
+        self.wait_for(&format!("{count} more completions"), |now| now >= target)
+    }
 }
 
 /// Pulls `pulled` while the clients copy, waits for the removal and for the kernel to let it
@@ -607,7 +634,7 @@ fn pull_and_put_back(
     p: &dyn Platform,
     setup: &Setup,
     pulled: &str,
-    completed: &AtomicU64,
+    completed: &Progress,
 ) -> Outcome {
     let cpus = setup.engine().possible_cpus() as u64;
     let pulled_id = setup
@@ -616,7 +643,7 @@ fn pull_and_put_back(
         .find(|d| d.name == pulled)
         .map(|d| d.id)
         .ok_or(format!("{pulled} is not attached"))?;
-    wait_progress(completed, 2 * cpus)?;
+    completed.wait_more(2 * cpus)?;
     p.unplug(pulled)?;
     wait_removed(setup, pulled_id)?;
     // The table moved off the function: it is no longer registered, and work goes on.
@@ -627,7 +654,7 @@ fn pull_and_put_back(
             .all(|d| d.id != pulled_id || !d.registered),
         "{pulled} still registered after its removal"
     );
-    wait_progress(completed, 2)?;
+    completed.wait_more(2)?;
     // The kernel lets the function go once the setup closed it.
     let deadline = Instant::now() + PATIENCE;
     while p.edu_functions().iter().any(|f| f == pulled) {
@@ -640,24 +667,16 @@ fn pull_and_put_back(
     p.replug(pulled)?;
     let again = setup.add_device().map_err(|e| e.to_string())?;
     // The table moved onto it: its channel does work.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let stats = setup
+    let channel = dmaplane::ChannelId {
+        device: again,
+        index: 0,
+    };
+    completed.wait_for(&format!("work on the re-added {pulled}"), |_| {
+        setup
             .engine()
-            .channel_stats(dmaplane::ChannelId {
-                device: again,
-                index: 0,
-            })
-            .map_err(|e| e.to_string())?;
-        if stats.ops_ok > 0 {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the re-added {pulled} did no work"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            .channel_stats(channel)
+            .is_ok_and(|stats| stats.ops_ok > 0)
+    })
 }
 
 /// The seed's scenario on a real kernel: a function pulled while clients copy, then put back,
@@ -671,7 +690,7 @@ pub fn hot_removal(p: &dyn Platform) -> Outcome {
     let setup = edu_setup(p, SHORT_DRAIN)?;
     let cpus = setup.engine().possible_cpus();
     let go = AtomicBool::new(true);
-    let completed = AtomicU64::new(0);
+    let completed = Progress::default();
     let (ledgers, steps) = std::thread::scope(|s| {
         let threads: Vec<_> = (0..cpus)
             .map(|cpu| {

@@ -1,11 +1,13 @@
 //! Everything an application sets up before its clients run, in one place: the engine, the
-//! DMA memory pool, the devices (emulated IOAT, the software engine, or real IOAT functions
-//! found in sysfs), and the hotplug monitor with PCI watching. Built with [`SetupBuilder`];
-//! the C ABI and the examples are thin users of it.
+//! DMA memory pool, the devices (emulated IOAT, the software engine, real IOAT functions
+//! through VFIO or sysfs, QEMU `edu` devices), and the hotplug monitor with PCI watching.
+//! Built with [`SetupBuilder`] (`builder.rs`); PCI functions are attached in `hardware.rs`.
+//! The C ABI and the examples are thin users of it.
 //!
 //! The [`Setup`] keeps each device it added (the emulator behind an emulated device, the driver
-//! behind a real one) for as long as the engine may use it, adds more while clients run, and
-//! removes them in order or by surprise.
+//! and the VFIO device behind a real one) for as long as the engine may use it, adds more
+//! while clients run, and removes them in order or by surprise; a VFIO function goes back to
+//! the kernel as soon as its removal completes.
 //!
 //! ```
 //! use std::time::Duration;
@@ -28,23 +30,27 @@
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::datapath::{Client, ClientConfig, ClientError};
-use crate::edu::{EduConfig, EduDevice};
-use crate::emu::{EmuConfig, EmuError, EmuMode, EmulatedDevice, Fault, PoolMemory};
-use crate::engine::{DeviceId, Engine, EngineConfig, EngineError, RemovalOptions};
-use crate::hotplug::{EventHook, HotplugEvent, Monitor, MonitorConfig};
+use crate::edu::EduDevice;
+use crate::emu::{EmuConfig, EmuError, EmulatedDevice, Fault, PoolMemory};
+use crate::engine::{DeviceId, Engine, EngineError};
+use crate::hotplug::{EventHook, HotplugEvent, Monitor};
 use crate::ioat::{IoatConfig, IoatDevice, IoatError, Timeouts};
-use crate::log::{LogHook, LogLevel};
-use crate::mem::{DmaPool, DmaPoolConfig, IovaMode, MemError};
-use crate::pci::{EngineKind, FunctionLock, PciFunction, Sysfs, DEFAULT_LOCK_DIR};
+use crate::mem::{DmaPool, MemError};
+use crate::pci::FunctionLock;
 use crate::queue::{ChannelBackend, ChannelStats, DeviceSpec};
 use crate::soft::{SoftConfig, SoftDevice, SoftError, SoftFault};
 use crate::sync::lock_std;
-use crate::vfio::{NoIommu, RequestNotifier, VfioContext, VfioDevice, VfioKernel};
+use crate::vfio::{RequestNotifier, VfioContext, VfioDevice};
+
+mod builder;
+mod hardware;
+
+pub use builder::SetupBuilder;
+pub use hardware::AttachFailure;
 
 /// The kind of device a setup starts with, and adds with [`Setup::add_device`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,288 +167,6 @@ impl std::error::Error for SetupError {}
 impl From<EngineError> for SetupError {
     fn from(err: EngineError) -> Self {
         SetupError::Engine(err)
-    }
-}
-
-/// Why a sysfs file of a function could not be used, with the fix where there is one: its
-/// registers and configuration space are root's (and a kernel in lockdown refuses even root).
-fn sysfs_cause(what: &str, error: &io::Error) -> String {
-    match error.kind() {
-        io::ErrorKind::PermissionDenied => format!(
-            "{what}: permission denied (run as root; with Secure Boot the kernel's lockdown \
-             refuses it even then, so use the VFIO mode)"
-        ),
-        _ => format!("{what}: {error}"),
-    }
-}
-
-/// A function that was tried and not attached, with the cause.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AttachFailure {
-    /// Its PCI address.
-    pub bdf: String,
-    /// Why, with what to do about it.
-    pub cause: String,
-}
-
-impl fmt::Display for AttachFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.bdf, self.cause)
-    }
-}
-
-/// Builds a [`Setup`]. Defaults: this machine's CPUs, two emulated IOAT devices of one
-/// threaded channel each with copy and fill, 1024-descriptor rings, and a monitor without
-/// uevents whose removals let work drain for 100 ms.
-#[derive(Clone, Debug)]
-pub struct SetupBuilder {
-    engine: EngineConfig,
-    kind: DeviceKind,
-    devices: usize,
-    channels_per_device: usize,
-    fill: bool,
-    emulation: EmuMode,
-    ring_order: u32,
-    pool: Option<DmaPoolConfig>,
-    monitor: MonitorConfig,
-    sysfs: Sysfs,
-    vfio_kernel: Option<Arc<dyn VfioKernel>>,
-    noiommu: NoIommu,
-    lock_dir: PathBuf,
-}
-
-impl Default for SetupBuilder {
-    fn default() -> Self {
-        SetupBuilder {
-            engine: EngineConfig::from_system(),
-            kind: DeviceKind::EmulatedIoat,
-            devices: 2,
-            channels_per_device: 1,
-            fill: true,
-            emulation: EmuMode::Threaded,
-            ring_order: 10,
-            pool: None,
-            monitor: MonitorConfig {
-                removal: RemovalOptions {
-                    drain_timeout: Duration::from_millis(100),
-                    ..RemovalOptions::default()
-                },
-                ..MonitorConfig::default()
-            },
-            sysfs: Sysfs::system(),
-            vfio_kernel: None,
-            noiommu: NoIommu::Refused,
-            lock_dir: PathBuf::from(DEFAULT_LOCK_DIR),
-        }
-    }
-}
-
-impl SetupBuilder {
-    /// `cpus` possible CPUs, all online (instead of this machine's).
-    #[must_use]
-    pub fn cpus(mut self, cpus: usize) -> Self {
-        let log = self.engine.log.clone();
-        self.engine = EngineConfig::with_cpus(cpus).log_hook(log);
-        self
-    }
-
-    /// The engine's configuration, whole.
-    #[must_use]
-    pub fn engine_config(mut self, config: EngineConfig) -> Self {
-        self.engine = config;
-        self
-    }
-
-    /// Where the library's warnings go.
-    #[must_use]
-    pub fn log(mut self, hook: LogHook) -> Self {
-        self.engine = self.engine.log_hook(hook);
-        self
-    }
-
-    /// Starts with `count` emulated IOAT devices.
-    #[must_use]
-    pub fn emulated_ioat(mut self, count: usize) -> Self {
-        self.kind = DeviceKind::EmulatedIoat;
-        self.devices = count;
-        self
-    }
-
-    /// Starts with `count` software devices.
-    #[must_use]
-    pub fn soft(mut self, count: usize) -> Self {
-        self.kind = DeviceKind::Soft;
-        self.devices = count;
-        self
-    }
-
-    /// Attaches every IOAT function bound to `vfio-pci`, through VFIO (at least one, or the
-    /// build fails with [`SetupError::NoDevice`] listing why each function was passed over).
-    #[must_use]
-    pub fn vfio_ioat(mut self) -> Self {
-        self.kind = DeviceKind::VfioIoat;
-        self
-    }
-
-    /// Attaches every IOAT function bound to no driver, through sysfs, with physical
-    /// addresses (the IOMMU must be off or in passthrough for them).
-    #[must_use]
-    pub fn physical_ioat(mut self) -> Self {
-        self.kind = DeviceKind::PhysicalIoat;
-        self
-    }
-
-    /// Attaches every QEMU `edu` device bound to `vfio-pci`, through VFIO (in a KVM guest).
-    #[must_use]
-    pub fn vfio_edu(mut self) -> Self {
-        self.kind = DeviceKind::VfioEdu;
-        self
-    }
-
-    /// Where sysfs is (a fake tree in tests).
-    #[must_use]
-    pub fn sysfs(mut self, sysfs: Sysfs) -> Self {
-        self.sysfs = sysfs;
-        self
-    }
-
-    /// The VFIO kernel interface ([`SimKernel`](crate::vfio::SimKernel) in tests; the real
-    /// one by default).
-    #[must_use]
-    pub fn vfio_kernel(mut self, kernel: Arc<dyn VfioKernel>) -> Self {
-        self.vfio_kernel = Some(kernel);
-        self
-    }
-
-    /// Whether functions in VFIO no-IOMMU groups may be used (then with physical addresses
-    /// and no protection from a bad descriptor). Refused by default.
-    #[must_use]
-    pub fn allow_noiommu(mut self, allow: bool) -> Self {
-        self.noiommu = if allow {
-            NoIommu::Allowed
-        } else {
-            NoIommu::Refused
-        };
-        self
-    }
-
-    /// Where the per-function lock files go (`/var/tmp` by default).
-    #[must_use]
-    pub fn lock_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.lock_dir = dir.into();
-        self
-    }
-
-    /// Channels of each emulated or software device.
-    #[must_use]
-    pub fn channels_per_device(mut self, channels: usize) -> Self {
-        self.channels_per_device = channels;
-        self
-    }
-
-    /// Whether emulated and software devices fill as well as copy.
-    #[must_use]
-    pub fn fill(mut self, fill: bool) -> Self {
-        self.fill = fill;
-        self
-    }
-
-    /// Whether emulated IOAT devices work on a thread of their own (like hardware beside the
-    /// CPU) or inline, at each doorbell.
-    #[must_use]
-    pub fn emulation(mut self, mode: EmuMode) -> Self {
-        self.emulation = mode;
-        self
-    }
-
-    /// log2 of the descriptors per channel ring, 4 to 16.
-    #[must_use]
-    pub fn ring_order(mut self, order: u32) -> Self {
-        self.ring_order = order;
-        self
-    }
-
-    /// The DMA pool's configuration. By default the IOVA mode follows the devices: physical
-    /// addresses for real hardware, virtual ones otherwise.
-    #[must_use]
-    pub fn pool(mut self, config: DmaPoolConfig) -> Self {
-        self.pool = Some(config);
-        self
-    }
-
-    /// The hotplug monitor's configuration.
-    #[must_use]
-    pub fn monitor(mut self, config: MonitorConfig) -> Self {
-        self.monitor = config;
-        self
-    }
-
-    /// Whether the monitor listens to kernel uevents (removal and unbind of attached PCI
-    /// functions).
-    #[must_use]
-    pub fn uevents(mut self, on: bool) -> Self {
-        self.monitor.uevents = on;
-        self
-    }
-
-    /// How long an orderly removal lets work drain before failing the rest.
-    #[must_use]
-    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.monitor.removal.drain_timeout = timeout;
-        self
-    }
-
-    /// Makes the engine, the pool and the monitor, then the first devices; the per-CPU table
-    /// is built before it returns.
-    pub fn build(self) -> Result<Setup, SetupError> {
-        if !(4..=16).contains(&self.ring_order) {
-            return Err(SetupError::InvalidConfig(format!(
-                "ring order {} is outside 4..=16",
-                self.ring_order
-            )));
-        }
-        let engine = Engine::new(self.engine.clone())?;
-        // How the devices will be reached decides what their DMA addresses mean.
-        let iova_mode = match self.kind {
-            DeviceKind::PhysicalIoat => IovaMode::Physical,
-            DeviceKind::VfioIoat
-                if self.noiommu == NoIommu::Allowed && self.sysfs.noiommu_enabled() =>
-            {
-                IovaMode::Physical
-            }
-            DeviceKind::VfioIoat | DeviceKind::VfioEdu => IovaMode::Mapped,
-            DeviceKind::EmulatedIoat | DeviceKind::Soft => IovaMode::Va,
-        };
-        let pool = DmaPool::new(self.pool.unwrap_or(DmaPoolConfig {
-            iova_mode,
-            ..DmaPoolConfig::default()
-        }))
-        .map_err(SetupError::Memory)?;
-        let devices = Arc::new(Mutex::new(Devices::default()));
-        let mut monitor_config = self.monitor.clone();
-        monitor_config.on_event = Some(release_on_removal(
-            &engine,
-            &devices,
-            monitor_config.on_event.take(),
-        ));
-        let monitor = Monitor::start(&engine, monitor_config).map_err(SetupError::Monitor)?;
-        let setup = Setup {
-            engine,
-            pool,
-            monitor: Some(monitor),
-            builder: self,
-            devices,
-            attaching: Mutex::new(()),
-            vfio: Mutex::new(None),
-        };
-        if setup.builder.kind.is_pci() {
-            setup.add_hardware(usize::MAX)?;
-        } else {
-            for _ in 0..setup.builder.devices {
-                setup.add_device()?;
-            }
-        }
-        Ok(setup)
     }
 }
 
@@ -784,188 +508,6 @@ impl Setup {
         Ok(id)
     }
 
-    /// Attaches up to `limit` IOAT functions not attached yet, the setup's way (VFIO or
-    /// physical); returns their ids. A function that cannot be attached is passed over with
-    /// its cause logged; when none could be, the error lists every cause.
-    fn add_hardware(&self, limit: usize) -> Result<Vec<DeviceId>, SetupError> {
-        let _one_at_a_time = lock_std(&self.attaching);
-        let attached: Vec<String> = self
-            .devices_locked()
-            .attached
-            .iter()
-            .filter(|d| d.behind.is_pci() && !d.handed_back)
-            .map(|d| d.name.clone())
-            .collect();
-        let mut added = Vec::new();
-        let mut tried = Vec::new();
-        let kind = match self.builder.kind {
-            DeviceKind::VfioEdu => EngineKind::Edu,
-            _ => EngineKind::Ioat,
-        };
-        for function in self.builder.sysfs.discover(kind) {
-            if added.len() == limit {
-                break;
-            }
-            if attached.contains(&function.bdf) {
-                continue;
-            }
-            let outcome = match self.builder.kind {
-                DeviceKind::PhysicalIoat => self.physical_function(&function),
-                _ => self.vfio_function(&function),
-            };
-            match outcome.and_then(|behind| {
-                self.attach(function.bdf.clone(), behind)
-                    .map_err(|e| e.to_string())
-            }) {
-                Ok(id) => added.push(id),
-                Err(cause) => {
-                    (self.builder.engine.log)(
-                        LogLevel::Warn,
-                        &format!("{} not attached: {cause}", function.bdf),
-                    );
-                    tried.push(AttachFailure {
-                        bdf: function.bdf,
-                        cause,
-                    });
-                }
-            }
-        }
-        if added.is_empty() {
-            return Err(SetupError::NoDevice {
-                kind: self.builder.kind,
-                tried,
-            });
-        }
-        Ok(added)
-    }
-
-    /// A function unbound from every driver, through sysfs, with physical addresses.
-    fn physical_function(&self, function: &PciFunction) -> Result<Behind, String> {
-        match function.driver.as_deref() {
-            None => {}
-            // The kernel driver owns a bound function; sharing its registers would corrupt
-            // both. Bound to vfio-pci, it idles in D3 and its BAR reads all-ones.
-            Some("vfio-pci") => {
-                return Err("bound to vfio-pci: use the VFIO mode, or unbind it".into())
-            }
-            Some(driver) => {
-                return Err(format!(
-                    "bound to {driver}: unbind it first (`dmaplane-setup unbind {}`)",
-                    function.bdf
-                ))
-            }
-        }
-        let lock = FunctionLock::acquire(&self.builder.lock_dir, &function.bdf)
-            .map_err(|e| e.to_string())?;
-        let registers = function
-            .map_bar0(crate::ioat::spec::BAR_SIZE)
-            .map_err(|e| sysfs_cause("mapping resource0", &e))?;
-        let config = function
-            .config()
-            .map_err(|e| sysfs_cause("opening configuration space", &e))?;
-        let driver = IoatDevice::probe(
-            function.bdf.clone(),
-            Arc::new(registers),
-            Some(Arc::new(config)),
-            self.pool.clone(),
-            self.channel_config(false),
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(Behind::Physical {
-            driver,
-            lock: Some(lock),
-        })
-    }
-
-    /// A function bound to vfio-pci, opened through VFIO into the setup's context, with the
-    /// pool mapped into it and the kernel's device requests watched.
-    fn vfio_function(&self, function: &PciFunction) -> Result<Behind, String> {
-        if function.driver.as_deref() != Some("vfio-pci") {
-            return Err(crate::vfio::VfioError::NotBound {
-                bdf: function.bdf.clone(),
-                driver: function.driver.clone(),
-            }
-            .to_string());
-        }
-        let lock = FunctionLock::acquire(&self.builder.lock_dir, &function.bdf)
-            .map_err(|e| e.to_string())?;
-        let context = {
-            let mut vfio = lock_std(&self.vfio);
-            match &*vfio {
-                Some(context) => Arc::clone(context),
-                None => {
-                    let kernel = self
-                        .builder
-                        .vfio_kernel
-                        .clone()
-                        .unwrap_or_else(|| crate::vfio::LinuxVfio::new());
-                    let context = VfioContext::for_function(
-                        kernel,
-                        &self.builder.sysfs,
-                        &function.bdf,
-                        self.builder.noiommu,
-                    )
-                    .map_err(|e| e.to_string())?;
-                    *vfio = Some(Arc::clone(&context));
-                    context
-                }
-            }
-        };
-        let device = context
-            .open_device(&self.builder.sysfs, &function.bdf)
-            .map_err(|e| e.to_string())?;
-        if self.pool.iova_mode() == IovaMode::Mapped {
-            self.pool
-                .attach_iommu(context.clone())
-                .map_err(|e| format!("mapping the DMA pool: {e}"))?;
-        }
-        let bar_size = match function.kind {
-            EngineKind::Edu => crate::edu::spec::BAR_SIZE,
-            _ => crate::ioat::spec::BAR_SIZE,
-        };
-        let registers = device.bar0(bar_size).map_err(|e| e.to_string())?;
-        let config = device.config_space().map_err(|e| e.to_string())?;
-        let notifier = device.request_notifier().map_err(|e| e.to_string())?;
-        let behind = if function.kind == EngineKind::Edu {
-            let driver = EduDevice::probe(
-                function.bdf.clone(),
-                registers,
-                Some(config),
-                self.pool.clone(),
-                EduConfig::default(),
-            )
-            .map_err(|e| e.to_string())?;
-            Behind::VfioEdu {
-                driver,
-                device,
-                lock: Some(lock),
-            }
-        } else {
-            let driver = IoatDevice::probe(
-                function.bdf.clone(),
-                registers,
-                Some(config),
-                self.pool.clone(),
-                self.channel_config(false),
-            )
-            .map_err(|e| e.to_string())?;
-            Behind::Vfio {
-                driver,
-                device,
-                lock: Some(lock),
-            }
-        };
-        self.pending_notifier(&function.bdf, notifier);
-        Ok(behind)
-    }
-
-    /// Keeps a VFIO function's request notifier until its device id is known.
-    fn pending_notifier(&self, bdf: &str, notifier: RequestNotifier) {
-        lock_std(&self.devices)
-            .notifiers
-            .insert(bdf.to_string(), Arc::new(notifier));
-    }
-
     /// Starts the removal of `device` while clients keep working; the outcome arrives as a
     /// [`HotplugEvent::Removed`] (or `Failed`) event. Clients must keep polling for the
     /// release to complete. A second request for the same device is refused.
@@ -1009,23 +551,5 @@ impl fmt::Debug for Setup {
             .field("kind", &self.builder.kind)
             .field("devices", &self.devices())
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_refused_sysfs_file_names_the_fix() {
-        let refused = io::Error::from_raw_os_error(libc::EACCES);
-        let cause = sysfs_cause("mapping resource0", &refused);
-        assert!(
-            cause.contains("run as root") && cause.contains("VFIO"),
-            "{cause}"
-        );
-        let missing = io::Error::from_raw_os_error(libc::ENOENT);
-        let cause = sysfs_cause("mapping resource0", &missing);
-        assert!(!cause.contains("root"), "{cause}");
     }
 }
