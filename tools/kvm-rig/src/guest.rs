@@ -144,12 +144,11 @@ impl Platform for GuestPlatform {
                     .collect()
             })
             .unwrap_or_default();
-        let short = bdf.split_once(':').map_or(bdf, |(_, rest)| rest);
+        // What the kernel said last (continuation lines of records left out).
         let log: Vec<String> = kernel_log()
             .into_iter()
             .filter(|l| !l.starts_with(' '))
             .collect();
-        let _ = short;
         let recent = &log[log.len().saturating_sub(25)..];
         Err(format!(
             "{bdf} did not come back bound to vfio-pci within {REPLUG_TIMEOUT:?}; functions: {}; \
