@@ -20,7 +20,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::mem::{DmaBlock, DmaPool, MemError};
+use crate::mem::{DmaBlock, DmaPool, MemError, Translator};
 use crate::mmio::{check_addressing, RegisterWindow};
 use crate::pci::{enable_dma, ConfigSpace};
 use crate::queue::DeviceSpec;
@@ -159,8 +159,10 @@ impl EduDevice {
             .map_err(EduError::Memory)?;
         let engine = Arc::new(EduEngine {
             registers,
-            pool: pool.clone(),
-            bounce: Mutex::new(bounce),
+            piece: Mutex::new(PieceState {
+                bounce,
+                translator: pool.translator(),
+            }),
             config: config.clone(),
         });
         let soft = SoftDevice::new(
@@ -200,11 +202,18 @@ impl fmt::Debug for EduDevice {
 /// The device's DMA engine, as the executor of its channel's pieces.
 struct EduEngine {
     registers: Arc<dyn RegisterWindow>,
-    pool: DmaPool,
-    /// Where a piece's read is checked before it may reach the destination; held for the
-    /// whole piece, which also keeps one piece at a time on the device's one buffer.
-    bounce: Mutex<DmaBlock>,
+    /// Held for the whole piece, which also keeps one piece at a time on the device's one
+    /// buffer.
+    piece: Mutex<PieceState>,
     config: EduConfig,
+}
+
+/// What a piece is carried out with.
+struct PieceState {
+    /// Where a piece's read is checked before it may reach the destination.
+    bounce: DmaBlock,
+    /// The pool's translations, without its lock.
+    translator: Translator,
 }
 
 impl fmt::Debug for EduEngine {
@@ -239,10 +248,6 @@ impl EduEngine {
             std::thread::sleep(self.config.poll_interval);
         }
     }
-
-    fn iova(&self, va: usize, len: usize) -> Result<(u64, usize), PieceError> {
-        self.pool.translate(va, len).map_err(|_| NOT_MAPPED)
-    }
 }
 
 /// Whether `len` bytes at `a` and `b` are equal.
@@ -267,15 +272,17 @@ impl PieceExecutor for EduEngine {
         src: usize,
         len: usize,
     ) -> Result<(), PieceError> {
-        let bounce = lock_std(&self.bounce);
+        let mut piece = lock_std(&self.piece);
+        let PieceState { bounce, translator } = &mut *piece;
         let (bounce_iova, _) = bounce
             .translate(0, spec::BUFFER_SIZE)
             .map_err(|_| NOT_MAPPED)?;
+        let mut iova = |va, len| translator.translate(va, len).map_err(|_| NOT_MAPPED);
         let mut done = 0;
         while done < len {
             // A chunk contiguous in IOVA space on both sides, and no larger than a transfer.
-            let (src_iova, src_run) = self.iova(src + done, len - done)?;
-            let (dst_iova, dst_run) = self.iova(dst + done, len - done)?;
+            let (src_iova, src_run) = iova(src + done, len - done)?;
+            let (dst_iova, dst_run) = iova(dst + done, len - done)?;
             let n = src_run.min(dst_run).min(MAX_TRANSFER);
             self.transfer(0, src_iova, spec::BUFFER, n)?;
             self.transfer(spec::CMD_TO_BUS, spec::BUFFER, bounce_iova, n)?;

@@ -29,10 +29,8 @@ struct Work {
     /// The fill pattern, rotated to the phase the piece starts at.
     pattern: u64,
     len: usize,
-    /// Set by the executor: the device error code the piece failed with (0: success).
-    failed_with: u32,
-    /// What the failure means.
-    cause: &'static str,
+    /// Set by the executor: how the piece failed (code 0: it did not).
+    failure: Failure,
 }
 
 /// The faults a test or application can inject into one channel.
@@ -151,21 +149,19 @@ impl SoftEngine {
         // SAFETY: the slot is published and announced, and the caller is the retirer, the only
         // one touching it until it is retired.
         let work = unsafe { &mut *self.slot(index) };
-        work.failed_with = failing.code;
-        work.cause = failing.cause;
+        work.failure = failing;
         let due = self.faults.fail_in.load(Ordering::Acquire);
         if failing.code == 0 && due > 0 {
             self.faults.fail_in.store(due - 1, Ordering::Release);
             if due == 1 {
-                work.failed_with = self.faults.fail_code.load(Ordering::Acquire).max(1);
-                work.cause = INJECTED;
+                work.failure = Failure {
+                    code: self.faults.fail_code.load(Ordering::Acquire).max(1),
+                    cause: INJECTED,
+                };
             }
         }
-        if work.failed_with != 0 {
-            return Failure {
-                code: work.failed_with,
-                cause: work.cause,
-            };
+        if work.failure.code != 0 {
+            return work.failure;
         }
         let tracing = self.device.tracing.load(Ordering::Relaxed);
         let start = if tracing {
@@ -180,12 +176,11 @@ impl SoftEngine {
                 // a pool (which an executor's device has) they were checked to be its memory.
                 let outcome = unsafe { executor.copy(self.channel, work.dst, src, work.len) };
                 if let Err(failure) = outcome {
-                    work.failed_with = failure.code.max(1);
-                    work.cause = failure.cause;
-                    return Failure {
-                        code: work.failed_with,
-                        cause: work.cause,
+                    work.failure = Failure {
+                        code: failure.code.max(1),
+                        cause: failure.cause,
                     };
+                    return work.failure;
                 }
             }
             // SAFETY: the submitter promised both buffers stay valid and untouched by anyone
@@ -217,12 +212,9 @@ impl SoftEngine {
     fn outcome(&self, index: u32) -> Result<(), OpError> {
         // SAFETY: as in `execute`.
         let work = unsafe { &*self.slot(index) };
-        match work.failed_with {
-            0 => Ok(()),
-            code => Err(OpError::Device {
-                code,
-                cause: work.cause,
-            }),
+        match work.failure {
+            Failure { code: 0, .. } => Ok(()),
+            Failure { code, cause } => Err(OpError::Device { code, cause }),
         }
     }
 }
@@ -275,8 +267,7 @@ impl RingEngine for SoftEngine {
                 src: src.map(|s| s + offset),
                 pattern: pattern.rotate_right(8 * (offset % 8) as u32),
                 len: piece,
-                failed_with: 0,
-                cause: "",
+                failure: Failure::default(),
             };
             let last = k + 1 == pieces;
             // SAFETY: the slot was claimed by this producer and is not published yet.
