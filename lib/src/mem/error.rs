@@ -124,8 +124,8 @@ pub enum MemError {
     },
     /// The IOMMU context could not say which IOVAs it accepts.
     IommuQuery {
-        /// What the kernel (or its simulation) said.
-        reason: String,
+        /// The errno the kernel (or its simulation) answered with.
+        errno: i32,
     },
     /// The IOMMU context refused to map (or unmap) a range.
     IommuMap {
@@ -133,8 +133,8 @@ pub enum MemError {
         iova: u64,
         /// The length.
         len: usize,
-        /// What the kernel (or its simulation) said.
-        reason: String,
+        /// The errno the kernel (or its simulation) answered with.
+        errno: i32,
     },
 }
 
@@ -223,12 +223,16 @@ impl fmt::Display for MemError {
                 f,
                 "IOVA range {iova:#x}+{len:#x} is outside the IOMMU's valid windows"
             ),
-            MemError::IommuQuery { reason } => {
-                write!(f, "reading the IOMMU context's valid IOVA ranges failed: {reason}")
-            }
-            MemError::IommuMap { iova, len, reason } => {
-                write!(f, "mapping IOVA {iova:#x}+{len:#x} in the IOMMU failed: {reason}")
-            }
+            MemError::IommuQuery { errno } => write!(
+                f,
+                "reading the IOMMU context's valid IOVA ranges failed: {}",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
+            MemError::IommuMap { iova, len, errno } => write!(
+                f,
+                "mapping IOVA {iova:#x}+{len:#x} in the IOMMU failed: {}",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
         }
     }
 }

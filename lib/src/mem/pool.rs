@@ -377,7 +377,7 @@ impl DmaPool {
             });
         }
         let ranges = iommu.iova_ranges().map_err(|e| MemError::IommuQuery {
-            reason: e.to_string(),
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
         })?;
         let runs: Vec<Run> = state.mapped.values().copied().collect();
         let known = state.iommus.iter().any(|i| i.id() == iommu.id());
@@ -691,7 +691,7 @@ fn map_everywhere(iommus: &[Arc<dyn IommuMapper>], runs: &[Run]) -> Result<(), M
                     .map_err(|e| MemError::IommuMap {
                         iova: run.iova,
                         len: run.len,
-                        reason: e.to_string(),
+                        errno: e.raw_os_error().unwrap_or(libc::EIO),
                     }),
             };
             if let Err(e) = outcome {
