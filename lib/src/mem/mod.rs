@@ -70,11 +70,13 @@ mod os;
 mod pool;
 mod procfs;
 mod scramble;
+mod translator;
 
 pub use block::DmaBlock;
 pub use error::MemError;
 pub use iommu::{IommuId, IommuMapper, DEFAULT_IOVA_WINDOW};
-pub use pool::{DmaPool, Registration, Translator};
+pub use pool::{DmaPool, Registration};
+pub use translator::Translator;
 
 /// The default size of a shared backing region: one 2 MiB hugepage.
 pub const DEFAULT_REGION_SIZE: usize = 2 << 20;
