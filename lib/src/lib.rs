@@ -41,7 +41,8 @@
 //! 6. [`queue`]: the device seam: operations, the [`ChannelBackend`] hooks, the
 //!    [`ChannelQueue`](queue::ChannelQueue) trait every backend implements, and (private)
 //!    the generic ring and the lock-free pieces under it;
-//! 7. [`ioat`], [`soft`]: the backends, siblings: the IOAT driver and the software engine;
+//! 7. [`ioat`], [`dsa`], [`soft`]: the backends, siblings: the IOAT driver, the DSA driver and
+//!    the software engine;
 //! 8. [`emu`]: the emulated IOAT device, the embedded default;
 //! 9. [`edu`]: QEMU's `edu` device as a backend (a software-engine ring whose copies its DMA
 //!    engine carries out through VFIO), and a model of it: what the KVM rig drives;
@@ -54,6 +55,7 @@
 mod capability;
 pub mod cpu;
 pub mod datapath;
+pub mod dsa;
 pub mod edu;
 pub mod emu;
 mod engine;

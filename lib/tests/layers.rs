@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("vfio", 4),
     ("queue", 5),
     ("ioat", 6),
+    ("dsa", 6),
     ("soft", 6),
     ("emu", 7),
     ("edu", 8),

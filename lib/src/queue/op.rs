@@ -122,3 +122,33 @@ impl fmt::Display for SubmitError {
 }
 
 impl std::error::Error for SubmitError {}
+
+/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78) of `bytes` continuing from `seed`,
+/// with no inversion at either end: the form a device computes (DSA's CRC generation), from
+/// which the usual CRC-32C is `!crc32c_raw(!previous, bytes)` (`previous` 0 to start).
+pub fn crc32c_raw(seed: u32, bytes: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = crc32c_table();
+    bytes.iter().fold(seed, |crc, &b| {
+        TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8)
+    })
+}
+
+const fn crc32c_table() -> [u32; 256] {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+}
