@@ -35,6 +35,7 @@
 
 mod backend;
 pub mod op;
+pub(crate) mod plan;
 pub(crate) mod reserve;
 pub(crate) mod ring;
 pub(crate) mod route;

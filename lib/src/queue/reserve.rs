@@ -204,6 +204,21 @@ impl Doorbell {
         }
     }
 
+    /// Takes the doorbell exclusively if nobody holds it now; `None` otherwise. For work that
+    /// can wait for a later attempt (a retirer handing deferred work to the device).
+    pub fn try_exclusive(&self) -> Option<DoorbellGuard<'_>> {
+        let state = self.state.load(Ordering::Relaxed);
+        if state & BUSY != 0 {
+            return None;
+        }
+        // Acquire pairs with the previous holder's release.
+        crate::sync::rmw::note();
+        self.state
+            .compare_exchange(state, state | BUSY, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| DoorbellGuard { doorbell: self })
+    }
+
     /// The index last announced; every slot before it is published and its writes visible.
     pub fn announced(&self) -> u32 {
         // Acquire pairs with the release stores of the announcing thread.
