@@ -38,8 +38,9 @@
 //!   every queued descriptor and zeroes GENCFG, GRPCFG, WQCFG and SWERROR. Enable WQ on a
 //!   WQ in no group fails with 0x11 (the specification's code for it is not established).
 //!   Enable Device also fails with 0x11 when a group names a WQ or engine the device lacks,
-//!   0x16 when a WQ is in two groups and 0x17 when an engine is; 0x15 when a group has WQs
-//!   but no engine or engines but no WQ.
+//!   and with 0x15 for every other group inconsistency (WQs but no engine, engines but no
+//!   WQ, a WQ or an engine in two groups): which of 0x15–0x17 the silicon picks for each is
+//!   not established.
 //! - **Configuration writes.** GENCFG and GRPCFG are writable only while the device is
 //!   disabled; a WQCFG entry only while its WQ is disabled, and its size only while the
 //!   device is disabled too. WQCFG dword 6 (occupancy, state) is read-only. Other offsets
@@ -72,8 +73,11 @@
 //! - **Order.** With one engine in the group a WQ completes in submission order. With more,
 //!   the device takes up to that many queued descriptors at a time (stopping at a Drain or
 //!   Batch) and completes them in reverse order.
-//! - **Compare** reports the first difference's byte offset in bytes completed and result 1;
-//!   with Check Result, a result other than the expected one (descriptor byte 40) is 0x02.
+//! - **Compare** (sources at bytes 16 and 24) and **Compare Pattern** (source at 16, the
+//!   8-byte pattern at 24) report the first difference's byte offset in bytes completed and
+//!   result 1; with Check Result, a result other than the expected one (descriptor byte 40)
+//!   is 0x02. CRC Generation and Copy with CRC take the seed at byte 40 (or, with the
+//!   read-seed flag, from the address at byte 48) and put the CRC-32C in record byte 16.
 //! - **Halt.** Clearing bus mastering while the device is enabled halts it: GENSTS 3 with
 //!   reset type 0 (Reset Device), SWERROR 0x51; it completes nothing until Reset Device.
 //! - **Injected faults** count top-level descriptors as the WQ starts them (a batch is one).
