@@ -212,8 +212,21 @@ pub mod gensts {
     }
 }
 
+/// INTCAUSE bits (write 1 to clear).
+pub mod intcause {
+    /// A software error was recorded in SWERROR.
+    pub const SOFTWARE_ERROR: u32 = 1 << 0;
+    /// A command that asked for an interrupt completed.
+    pub const COMMAND: u32 = 1 << 1;
+    /// The device halted.
+    pub const HALT: u32 = 1 << 4;
+}
+
 /// The command register: code in bits 24:20, operand in 19:0.
 pub mod cmd {
+    /// Bit 31: raise the command-completion interrupt cause when done.
+    pub const REQUEST_INTERRUPT: u32 = 1 << 31;
+
     /// Enable the device (checks the configuration).
     pub const ENABLE_DEVICE: u32 = 1;
     /// Disable the device (drains every WQ).
@@ -298,6 +311,8 @@ pub mod cmdsts {
     pub const WQ_PRIORITY_ZERO: u32 = 0x23;
     /// Enable WQ: the mode is not supported.
     pub const WQ_MODE_UNSUPPORTED: u32 = 0x24;
+    /// Enable WQ: block on fault asked for where page requests are not supported.
+    pub const WQ_BLOCK_ON_FAULT: u32 = 0x25;
     /// Enable WQ: a shared WQ without PASID enable.
     pub const SHARED_WITHOUT_PASID: u32 = 0x26;
     /// Enable WQ: invalid max batch size.
@@ -340,8 +355,19 @@ pub mod swerr {
     pub const VALID: u64 = 1 << 0;
     /// qword 0 bit 1: another error came while one was recorded.
     pub const OVERFLOW: u64 = 1 << 1;
+    /// qword 0 bit 2: the opcode field (a descriptor's error) is valid.
+    pub const DESCRIPTOR_VALID: u64 = 1 << 2;
     /// qword 0 bit 3: the WQ index field is valid.
     pub const WQ_VALID: u64 = 1 << 3;
+    /// qword 0 bit 4: the descriptor was a batch member (qword 1 holds its index).
+    pub const BATCH: u64 = 1 << 4;
+    /// qword 0 bit 5: the fault was on a write.
+    pub const WRITE: u64 = 1 << 5;
+
+    /// The opcode (qword 0 bits 39:32).
+    pub const fn opcode(qword0: u64) -> u8 {
+        (qword0 >> 32) as u8
+    }
 
     /// The error code (qword 0 bits 15:8).
     pub const fn code(qword0: u64) -> u32 {

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::channel::Channel;
+use super::channel::Service;
 use super::config::{ConfigModel, PciState};
 use super::registers::{Bar0, GlobalRegisters};
-use super::runtime::{self, Wake};
+use super::runtime::{self, Serve, Wake};
 use super::{DeviceMemory, EmuConfig, EmuError, EmuMode, EmuStats, Fault, TraceEvent};
 use crate::ioat::spec::{chan, dmacap, max_transfer};
 use crate::mmio::RegisterWindow;
@@ -129,6 +130,30 @@ impl DeviceShared {
     /// the flag the caller set before.
     fn quiesce(&self) {
         self.channels.iter().for_each(Channel::quiesce);
+    }
+}
+
+impl Serve for DeviceShared {
+    fn service(&self) -> Service {
+        let (mut progress, mut waiting) = (false, false);
+        for channel in self.channels.iter() {
+            match channel.service(self) {
+                Service::Progress => progress = true,
+                Service::Waiting => waiting = true,
+                Service::Idle => {}
+            }
+        }
+        if progress {
+            Service::Progress
+        } else if waiting {
+            Service::Waiting
+        } else {
+            Service::Idle
+        }
+    }
+
+    fn wants_service(&self) -> bool {
+        DeviceShared::wants_service(self)
     }
 }
 

@@ -7,7 +7,7 @@
 //! atomically). The accessors below rely on that alone, so the rest of the device is safe
 //! code and this module holds all of its `unsafe`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use super::memory::{DeviceMemory, Resolver};
 use crate::ioat::spec::{Descriptor, DESCRIPTOR_SIZE};
@@ -35,6 +35,70 @@ impl Lookup<'_> {
             Lookup::Own(resolver) => resolver.resolve(iova, len),
         }
     }
+}
+
+impl HostRange {
+    /// Bytes in the range.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The range without its first `n` bytes (empty if it is shorter).
+    pub(super) fn skip(self, n: usize) -> HostRange {
+        let n = n.min(self.len);
+        HostRange {
+            addr: self.addr + n,
+            len: self.len - n,
+        }
+    }
+
+    /// The first `len` bytes of the range (all of it if it is shorter).
+    pub(super) fn prefix(self, len: usize) -> HostRange {
+        HostRange {
+            addr: self.addr,
+            len: self.len.min(len),
+        }
+    }
+}
+
+/// The longest run from `iova` (at most `len` bytes) that is mapped and contiguous in host
+/// memory, or `None` if `iova` itself is unmapped: for devices that walk a range piece by
+/// piece and report where the mapping ends (DSA's partial completion).
+pub(super) fn resolve_run(memory: &dyn DeviceMemory, iova: u64, len: usize) -> Option<HostRange> {
+    if iova == 0 || len == 0 {
+        return None;
+    }
+    let (addr, run) = memory.resolve(iova, len)?;
+    let run = run.min(len);
+    (run > 0 && addr != 0 && addr.checked_add(run).is_some())
+        .then_some(HostRange { addr, len: run })
+}
+
+/// Copies the first `out.len()` bytes of `src` (at most its length) into `out`.
+pub(super) fn read_bytes(src: HostRange, out: &mut [u8]) {
+    assert!(out.len() <= src.len, "a read past its range");
+    // SAFETY: `resolve`/`resolve_run` vouched for `src.len` readable bytes; `out` is a
+    // distinct Rust buffer, so the two cannot overlap.
+    unsafe { std::ptr::copy_nonoverlapping(src.addr as *const u8, out.as_mut_ptr(), out.len()) }
+}
+
+/// Writes `bytes` at the start of `dst` (at most its length).
+pub(super) fn write_bytes(dst: HostRange, bytes: &[u8]) {
+    assert!(bytes.len() <= dst.len, "a write past its range");
+    // SAFETY: `resolve`/`resolve_run` vouched for `dst.len` writable bytes; `bytes` is a
+    // Rust buffer, which device memory never is.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.addr as *mut u8, bytes.len()) }
+}
+
+/// Stores the byte at the start of `range` with Release ordering: a DSA completion record's
+/// status, written last, so that the data and the record's other fields happen before any
+/// host load (Acquire) that sees it non-zero.
+pub(super) fn store_status(range: HostRange, value: u8) {
+    assert!(range.len >= 1, "a status store needs a byte");
+    // SAFETY: one writable byte (vouched for by `resolve`); a byte is always aligned, and the
+    // host reads a status byte only atomically (the `DeviceMemory` contract's exception).
+    let atomic = unsafe { AtomicU8::from_ptr(range.addr as *mut u8) };
+    atomic.store(value, Ordering::Release);
 }
 
 /// The host bytes behind `[iova, iova + len)`, provided the whole range is mapped and

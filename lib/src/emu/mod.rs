@@ -75,6 +75,7 @@ mod channel;
 mod config;
 mod device;
 mod dma;
+mod dsa;
 mod memory;
 mod pool;
 mod registers;
@@ -85,6 +86,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use device::EmulatedDevice;
+pub use dsa::{DsaEmuConfig, DsaEmuStats, DsaFault, DsaTraceEvent, EmulatedDsa};
 pub use memory::{DeviceMemory, HostBuffer, IdentityRanges, ScrambledPages, PAGE_SIZE};
 pub use pool::PoolMemory;
 pub use runtime::device_thread_running;
@@ -173,6 +175,15 @@ pub enum EmuError {
     InvalidFault(&'static str),
     /// The device thread could not be started.
     Spawn(String),
+    /// A DSA configuration value is out of range; the text says what is allowed.
+    InvalidConfig(&'static str),
+    /// The DSA has no WQ with this index.
+    NoSuchWq {
+        /// The WQ asked for.
+        wq: usize,
+        /// How many WQs the device has.
+        wqs: usize,
+    },
 }
 
 impl fmt::Display for EmuError {
@@ -191,6 +202,15 @@ impl fmt::Display for EmuError {
             }
             EmuError::InvalidFault(why) => write!(f, "invalid fault: {why}"),
             EmuError::Spawn(why) => write!(f, "starting the emulator's device thread: {why}"),
+            EmuError::InvalidConfig(allowed) => {
+                write!(
+                    f,
+                    "invalid emulated DSA configuration: {allowed} are allowed"
+                )
+            }
+            EmuError::NoSuchWq { wq, wqs } => {
+                write!(f, "WQ {wq} does not exist (the device has {wqs})")
+            }
         }
     }
 }

@@ -1,10 +1,11 @@
-//! The one device thread that serves every channel of every threaded emulated device in the
-//! process.
+//! The one device thread that serves every threaded emulated device in the process, IOAT
+//! channels and DSA work queues alike.
 //!
 //! One thread, not one per device or channel: on the two-core machines this library is
 //! developed and tested on, a spinning thread per device would starve the very CPUs that
 //! submit work. The thread starts with the first threaded device and is stopped and joined
-//! when the last one is dropped.
+//! when the last one is dropped. Each device kind implements [`Serve`]; the thread calls it
+//! once per device per pass (one indirect call, whatever the device does inside).
 //!
 //! While any channel makes progress it loops without pausing. When a channel is waiting out
 //! an injected latency it yields between passes. When nothing is pending it backs off
@@ -22,7 +23,6 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::Backoff;
 
 use super::channel::Service;
-use super::device::DeviceShared;
 use super::EmuError;
 use crate::sync::lock_std as lock;
 
@@ -39,8 +39,19 @@ struct DeviceThread {
     handle: JoinHandle<()>,
 }
 
+/// What the device thread serves: one emulated device, of either kind.
+pub(super) trait Serve: Send + Sync {
+    /// One pass over the device's work: [`Service::Progress`] if anything was done,
+    /// [`Service::Waiting`] if work waits out an injected latency.
+    fn service(&self) -> Service;
+
+    /// Whether the device has work for the thread (read after the thread announced that it
+    /// is going to sleep; see the module documentation).
+    fn wants_service(&self) -> bool;
+}
+
 struct DeviceThreadShared {
-    devices: Mutex<Vec<Arc<DeviceShared>>>,
+    devices: Mutex<Vec<Arc<dyn Serve>>>,
     /// Bumped on every change of `devices`, so the thread re-reads the list only then.
     generation: AtomicU64,
     stop: AtomicBool,
@@ -74,16 +85,16 @@ pub fn device_thread_running() -> bool {
 
 /// Builds a device with `make` (which receives the engine's wake handle) and adds it to the
 /// device thread's list, starting the thread if need be.
-pub(super) fn register(
-    make: impl FnOnce(Arc<Wake>) -> Arc<DeviceShared>,
-) -> Result<Arc<DeviceShared>, EmuError> {
+pub(super) fn register<T: Serve + 'static>(
+    make: impl FnOnce(Arc<Wake>) -> Arc<T>,
+) -> Result<Arc<T>, EmuError> {
     let mut runtime = lock(&RUNTIME);
     if runtime.is_none() {
         *runtime = Some(spawn()?);
     }
     let worker = runtime.as_ref().expect("started above");
     let device = make(Arc::clone(&worker.shared.wake));
-    lock(&worker.shared.devices).push(Arc::clone(&device));
+    lock(&worker.shared.devices).push(Arc::clone(&device) as Arc<dyn Serve>);
     worker.shared.generation.fetch_add(1, Ordering::Release);
     worker.shared.wake.notify();
     Ok(device)
@@ -91,7 +102,8 @@ pub(super) fn register(
 
 /// Removes a (quiesced) device from the device thread's list; stops and joins the thread when
 /// it was the last.
-pub(super) fn deregister(device: &Arc<DeviceShared>) {
+pub(super) fn deregister<T: Serve + 'static>(device: &Arc<T>) {
+    let this = Arc::as_ptr(device).cast::<()>();
     let stopping = {
         let mut runtime = lock(&RUNTIME);
         let Some(worker) = runtime.as_ref() else {
@@ -99,7 +111,7 @@ pub(super) fn deregister(device: &Arc<DeviceShared>) {
         };
         let empty = {
             let mut devices = lock(&worker.shared.devices);
-            devices.retain(|other| !Arc::ptr_eq(other, device));
+            devices.retain(|other| Arc::as_ptr(other).cast::<()>() != this);
             devices.is_empty()
         };
         worker.shared.generation.fetch_add(1, Ordering::Release);
@@ -140,7 +152,7 @@ fn spawn() -> Result<DeviceThread, EmuError> {
 }
 
 fn serve(shared: &DeviceThreadShared) {
-    let mut devices: Vec<Arc<DeviceShared>> = Vec::new();
+    let mut devices: Vec<Arc<dyn Serve>> = Vec::new();
     let mut seen = u64::MAX;
     let backoff = Backoff::new();
     let mut idle_since: Option<Instant> = None;
@@ -152,12 +164,10 @@ fn serve(shared: &DeviceThreadShared) {
         }
         let (mut progress, mut waiting) = (false, false);
         for device in &devices {
-            for channel in device.channels.iter() {
-                match channel.service(device) {
-                    Service::Progress => progress = true,
-                    Service::Waiting => waiting = true,
-                    Service::Idle => {}
-                }
+            match device.service() {
+                Service::Progress => progress = true,
+                Service::Waiting => waiting = true,
+                Service::Idle => {}
             }
         }
         if progress {
