@@ -146,7 +146,6 @@ pub struct DsaLayout {
     pub max_batch_shift: u32,
 }
 
-
 /// One WQ as the bring-up configured it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WqSettings {
