@@ -283,10 +283,7 @@ fn batches_from_one_to_the_largest_go_out_as_one_portal_write_each() {
             } else {
                 assert!((1..=2).contains(&batches), "{count}: {batches} batches");
             }
-            assert_eq!(
-                after.descriptors - before.descriptors >= u64::from(count),
-                true
-            );
+            assert!(after.descriptors - before.descriptors >= u64::from(count));
         }
         assert_eq!(dst.to_vec(), vec![0x5A; 32 * 64]);
     }

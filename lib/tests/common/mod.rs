@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dmaplane::datapath::Client;
-use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, Fault, PoolMemory};
+use dmaplane::dsa::{DsaConfig, DsaDevice, DsaLayout, DsaQueueConfig};
+use dmaplane::emu::{
+    DsaEmuConfig, DsaFault, EmuConfig, EmuMode, EmulatedDevice, EmulatedDsa, Fault, PoolMemory,
+};
 use dmaplane::ioat::{IoatConfig, IoatDevice};
 use dmaplane::log::LogHook;
 use dmaplane::mem::{DmaBlock, DmaPool};
@@ -81,7 +84,14 @@ pub enum Backend {
     Ioat,
     /// The software engine.
     Soft,
+    /// The DSA driver on the emulated DSA.
+    Dsa,
+    /// IOAT and DSA devices together: each new device is the other kind from the last one.
+    Mixed,
 }
+
+/// Which kind the next device of a mixed run is.
+static MIXED_NEXT_IS_DSA: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// A device of either backend, with what the tests do to it.
 pub enum TestDevice {
@@ -90,6 +100,10 @@ pub enum TestDevice {
         driver: IoatDevice,
     },
     Soft(SoftDevice),
+    Dsa {
+        emu: Arc<EmulatedDsa>,
+        driver: DsaDevice,
+    },
 }
 
 /// One piece of work a device carried out, whichever backend.
@@ -115,8 +129,46 @@ impl TestDevice {
         mode: EmuMode,
         ring_order: u32,
     ) -> TestDevice {
+        let backend = match backend {
+            Backend::Mixed => {
+                if MIXED_NEXT_IS_DSA.fetch_xor(true, std::sync::atomic::Ordering::Relaxed) {
+                    Backend::Dsa
+                } else {
+                    Backend::Ioat
+                }
+            }
+            other => other,
+        };
         match backend {
-            Backend::Ioat => {
+            Backend::Dsa => {
+                let config = DsaEmuConfig {
+                    wqs: channels.max(1),
+                    mode,
+                    ..DsaEmuConfig::default()
+                };
+                let emu = EmulatedDsa::new(config, device_memory(pool)).unwrap();
+                let driver = DsaDevice::probe(
+                    name,
+                    emu.registers(),
+                    emu.portals(),
+                    Some(emu.config_space()),
+                    pool.clone(),
+                    DsaConfig {
+                        layout: DsaLayout {
+                            wqs: channels,
+                            ..DsaLayout::default()
+                        },
+                        queue: DsaQueueConfig {
+                            ring_order: ring_order.min(12),
+                            ..DsaQueueConfig::default()
+                        },
+                        ..DsaConfig::default()
+                    },
+                )
+                .unwrap();
+                TestDevice::Dsa { emu, driver }
+            }
+            Backend::Ioat | Backend::Mixed => {
                 let config = EmuConfig {
                     channels,
                     mode,
@@ -152,6 +204,7 @@ impl TestDevice {
         match self {
             TestDevice::Ioat { driver, .. } => driver.spec(),
             TestDevice::Soft(device) => device.spec(),
+            TestDevice::Dsa { driver, .. } => driver.spec(),
         }
     }
 
@@ -162,6 +215,9 @@ impl TestDevice {
                 driver.channels().iter().map(|c| c.is_started()).collect()
             }
             TestDevice::Soft(device) => device.channels().iter().map(|c| c.is_started()).collect(),
+            TestDevice::Dsa { driver, .. } => {
+                driver.channels().iter().map(|c| c.is_started()).collect()
+            }
         }
     }
 
@@ -190,6 +246,13 @@ impl TestDevice {
                     SoftFault::Unstall { channel }
                 })
                 .unwrap(),
+            TestDevice::Dsa { emu, .. } => emu
+                .inject(if stalled {
+                    DsaFault::Stall { wq: channel }
+                } else {
+                    DsaFault::Unstall { wq: channel }
+                })
+                .unwrap(),
         }
     }
 
@@ -198,6 +261,7 @@ impl TestDevice {
         match self {
             TestDevice::Ioat { emu, .. } => emu.inject(Fault::SurpriseRemoval).unwrap(),
             TestDevice::Soft(device) => device.inject(SoftFault::SurpriseRemoval).unwrap(),
+            TestDevice::Dsa { emu, .. } => emu.inject(DsaFault::SurpriseRemoval).unwrap(),
         }
     }
 
@@ -205,10 +269,13 @@ impl TestDevice {
         match self {
             TestDevice::Ioat { emu, .. } => emu.enable_trace(on),
             TestDevice::Soft(device) => device.enable_trace(on),
+            TestDevice::Dsa { emu, .. } => emu.set_tracing(on),
         }
     }
 
-    /// What the device carried out since tracing was enabled, in the order it started.
+    /// What the device carried out since tracing was enabled, in the order it started (DSA:
+    /// in the order it was submitted, with start and finish both its completion, since the
+    /// model runs each descriptor at once when it completes it).
     pub fn take_trace(&self) -> Vec<Executed> {
         match self {
             TestDevice::Ioat { emu, .. } => emu
@@ -231,12 +298,29 @@ impl TestDevice {
                     fence: None,
                 })
                 .collect(),
+            TestDevice::Dsa { emu, .. } => {
+                let mut trace: Vec<_> = emu
+                    .take_trace()
+                    .into_iter()
+                    .filter(|e| e.bytes > 0)
+                    .collect();
+                trace.sort_by_key(|e| (e.submitted, e.member.unwrap_or(0)));
+                trace
+                    .into_iter()
+                    .map(|e| Executed {
+                        start: e.completed,
+                        finish: e.completed,
+                        bytes: e.bytes,
+                        fence: None,
+                    })
+                    .collect()
+            }
         }
     }
 }
 
-/// Runs each named test body (a `fn(Backend)`) once per backend, as `ioat::name` and
-/// `soft::name`.
+/// Runs each named test body (a `fn(Backend)`) once per backend, as `ioat::name`,
+/// `soft::name`, `dsa::name` and `mixed::name`.
 #[macro_export]
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
@@ -245,6 +329,12 @@ macro_rules! on_every_backend {
         }
         mod soft {
             $(#[test] fn $name() { super::$name($crate::common::Backend::Soft) })*
+        }
+        mod dsa {
+            $(#[test] fn $name() { super::$name($crate::common::Backend::Dsa) })*
+        }
+        mod mixed {
+            $(#[test] fn $name() { super::$name($crate::common::Backend::Mixed) })*
         }
     };
 }

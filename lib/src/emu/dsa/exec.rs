@@ -548,6 +548,11 @@ impl DsaShared {
                 submitted: seq,
                 completed,
                 status: outcome.status,
+                bytes: if d.opcode() == opcode::BATCH {
+                    0
+                } else {
+                    u64::from(d.size)
+                },
             });
         }
     }

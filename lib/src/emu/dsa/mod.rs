@@ -242,6 +242,8 @@ pub struct DsaTraceEvent {
     pub completed: u64,
     /// The status it completed with (also when no record was written).
     pub status: u8,
+    /// Bytes it was asked to move (a batch: 0).
+    pub bytes: u64,
 }
 
 /// What a WQ has done since the device was created.
