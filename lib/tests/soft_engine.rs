@@ -682,3 +682,55 @@ fn with_a_pool_every_buffer_of_the_extended_operations_must_be_dma_memory() {
     unsafe { handle.compare(a.as_ptr(), b.as_ptr(), 64, 4, OpFlags::SUBMIT) }.unwrap();
     assert_eq!(poll_all(&mut handle, 1)[0].mismatch_at(), None);
 }
+
+/// With an executor (the `edu` backend's device, which only copies), the extended operations
+/// are neither advertised nor accepted, even with `extended_ops` left on.
+#[test]
+fn a_device_with_an_executor_only_copies_and_refuses_the_rest_as_unsupported() {
+    use dmaplane::Capability;
+    let executor = Arc::new(StoppedMidway::default());
+    let device = SoftDevice::new(
+        "soft",
+        SoftConfig {
+            fill: false,
+            executor: Some(executor.clone()),
+            ..SoftConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(device.capabilities(), dmaplane::CapMask::MEMCPY);
+    let (queue, mut handle) = owned_handle(&device);
+    let src = [7u8; 64];
+    let mut dst = vec![0u8; 64];
+    let mut dst2 = vec![0u8; 64];
+    // SAFETY: refused, so never queued.
+    let refusals = unsafe {
+        [
+            handle.fill(dst.as_mut_ptr(), 0, 64, 1, OpFlags::SUBMIT),
+            handle.compare(src.as_ptr(), dst.as_ptr(), 64, 2, OpFlags::SUBMIT),
+            handle.crc32c(src.as_ptr(), 64, 0, 3, OpFlags::SUBMIT),
+            handle.copy_crc(dst.as_mut_ptr(), src.as_ptr(), 64, 0, 4, OpFlags::SUBMIT),
+            handle.dualcast(
+                dst.as_mut_ptr(),
+                dst2.as_mut_ptr(),
+                src.as_ptr(),
+                64,
+                5,
+                OpFlags::SUBMIT,
+            ),
+        ]
+    };
+    assert_eq!(
+        refusals.to_vec(),
+        [
+            Capability::Fill,
+            Capability::Compare,
+            Capability::Crc32c,
+            Capability::CopyCrc,
+            Capability::Dualcast
+        ]
+        .map(|cap| Err(SubmitError::Unsupported(cap)))
+        .to_vec()
+    );
+    assert_eq!(queue.in_flight(), 0);
+}
