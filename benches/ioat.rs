@@ -77,6 +77,7 @@ fn copy(c: &mut Criterion) {
                     let mut done = [Completion {
                         user_data: 0,
                         result: Ok(()),
+                        value: 0,
                     }; 64];
                     let (mut submitted, mut completed) = (0u64, 0u64);
                     let start = Instant::now();
@@ -135,6 +136,7 @@ fn driver_cost(c: &mut Criterion) {
                     let mut done = [Completion {
                         user_data: 0,
                         result: Ok(()),
+                        value: 0,
                     }; 64];
                     let mut cpu = Duration::ZERO;
                     let mut issued = 0u64;

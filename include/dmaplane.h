@@ -22,8 +22,9 @@
 #define DMAPLANE_CLIENT_PIN (1 << 0)
 
 /*
- `dmaplane_client_create` flag: when the table gives the CPU no channel (every device
- gone), run copies and fills on the CPU instead of failing with `DMAPLANE_ENODEV`.
+ `dmaplane_client_create` flag: when the table gives the CPU no channel for an operation
+ (every device gone, or none offers it: compare, CRC-32C, copy with CRC and dualcast on
+ IOAT devices), run it on the CPU instead of failing with `DMAPLANE_ENODEV`.
  */
 #define DMAPLANE_CLIENT_CPU_FALLBACK (1 << 1)
 
@@ -167,6 +168,13 @@
 #define DMAPLANE_BACKEND_VFIO 2
 
 /*
+ `dmaplane_options.backend`: software devices whose channels do the work on the CPU that
+ polls them. Needs nothing. Besides copy (and fill, per `capabilities`) they compare,
+ generate CRC-32C, copy with CRC and dualcast.
+ */
+#define DMAPLANE_BACKEND_SOFT 3
+
+/*
  Capability bit: memory-to-memory copy.
  */
 #define DMAPLANE_CAP_MEMCPY (1 << 0)
@@ -175,6 +183,26 @@
  Capability bit: fill with a 64-bit pattern.
  */
 #define DMAPLANE_CAP_FILL (1 << 1)
+
+/*
+ Capability bit: compare two buffers (`dmaplane_compare`).
+ */
+#define DMAPLANE_CAP_COMPARE (1 << 2)
+
+/*
+ Capability bit: CRC-32C of a buffer (`dmaplane_crc32c`).
+ */
+#define DMAPLANE_CAP_CRC32C (1 << 3)
+
+/*
+ Capability bit: copy with CRC-32C (`dmaplane_copy_crc`).
+ */
+#define DMAPLANE_CAP_COPY_CRC (1 << 4)
+
+/*
+ Capability bit: copy to two destinations (`dmaplane_dualcast`).
+ */
+#define DMAPLANE_CAP_DUALCAST (1 << 5)
 
 /*
  `dmaplane_device_remove`: an orderly removal; operations in flight drain first.
@@ -224,7 +252,10 @@ typedef struct dmaplane_client dmaplane_client;
 typedef struct dmaplane_engine dmaplane_engine;
 
 /*
- One finished operation.
+ One finished operation: 24 bytes, `user_data` at offset 0, `status` at 8, `reserved` at
+ 12, `value` at 16. (`value` was added after the first 16 bytes, whose layout is
+ unchanged; a program built against the 16-byte struct must be rebuilt, since
+ `dmaplane_poll` writes arrays of it.)
  */
 typedef struct dmaplane_completion {
   /*
@@ -240,6 +271,13 @@ typedef struct dmaplane_completion {
    Zero.
    */
   uint32_t reserved;
+  /*
+   What a successful operation computed: `dmaplane_compare`, 0 when the buffers are
+   equal, else 1 + the offset of the first byte that differs; `dmaplane_crc32c` and
+   `dmaplane_copy_crc`, the CRC-32C (low 32 bits); 0 for every other operation, and for
+   any that failed.
+   */
+  uint64_t value;
 } dmaplane_completion;
 
 /*
@@ -247,7 +285,8 @@ typedef struct dmaplane_completion {
  */
 typedef struct dmaplane_options {
   /*
-   `DMAPLANE_BACKEND_EMULATED`, `DMAPLANE_BACKEND_VFIO` or `DMAPLANE_BACKEND_PHYSICAL`.
+   `DMAPLANE_BACKEND_EMULATED`, `DMAPLANE_BACKEND_VFIO`, `DMAPLANE_BACKEND_PHYSICAL` or
+   `DMAPLANE_BACKEND_SOFT`.
    */
   uint32_t backend;
   /*
@@ -255,7 +294,7 @@ typedef struct dmaplane_options {
    */
   uint32_t cpus;
   /*
-   Emulated devices to start with (default 2).
+   Emulated or software devices to start with (default 2).
    */
   uint32_t devices;
   /*
@@ -263,8 +302,9 @@ typedef struct dmaplane_options {
    */
   uint32_t channels_per_device;
   /*
-   Capabilities of emulated devices: `DMAPLANE_CAP_MEMCPY`, optionally with
-   `DMAPLANE_CAP_FILL` (default both).
+   Capabilities of emulated and software devices: `DMAPLANE_CAP_MEMCPY`, optionally with
+   `DMAPLANE_CAP_FILL` (default both). The other bits are refused here: IOAT devices have
+   none of those operations, and software devices always have them all.
    */
   uint32_t capabilities;
   /*
@@ -438,7 +478,7 @@ int64_t dmaplane_client_in_flight(struct dmaplane_client *client);
  Errors: `DMAPLANE_EINVAL` (NULL, unknown capability), `DMAPLANE_EBADF`.
  */
 int32_t dmaplane_client_channel(struct dmaplane_client *client,
-                                uint32_t capability,
+                                uint32_t capability_bit,
                                 uint64_t *channel);
 
 /*
@@ -482,6 +522,74 @@ int32_t dmaplane_fill(struct dmaplane_client *client,
                       uint32_t flags);
 
 /*
+ Queues a compare of the `len` bytes at `a` and `b`, both DMA memory of the client's
+ engine, on the channel the per-CPU table gives the client for `DMAPLANE_CAP_COMPARE`.
+ The completion's `value` is 0 when they are equal, else 1 + the offset of the first byte
+ that differs. Neither buffer may be written until `dmaplane_poll` has returned the
+ completion. Flags as for `dmaplane_copy`; a compare longer than one descriptor is split
+ (the first difference wins) but completes once.
+
+ Errors: as for `dmaplane_copy`; `DMAPLANE_ENODEV` when no device offers compare (create
+ the client with `DMAPLANE_CLIENT_CPU_FALLBACK` to have the CPU do it then);
+ `DMAPLANE_ENOTSUP` when the channel's device does not compare.
+ */
+int32_t dmaplane_compare(struct dmaplane_client *client,
+                         const void *a,
+                         const void *b,
+                         size_t len,
+                         uint64_t user_data,
+                         uint32_t flags);
+
+/*
+ Queues a CRC-32C of the `len` bytes at `src` (DMA memory of the client's engine),
+ continuing from `initial`, the CRC-32C of the data before them (0 to start), on the
+ channel the per-CPU table gives the client for `DMAPLANE_CAP_CRC32C`. The completion's
+ `value` is the standard CRC-32C (Castagnoli; 0xE3069283 for the 9 bytes "123456789" from
+ 0), the value the usual crc32c libraries return. `src` may not be written until
+ `dmaplane_poll` has returned the completion. Flags as for `dmaplane_copy`.
+
+ Errors: as for `dmaplane_compare`.
+ */
+int32_t dmaplane_crc32c(struct dmaplane_client *client,
+                        const void *src,
+                        size_t len,
+                        uint32_t initial,
+                        uint64_t user_data,
+                        uint32_t flags);
+
+/*
+ Queues a copy of `len` bytes from `src` to `dst` that also computes the CRC-32C of the
+ data continuing from `initial`, as `dmaplane_crc32c` does, on the channel the per-CPU
+ table gives the client for `DMAPLANE_CAP_COPY_CRC`. Contract and flags as for
+ `dmaplane_copy`.
+
+ Errors: as for `dmaplane_compare`.
+ */
+int32_t dmaplane_copy_crc(struct dmaplane_client *client,
+                          void *dst,
+                          const void *src,
+                          size_t len,
+                          uint32_t initial,
+                          uint64_t user_data,
+                          uint32_t flags);
+
+/*
+ Queues a copy of `len` bytes from `src` to both `dst1` and `dst2` on the channel the
+ per-CPU table gives the client for `DMAPLANE_CAP_DUALCAST`. Contract and flags as for
+ `dmaplane_copy`, for both destinations.
+
+ Errors: as for `dmaplane_compare`, and `DMAPLANE_EINVAL` when any two of the three
+ buffers overlap.
+ */
+int32_t dmaplane_dualcast(struct dmaplane_client *client,
+                          void *dst1,
+                          void *dst2,
+                          const void *src,
+                          size_t len,
+                          uint64_t user_data,
+                          uint32_t flags);
+
+/*
  Rings the doorbell for everything queued: one doorbell per batch.
 
  Errors: `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
@@ -500,12 +608,12 @@ int32_t dmaplane_poll(struct dmaplane_client *client,
                       size_t max);
 
 /*
- How many operations of one capability (`DMAPLANE_CAP_MEMCPY` or `DMAPLANE_CAP_FILL`) can be
- queued now without a refusal.
+ How many operations of one capability (one `DMAPLANE_CAP_*` bit) can be queued now
+ without a refusal.
 
  Errors: `DMAPLANE_EINVAL` (unknown capability), `DMAPLANE_EBADF`.
  */
-int32_t dmaplane_capacity(struct dmaplane_client *client, uint32_t capability);
+int32_t dmaplane_capacity(struct dmaplane_client *client, uint32_t capability_bit);
 
 /*
  Fills `options` with the defaults: the emulated backend, this machine's CPUs, 2 devices of
@@ -631,7 +739,7 @@ int32_t dmaplane_event_next(struct dmaplane_engine *engine,
                             uint32_t timeout_ms);
 
 /*
- Writes the per-CPU table of one capability (`DMAPLANE_CAP_MEMCPY` or `DMAPLANE_CAP_FILL`):
+ Writes the per-CPU table of one capability (one `DMAPLANE_CAP_*` bit):
  entry `cpu` of `channels` gets the channel id of that CPU's slot, or `DMAPLANE_NO_CHANNEL`.
  Writes up to `len` entries and returns the number of possible CPUs.
 

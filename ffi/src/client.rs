@@ -1,5 +1,5 @@
 //! The client handle of the C ABI: one per CPU, used by one thread at a time, with copy,
-//! fill, submit, poll and capacity.
+//! fill, compare, CRC-32C, copy with CRC, dualcast, submit, poll and capacity.
 //!
 //! A client handle is a small shell that is never freed (24 bytes per client made).
 //! Releasing the client, or destroying its engine, drops the client inside and marks the
@@ -19,14 +19,15 @@ use dmaplane::datapath::{Client, ClientConfig};
 use dmaplane::{Completion, OpFlags};
 
 use crate::boundary::{guarded, out, out_slice};
-use crate::engine::{encode_channel, engine_ref, EngineHandle};
+use crate::engine::{capability, encode_channel, engine_ref, EngineHandle};
 use crate::error::*;
-use crate::types::{DMAPLANE_CAP_FILL, DMAPLANE_CAP_MEMCPY, DMAPLANE_NO_CHANNEL};
+use crate::types::DMAPLANE_NO_CHANNEL;
 
 /// `dmaplane_client_create` flag: pin the calling thread to the client's CPU.
 pub const DMAPLANE_CLIENT_PIN: u32 = 1 << 0;
-/// `dmaplane_client_create` flag: when the table gives the CPU no channel (every device
-/// gone), run copies and fills on the CPU instead of failing with `DMAPLANE_ENODEV`.
+/// `dmaplane_client_create` flag: when the table gives the CPU no channel for an operation
+/// (every device gone, or none offers it: compare, CRC-32C, copy with CRC and dualcast on
+/// IOAT devices), run it on the CPU instead of failing with `DMAPLANE_ENODEV`.
 pub const DMAPLANE_CLIENT_CPU_FALLBACK: u32 = 1 << 1;
 
 /// Operation flag: start only after every operation queued before it on the channel has
@@ -35,7 +36,10 @@ pub const DMAPLANE_FLAG_FENCE: u32 = 1 << 0;
 /// Operation flag: ring the doorbell now (otherwise at `dmaplane_submit`).
 pub const DMAPLANE_FLAG_SUBMIT: u32 = 1 << 1;
 
-/// One finished operation.
+/// One finished operation: 24 bytes, `user_data` at offset 0, `status` at 8, `reserved` at
+/// 12, `value` at 16. (`value` was added after the first 16 bytes, whose layout is
+/// unchanged; a program built against the 16-byte struct must be rebuilt, since
+/// `dmaplane_poll` writes arrays of it.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct dmaplane_completion {
@@ -46,7 +50,19 @@ pub struct dmaplane_completion {
     pub status: i32,
     /// Zero.
     pub reserved: u32,
+    /// What a successful operation computed: `dmaplane_compare`, 0 when the buffers are
+    /// equal, else 1 + the offset of the first byte that differs; `dmaplane_crc32c` and
+    /// `dmaplane_copy_crc`, the CRC-32C (low 32 bits); 0 for every other operation, and for
+    /// any that failed.
+    pub value: u64,
 }
+
+const _: () = {
+    assert!(std::mem::size_of::<dmaplane_completion>() == 24);
+    assert!(std::mem::offset_of!(dmaplane_completion, status) == 8);
+    assert!(std::mem::offset_of!(dmaplane_completion, reserved) == 12);
+    assert!(std::mem::offset_of!(dmaplane_completion, value) == 16);
+};
 
 const LIVE: u8 = 1;
 const RELEASED: u8 = 2;
@@ -272,17 +288,13 @@ pub unsafe extern "C" fn dmaplane_client_in_flight(client: *mut ClientHandle) ->
 #[no_mangle]
 pub unsafe extern "C" fn dmaplane_client_channel(
     client: *mut ClientHandle,
-    capability: u32,
+    capability_bit: u32,
     channel: *mut u64,
 ) -> i32 {
     let body = |client: &mut Client| -> Result<i32, Code> {
         // SAFETY: the caller passes a writable pointer or NULL.
         let slot = unsafe { out(channel) }?;
-        let cap = match capability {
-            DMAPLANE_CAP_MEMCPY => dmaplane::Capability::Memcpy,
-            DMAPLANE_CAP_FILL => dmaplane::Capability::Fill,
-            _ => return Err(DMAPLANE_EINVAL),
-        };
+        let cap = capability(capability_bit)?;
         *slot = client
             .channel(cap)
             .map_or(DMAPLANE_NO_CHANNEL, |(id, _)| encode_channel(id));
@@ -358,6 +370,128 @@ pub unsafe extern "C" fn dmaplane_fill(
     unsafe { with_client(client, body) }
 }
 
+/// Queues a compare of the `len` bytes at `a` and `b`, both DMA memory of the client's
+/// engine, on the channel the per-CPU table gives the client for `DMAPLANE_CAP_COMPARE`.
+/// The completion's `value` is 0 when they are equal, else 1 + the offset of the first byte
+/// that differs. Neither buffer may be written until `dmaplane_poll` has returned the
+/// completion. Flags as for `dmaplane_copy`; a compare longer than one descriptor is split
+/// (the first difference wins) but completes once.
+///
+/// Errors: as for `dmaplane_copy`; `DMAPLANE_ENODEV` when no device offers compare (create
+/// the client with `DMAPLANE_CLIENT_CPU_FALLBACK` to have the CPU do it then);
+/// `DMAPLANE_ENOTSUP` when the channel's device does not compare.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_compare(
+    client: *mut ClientHandle,
+    a: *const c_void,
+    b: *const c_void,
+    len: usize,
+    user_data: u64,
+    flags: u32,
+) -> i32 {
+    let body = |client: &mut Client| -> Result<i32, Code> {
+        let flags = checked_op(a.cast_mut(), len, flags)?;
+        if b.is_null() {
+            return Err(DMAPLANE_EINVAL);
+        }
+        // SAFETY: the caller keeps both buffers alive and unwritten until the completion (the
+        // contract above); the driver refuses memory that is not the engine's DMA memory.
+        unsafe { client.compare(a.cast(), b.cast(), len, user_data, flags) }
+            .map_err(|e| of_client(&e))?;
+        Ok(0)
+    };
+    // SAFETY: ABI contract on client handles.
+    unsafe { with_client(client, body) }
+}
+
+/// Queues a CRC-32C of the `len` bytes at `src` (DMA memory of the client's engine),
+/// continuing from `initial`, the CRC-32C of the data before them (0 to start), on the
+/// channel the per-CPU table gives the client for `DMAPLANE_CAP_CRC32C`. The completion's
+/// `value` is the standard CRC-32C (Castagnoli; 0xE3069283 for the 9 bytes "123456789" from
+/// 0), the value the usual crc32c libraries return. `src` may not be written until
+/// `dmaplane_poll` has returned the completion. Flags as for `dmaplane_copy`.
+///
+/// Errors: as for `dmaplane_compare`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_crc32c(
+    client: *mut ClientHandle,
+    src: *const c_void,
+    len: usize,
+    initial: u32,
+    user_data: u64,
+    flags: u32,
+) -> i32 {
+    let body = |client: &mut Client| -> Result<i32, Code> {
+        let flags = checked_op(src.cast_mut(), len, flags)?;
+        // SAFETY: as for `dmaplane_compare`, for `src`.
+        unsafe { client.crc32c(src.cast(), len, initial, user_data, flags) }
+            .map_err(|e| of_client(&e))?;
+        Ok(0)
+    };
+    // SAFETY: ABI contract on client handles.
+    unsafe { with_client(client, body) }
+}
+
+/// Queues a copy of `len` bytes from `src` to `dst` that also computes the CRC-32C of the
+/// data continuing from `initial`, as `dmaplane_crc32c` does, on the channel the per-CPU
+/// table gives the client for `DMAPLANE_CAP_COPY_CRC`. Contract and flags as for
+/// `dmaplane_copy`.
+///
+/// Errors: as for `dmaplane_compare`.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_copy_crc(
+    client: *mut ClientHandle,
+    dst: *mut c_void,
+    src: *const c_void,
+    len: usize,
+    initial: u32,
+    user_data: u64,
+    flags: u32,
+) -> i32 {
+    let body = |client: &mut Client| -> Result<i32, Code> {
+        let flags = checked_op(dst, len, flags)?;
+        if src.is_null() {
+            return Err(DMAPLANE_EINVAL);
+        }
+        // SAFETY: as for `dmaplane_copy`.
+        unsafe { client.copy_crc(dst.cast(), src.cast(), len, initial, user_data, flags) }
+            .map_err(|e| of_client(&e))?;
+        Ok(0)
+    };
+    // SAFETY: ABI contract on client handles.
+    unsafe { with_client(client, body) }
+}
+
+/// Queues a copy of `len` bytes from `src` to both `dst1` and `dst2` on the channel the
+/// per-CPU table gives the client for `DMAPLANE_CAP_DUALCAST`. Contract and flags as for
+/// `dmaplane_copy`, for both destinations.
+///
+/// Errors: as for `dmaplane_compare`, and `DMAPLANE_EINVAL` when any two of the three
+/// buffers overlap.
+#[no_mangle]
+pub unsafe extern "C" fn dmaplane_dualcast(
+    client: *mut ClientHandle,
+    dst1: *mut c_void,
+    dst2: *mut c_void,
+    src: *const c_void,
+    len: usize,
+    user_data: u64,
+    flags: u32,
+) -> i32 {
+    let body = |client: &mut Client| -> Result<i32, Code> {
+        let flags = checked_op(dst1, len, flags)?;
+        if dst2.is_null() || src.is_null() {
+            return Err(DMAPLANE_EINVAL);
+        }
+        // SAFETY: as for `dmaplane_copy`, for both destinations.
+        unsafe { client.dualcast(dst1.cast(), dst2.cast(), src.cast(), len, user_data, flags) }
+            .map_err(|e| of_client(&e))?;
+        Ok(0)
+    };
+    // SAFETY: ABI contract on client handles.
+    unsafe { with_client(client, body) }
+}
+
 /// Rings the doorbell for everything queued: one doorbell per batch.
 ///
 /// Errors: `DMAPLANE_EINVAL`, `DMAPLANE_EBADF`.
@@ -397,6 +531,7 @@ pub unsafe extern "C" fn dmaplane_poll(
                     user_data: done.user_data,
                     status: of_op(done.result),
                     reserved: 0,
+                    value: done.value,
                 };
             }
             filled += got;
@@ -410,18 +545,14 @@ pub unsafe extern "C" fn dmaplane_poll(
     unsafe { with_client(client, body) }
 }
 
-/// How many operations of one capability (`DMAPLANE_CAP_MEMCPY` or `DMAPLANE_CAP_FILL`) can be
-/// queued now without a refusal.
+/// How many operations of one capability (one `DMAPLANE_CAP_*` bit) can be queued now
+/// without a refusal.
 ///
 /// Errors: `DMAPLANE_EINVAL` (unknown capability), `DMAPLANE_EBADF`.
 #[no_mangle]
-pub unsafe extern "C" fn dmaplane_capacity(client: *mut ClientHandle, capability: u32) -> i32 {
+pub unsafe extern "C" fn dmaplane_capacity(client: *mut ClientHandle, capability_bit: u32) -> i32 {
     let body = |client: &mut Client| -> Result<i32, Code> {
-        let cap = match capability {
-            DMAPLANE_CAP_MEMCPY => dmaplane::Capability::Memcpy,
-            DMAPLANE_CAP_FILL => dmaplane::Capability::Fill,
-            _ => return Err(DMAPLANE_EINVAL),
-        };
+        let cap = capability(capability_bit)?;
         Ok(i32::try_from(client.capacity(cap)).unwrap_or(i32::MAX))
     };
     // SAFETY: ABI contract on client handles.

@@ -96,10 +96,15 @@ fn quiet() -> LogHook {
     Arc::new(|_, _| {})
 }
 
-fn capability(bit: u32) -> Result<Capability, Code> {
+/// The capability a `DMAPLANE_CAP_*` bit names (exactly one bit).
+pub(crate) fn capability(bit: u32) -> Result<Capability, Code> {
     match bit {
         DMAPLANE_CAP_MEMCPY => Ok(Capability::Memcpy),
         DMAPLANE_CAP_FILL => Ok(Capability::Fill),
+        DMAPLANE_CAP_COMPARE => Ok(Capability::Compare),
+        DMAPLANE_CAP_CRC32C => Ok(Capability::Crc32c),
+        DMAPLANE_CAP_COPY_CRC => Ok(Capability::CopyCrc),
+        DMAPLANE_CAP_DUALCAST => Ok(Capability::Dualcast),
         _ => Err(DMAPLANE_EINVAL),
     }
 }
@@ -121,7 +126,10 @@ fn validate(options: &dmaplane_options) -> Result<(), Code> {
     let known_caps = DMAPLANE_CAP_MEMCPY | DMAPLANE_CAP_FILL;
     let ok = matches!(
         options.backend,
-        DMAPLANE_BACKEND_EMULATED | DMAPLANE_BACKEND_PHYSICAL | DMAPLANE_BACKEND_VFIO
+        DMAPLANE_BACKEND_EMULATED
+            | DMAPLANE_BACKEND_PHYSICAL
+            | DMAPLANE_BACKEND_VFIO
+            | DMAPLANE_BACKEND_SOFT
     ) && (1..=4).contains(&options.channels_per_device)
         && options.capabilities & DMAPLANE_CAP_MEMCPY != 0
         && options.capabilities & !known_caps == 0
@@ -157,6 +165,7 @@ impl EngineCore {
             DMAPLANE_BACKEND_VFIO => builder
                 .vfio_ioat()
                 .allow_noiommu(options.allow_noiommu != 0),
+            DMAPLANE_BACKEND_SOFT => builder.soft(options.devices as usize),
             _ => builder.emulated_ioat(options.devices as usize),
         };
         Ok(EngineCore {
@@ -477,7 +486,7 @@ pub unsafe extern "C" fn dmaplane_event_next(
     })
 }
 
-/// Writes the per-CPU table of one capability (`DMAPLANE_CAP_MEMCPY` or `DMAPLANE_CAP_FILL`):
+/// Writes the per-CPU table of one capability (one `DMAPLANE_CAP_*` bit):
 /// entry `cpu` of `channels` gets the channel id of that CPU's slot, or `DMAPLANE_NO_CHANNEL`.
 /// Writes up to `len` entries and returns the number of possible CPUs.
 ///

@@ -110,7 +110,8 @@ pub(crate) fn of_submit(err: &SubmitError) -> Code {
     match err {
         SubmitError::RingFull { .. } => DMAPLANE_EAGAIN,
         SubmitError::ZeroLength => DMAPLANE_EINVAL,
-        SubmitError::FillUnsupported => DMAPLANE_ENOTSUP,
+        SubmitError::Unsupported(_) => DMAPLANE_ENOTSUP,
+        SubmitError::InvalidArgument(_) => DMAPLANE_EINVAL,
         SubmitError::Unmapped(_) => DMAPLANE_EFAULT,
         SubmitError::ChannelFailed => DMAPLANE_EIO,
         SubmitError::DeviceRemoved => DMAPLANE_EREMOVED,

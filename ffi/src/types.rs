@@ -26,11 +26,23 @@ pub const DMAPLANE_BACKEND_HARDWARE: u32 = DMAPLANE_BACKEND_PHYSICAL;
 /// write access to `/dev/vfio/<group>` (or the device's cdev) and a locked-memory limit that
 /// covers the DMA memory. The kernel closing the device on exit stops its DMA.
 pub const DMAPLANE_BACKEND_VFIO: u32 = 2;
+/// `dmaplane_options.backend`: software devices whose channels do the work on the CPU that
+/// polls them. Needs nothing. Besides copy (and fill, per `capabilities`) they compare,
+/// generate CRC-32C, copy with CRC and dualcast.
+pub const DMAPLANE_BACKEND_SOFT: u32 = 3;
 
 /// Capability bit: memory-to-memory copy.
 pub const DMAPLANE_CAP_MEMCPY: u32 = 1 << 0;
 /// Capability bit: fill with a 64-bit pattern.
 pub const DMAPLANE_CAP_FILL: u32 = 1 << 1;
+/// Capability bit: compare two buffers (`dmaplane_compare`).
+pub const DMAPLANE_CAP_COMPARE: u32 = 1 << 2;
+/// Capability bit: CRC-32C of a buffer (`dmaplane_crc32c`).
+pub const DMAPLANE_CAP_CRC32C: u32 = 1 << 3;
+/// Capability bit: copy with CRC-32C (`dmaplane_copy_crc`).
+pub const DMAPLANE_CAP_COPY_CRC: u32 = 1 << 4;
+/// Capability bit: copy to two destinations (`dmaplane_dualcast`).
+pub const DMAPLANE_CAP_DUALCAST: u32 = 1 << 5;
 
 /// `dmaplane_device_remove`: an orderly removal; operations in flight drain first.
 pub const DMAPLANE_REMOVE_ORDERLY: u32 = 0;
@@ -54,16 +66,18 @@ pub const DMAPLANE_NO_CHANNEL: u64 = u64::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct dmaplane_options {
-    /// `DMAPLANE_BACKEND_EMULATED`, `DMAPLANE_BACKEND_VFIO` or `DMAPLANE_BACKEND_PHYSICAL`.
+    /// `DMAPLANE_BACKEND_EMULATED`, `DMAPLANE_BACKEND_VFIO`, `DMAPLANE_BACKEND_PHYSICAL` or
+    /// `DMAPLANE_BACKEND_SOFT`.
     pub backend: u32,
     /// Possible CPUs of the per-CPU table; 0 for this machine's.
     pub cpus: u32,
-    /// Emulated devices to start with (default 2).
+    /// Emulated or software devices to start with (default 2).
     pub devices: u32,
     /// Channels per emulated device, 1 to 4 (default 1, as Xeon functions have).
     pub channels_per_device: u32,
-    /// Capabilities of emulated devices: `DMAPLANE_CAP_MEMCPY`, optionally with
-    /// `DMAPLANE_CAP_FILL` (default both).
+    /// Capabilities of emulated and software devices: `DMAPLANE_CAP_MEMCPY`, optionally with
+    /// `DMAPLANE_CAP_FILL` (default both). The other bits are refused here: IOAT devices have
+    /// none of those operations, and software devices always have them all.
     pub capabilities: u32,
     /// Non-zero: each emulated device runs on its own thread, like hardware working beside the
     /// CPU (default). Zero: it works inline, at each doorbell.

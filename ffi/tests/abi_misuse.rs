@@ -396,7 +396,10 @@ fn bad_operations_are_refused_with_their_codes_and_queue_nothing() {
             DMAPLANE_EINVAL
         );
         let mut channel = 0;
-        assert_eq!(dmaplane_client_channel(c, 4, &mut channel), DMAPLANE_EINVAL);
+        assert_eq!(
+            dmaplane_client_channel(c, 1 << 6, &mut channel),
+            DMAPLANE_EINVAL
+        );
 
         // poll: NULL with a length is refused, NULL with 0 only follows the table.
         assert_eq!(dmaplane_poll(c, null_mut(), 4), DMAPLANE_EINVAL);
@@ -539,7 +542,7 @@ fn options_out_of_range_are_einval_and_leave_the_out_pointer_alone() {
             o.capabilities = DMAPLANE_CAP_FILL
         }),
         ("an unknown capability", |o| {
-            o.capabilities = (1 << 5) | DMAPLANE_CAP_MEMCPY
+            o.capabilities = (1 << 7) | DMAPLANE_CAP_MEMCPY
         }),
         ("an unknown backend", |o| o.backend = 7),
         ("cpus past the maximum", |o| o.cpus = u32::MAX),
@@ -567,7 +570,7 @@ fn the_table_refuses_null_with_a_length_and_unknown_capabilities() {
             DMAPLANE_EINVAL
         );
         assert_eq!(dmaplane_table(e, DMAPLANE_CAP_MEMCPY, null_mut(), 0), 2);
-        for cap in [0, 4, DMAPLANE_CAP_MEMCPY | DMAPLANE_CAP_FILL] {
+        for cap in [0, 1 << 6, DMAPLANE_CAP_MEMCPY | DMAPLANE_CAP_FILL] {
             assert_eq!(
                 dmaplane_table(e, cap, entries.as_mut_ptr(), 2),
                 DMAPLANE_EINVAL,
@@ -955,5 +958,108 @@ fn a_refused_pinned_client_leaves_the_thread_affinity_alone() {
     assert_eq!(allowed_cpus(), before, "the refused call pinned the thread");
     // SAFETY: live handles of this test.
     assert_eq!(unsafe { dmaplane_client_release(e, first) }, DMAPLANE_OK);
+    destroy(e);
+}
+
+#[test]
+fn the_extended_operations_refuse_bad_arguments_and_missing_channels_with_their_codes() {
+    let mut soft_options = options(1);
+    soft_options.backend = DMAPLANE_BACKEND_SOFT;
+    soft_options.devices = 1;
+    // Software devices: every operation has a channel, and buffers must be DMA memory.
+    let soft = engine_with(&soft_options);
+    let c = client(soft, 0);
+    let dma = alloc(soft, 512);
+    let mut heap = vec![0u8; 64];
+    let heap = heap.as_mut_ptr();
+    // SAFETY: live handles; every refused call queues nothing.
+    unsafe {
+        let d = dma.cast::<c_void>();
+        let at = |k: usize| dma.add(k).cast::<c_void>();
+        assert_eq!(
+            dmaplane_compare(null_mut(), d, at(64), 8, 1, 0),
+            DMAPLANE_EINVAL
+        );
+        assert_eq!(
+            dmaplane_compare(c, null(), at(64), 8, 1, 0),
+            DMAPLANE_EINVAL
+        );
+        assert_eq!(dmaplane_compare(c, d, null(), 8, 1, 0), DMAPLANE_EINVAL);
+        assert_eq!(dmaplane_compare(c, d, at(64), 0, 1, 0), DMAPLANE_EINVAL);
+        assert_eq!(dmaplane_crc32c(c, null(), 8, 0, 1, 0), DMAPLANE_EINVAL);
+        assert_eq!(dmaplane_crc32c(c, d, 8, 0, 1, 1 << 9), DMAPLANE_EINVAL);
+        assert_eq!(
+            dmaplane_copy_crc(c, null_mut(), d, 8, 0, 1, 0),
+            DMAPLANE_EINVAL
+        );
+        assert_eq!(
+            dmaplane_copy_crc(c, at(64), null(), 8, 0, 1, 0),
+            DMAPLANE_EINVAL
+        );
+        assert_eq!(
+            dmaplane_dualcast(c, null_mut(), at(64), d, 8, 1, 0),
+            DMAPLANE_EINVAL
+        );
+        assert_eq!(
+            dmaplane_dualcast(c, at(64), null_mut(), d, 8, 1, 0),
+            DMAPLANE_EINVAL
+        );
+        assert_eq!(
+            dmaplane_dualcast(c, at(64), at(128), null(), 8, 1, 0),
+            DMAPLANE_EINVAL
+        );
+        assert_eq!(
+            dmaplane_dualcast(c, at(64), at(100), d, 64, 1, 0),
+            DMAPLANE_EINVAL,
+            "overlapping destinations"
+        );
+        assert_eq!(dmaplane_crc32c(c, heap.cast(), 8, 0, 1, 0), DMAPLANE_EFAULT);
+        assert_eq!(
+            dmaplane_compare(c, d, heap.cast(), 8, 1, 0),
+            DMAPLANE_EFAULT
+        );
+        assert_eq!(dmaplane_client_in_flight(c), 0, "nothing was queued");
+        // The client still works: the CRC-32C check value.
+        std::ptr::copy_nonoverlapping(b"123456789".as_ptr(), dma, 9);
+        assert_eq!(dmaplane_crc32c(c, d, 9, 0, 7, DMAPLANE_FLAG_SUBMIT), 0);
+    }
+    let done = poll_for(c, 1)[0];
+    assert_eq!(
+        (done.user_data, done.status, done.value),
+        (7, DMAPLANE_OK, 0xE306_9283)
+    );
+    // SAFETY: live handles; nothing in flight.
+    unsafe { assert_eq!(dmaplane_client_release(soft, c), DMAPLANE_OK) };
+    destroy(soft);
+
+    // Emulated IOAT devices: no channel for any of the four.
+    let e = engine();
+    let c = client(e, 0);
+    let dma = alloc(e, 512);
+    // SAFETY: live handles; every refused call queues nothing.
+    unsafe {
+        let d = dma.cast::<c_void>();
+        let at = |k: usize| dma.add(k).cast::<c_void>();
+        let mut channel = 0;
+        for cap in [
+            DMAPLANE_CAP_COMPARE,
+            DMAPLANE_CAP_CRC32C,
+            DMAPLANE_CAP_COPY_CRC,
+            DMAPLANE_CAP_DUALCAST,
+        ] {
+            assert_eq!(dmaplane_client_channel(c, cap, &mut channel), DMAPLANE_OK);
+            assert_eq!(channel, DMAPLANE_NO_CHANNEL, "capability {cap}");
+            assert_eq!(dmaplane_capacity(c, cap), 0);
+        }
+        assert_eq!(dmaplane_compare(c, d, at(64), 8, 1, 0), DMAPLANE_ENODEV);
+        assert_eq!(dmaplane_crc32c(c, d, 8, 0, 1, 0), DMAPLANE_ENODEV);
+        assert_eq!(dmaplane_copy_crc(c, at(64), d, 8, 0, 1, 0), DMAPLANE_ENODEV);
+        assert_eq!(
+            dmaplane_dualcast(c, at(64), at(128), d, 8, 1, 0),
+            DMAPLANE_ENODEV
+        );
+        assert_eq!(dmaplane_client_in_flight(c), 0);
+        assert_eq!(dmaplane_client_release(e, c), DMAPLANE_OK);
+    }
     destroy(e);
 }

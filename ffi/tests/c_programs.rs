@@ -1,6 +1,6 @@
 //! The C side of the ABI: `include/dmaplane.h` compiles cleanly as C11 and as C++ with
-//! warnings as errors, and the C programs under `examples/c/` (version, copy, and the
-//! randomized hotplug verifier) build against the static library, run, and run again under
+//! warnings as errors, and the C programs under `examples/c/` (version, copy, the extended
+//! operations, and the randomized hotplug verifier) build against the static library, run, and run again under
 //! valgrind memcheck where it is installed, without an invalid access or a leak.
 
 use std::path::{Path, PathBuf};
@@ -136,6 +136,14 @@ fn the_copy_program_copies_4_kib_and_tears_down_cleanly() {
     let runs = build_and_run("copy", &[], &[]);
     for printed in std::iter::once(runs.native).chain(runs.valgrind) {
         assert_eq!(printed.trim(), "copied 4096 bytes: ok");
+    }
+}
+
+#[test]
+fn the_ops_program_compares_crcs_copies_with_crc_and_dualcasts_on_soft_and_ioat_fallback() {
+    let runs = build_and_run("ops", &[], &[]);
+    for printed in std::iter::once(runs.native).chain(runs.valgrind) {
+        assert_eq!(printed.trim(), "compare, crc32c, copy_crc, dualcast: ok");
     }
 }
 

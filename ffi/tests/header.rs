@@ -62,3 +62,18 @@ fn parenthesize_negative_macros(header: &str) -> String {
         })
         .collect()
 }
+
+/// The completion's layout as the header documents it: the first 16 bytes as they always
+/// were, `value` added at 16. (`examples/c/ops.c` checks the same from C with
+/// `_Static_assert`.)
+#[test]
+fn the_completion_struct_keeps_its_first_fields_and_adds_value_at_16() {
+    use dmaplane_ffi::client::dmaplane_completion;
+    use std::mem::{align_of, offset_of, size_of};
+    assert_eq!(size_of::<dmaplane_completion>(), 24);
+    assert_eq!(align_of::<dmaplane_completion>(), 8);
+    assert_eq!(offset_of!(dmaplane_completion, user_data), 0);
+    assert_eq!(offset_of!(dmaplane_completion, status), 8);
+    assert_eq!(offset_of!(dmaplane_completion, reserved), 12);
+    assert_eq!(offset_of!(dmaplane_completion, value), 16);
+}

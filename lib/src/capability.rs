@@ -7,6 +7,19 @@
 //! `enum dma_transaction_type` for the operations both share (`MEMCPY, XOR, PQ, XOR_VAL,
 //! PQ_VAL, MEMSET`). [`Capability::TABLE_ORDER`] is that order; an engine may leave some
 //! capabilities out of the walk through [`crate::EngineConfig::table_capabilities`].
+//!
+//! # Adding capabilities
+//!
+//! New capabilities go at the end of the walk, after [`Capability::Fill`]: compare, CRC-32C
+//! generation, copy with CRC and dualcast (the operations Intel DSA adds). The counter of the
+//! walk has finished every older capability's row by the time it reaches them, and a row for a
+//! capability no device offers takes no channel and no reference, so on an engine whose
+//! devices lack the new capabilities the table is what it was, slot for slot, with the default
+//! [`crate::EngineConfig::table_capabilities`] (every capability). On an engine with a device
+//! that offers them, the older rows still name the same channels; the new rows come on top
+//! and may name a channel another CPU's older row names, which can turn that channel from
+//! owned to shared (see `crate::engine`). An application that wants the old distribution
+//! exactly leaves the new capabilities out of `table_capabilities`.
 
 use std::fmt;
 
@@ -26,17 +39,29 @@ pub enum Capability {
     PqVal = 4,
     /// Block fill with a 64-bit pattern (the kernel's `DMA_MEMSET`).
     Fill = 5,
+    /// Compare two buffers; the completion says where they first differ.
+    Compare = 6,
+    /// CRC-32C (Castagnoli) of a buffer, continuing from a caller's value.
+    Crc32c = 7,
+    /// Copy, and CRC-32C of the data copied.
+    CopyCrc = 8,
+    /// Copy one source to two destinations.
+    Dualcast = 9,
 }
 
 impl Capability {
     /// Every capability, in the order the table rebalance walks them.
-    pub const TABLE_ORDER: [Capability; 6] = [
+    pub const TABLE_ORDER: [Capability; 10] = [
         Capability::Memcpy,
         Capability::Xor,
         Capability::Pq,
         Capability::XorVal,
         Capability::PqVal,
         Capability::Fill,
+        Capability::Compare,
+        Capability::Crc32c,
+        Capability::CopyCrc,
+        Capability::Dualcast,
     ];
 
     /// Number of capabilities known to this version.
@@ -51,6 +76,10 @@ impl Capability {
             Capability::XorVal => "xor_val",
             Capability::PqVal => "pq_val",
             Capability::Fill => "fill",
+            Capability::Compare => "compare",
+            Capability::Crc32c => "crc32c",
+            Capability::CopyCrc => "copy_crc",
+            Capability::Dualcast => "dualcast",
         }
     }
 
@@ -185,5 +214,15 @@ mod tests {
         );
         assert_eq!(m.to_string(), "memcpy|fill");
         assert_eq!(CapMask::from_bits_truncate(u32::MAX), CapMask::ALL);
+    }
+
+    #[test]
+    fn the_operations_added_later_walk_after_fill_under_their_names() {
+        let names: Vec<&str> = Capability::TABLE_ORDER[5..]
+            .iter()
+            .map(|c| c.name())
+            .collect();
+        assert_eq!(names, ["fill", "compare", "crc32c", "copy_crc", "dualcast"]);
+        assert_eq!(Capability::from_name("copy_crc"), Some(Capability::CopyCrc));
     }
 }

@@ -823,3 +823,209 @@ on_every_backend!(
     a_cpu_has_one_client_at_a_time,
     a_channel_whose_routes_are_all_taken_refuses_with_too_many_clients,
 );
+
+/// The extended operations through the table, on a device that offers them (the software
+/// engine): each goes to the channel the table gives the CPU for its capability, and comes
+/// back with its value, on an owned channel and on channels two CPUs share.
+#[test]
+fn compare_crc_copy_crc_and_dualcast_go_through_the_table_to_a_device_that_offers_them() {
+    use dmaplane::queue::op::crc32c;
+    for (cpus, channels) in [(1, 1), (2, 1)] {
+        let mut r = rig(cpus, Backend::Soft);
+        r.add_device(channels, EmuMode::Inline, 8);
+        let mut client = r.client(0);
+        for cap in [
+            Capability::Compare,
+            Capability::Crc32c,
+            Capability::CopyCrc,
+            Capability::Dualcast,
+        ] {
+            assert_eq!(
+                client.channel(cap).map(|(id, _)| id),
+                client.channel(Capability::Memcpy).map(|(id, _)| id),
+                "{cap}: the device's one channel"
+            );
+        }
+        let src = block(&r.pool, 5000, 1);
+        let other = block(&r.pool, 5000, 1);
+        let (dst1, dst2) = (block(&r.pool, 5000, 2), block(&r.pool, 5000, 3));
+        let mut differing = block(&r.pool, 5000, 1);
+        differing.write_at(4321, &[!src.to_vec()[4321]]).unwrap();
+        // SAFETY: the blocks outlive the collected operations.
+        unsafe {
+            client
+                .compare(src.as_ptr(), other.as_ptr(), 5000, 1, OpFlags::NONE)
+                .unwrap();
+            client
+                .compare(src.as_ptr(), differing.as_ptr(), 5000, 2, OpFlags::NONE)
+                .unwrap();
+            client
+                .crc32c(src.as_ptr(), 5000, 0, 3, OpFlags::NONE)
+                .unwrap();
+            client
+                .copy_crc(dst1.as_mut_ptr(), src.as_ptr(), 5000, 0, 4, OpFlags::NONE)
+                .unwrap();
+            client.submit();
+        }
+        let mut done = collect(&mut client, 4);
+        done.sort_by_key(|c| c.user_data);
+        let expected_crc = u64::from(crc32c(0, &src.to_vec()));
+        assert_eq!(
+            done.iter()
+                .map(|c| (c.user_data, c.result, c.value))
+                .collect::<Vec<_>>(),
+            vec![
+                (1, Ok(()), 0),
+                (2, Ok(()), 4322),
+                (3, Ok(()), expected_crc),
+                (4, Ok(()), expected_crc)
+            ],
+            "{cpus} cpu(s)"
+        );
+        assert_eq!(dst1.to_vec(), src.to_vec());
+        let (dst1, dst2) = (block(&r.pool, 5000, 4), dst2);
+        // SAFETY: as above.
+        unsafe {
+            client.dualcast(
+                dst1.as_mut_ptr(),
+                dst2.as_mut_ptr(),
+                src.as_ptr(),
+                5000,
+                5,
+                OpFlags::SUBMIT,
+            )
+        }
+        .unwrap();
+        assert_eq!(collect(&mut client, 1)[0].result, Ok(()));
+        assert_eq!((dst1.to_vec(), dst2.to_vec()), (src.to_vec(), src.to_vec()));
+        assert_eq!(client.stats().cpu_ops, 0, "all on the device");
+    }
+}
+
+/// A device without the extended operations (IOAT): the table has no channel for them, so the
+/// client refuses them with `NoChannel(cap)`, or, with the CPU fallback, carries them out on
+/// its own CPU; copies still go to the device either way.
+#[test]
+fn without_a_channel_for_an_operation_the_client_refuses_it_or_falls_back_on_the_cpu() {
+    let mut r = rig(1, Backend::Ioat);
+    r.add_device(1, EmuMode::Inline, 8);
+    for cap in [
+        Capability::Compare,
+        Capability::Crc32c,
+        Capability::CopyCrc,
+        Capability::Dualcast,
+    ] {
+        assert_eq!(r.engine.table_entry(cap, 0).unwrap(), None, "{cap}");
+    }
+    let src = block(&r.pool, 64, 1);
+    let (dst1, dst2) = (block(&r.pool, 64, 2), block(&r.pool, 64, 3));
+    {
+        let mut client = r.client(0);
+        assert_eq!(client.channel(Capability::Crc32c), None);
+        // SAFETY: refused, so never queued.
+        let refused = unsafe {
+            [
+                client.compare(src.as_ptr(), dst1.as_ptr(), 64, 1, OpFlags::SUBMIT),
+                client.crc32c(src.as_ptr(), 64, 0, 2, OpFlags::SUBMIT),
+                client.copy_crc(dst1.as_mut_ptr(), src.as_ptr(), 64, 0, 3, OpFlags::SUBMIT),
+                client.dualcast(
+                    dst1.as_mut_ptr(),
+                    dst2.as_mut_ptr(),
+                    src.as_ptr(),
+                    64,
+                    4,
+                    OpFlags::SUBMIT,
+                ),
+            ]
+        };
+        assert_eq!(
+            refused.to_vec(),
+            [
+                Capability::Compare,
+                Capability::Crc32c,
+                Capability::CopyCrc,
+                Capability::Dualcast
+            ]
+            .map(|cap| Err(ClientError::NoChannel(cap)))
+            .to_vec()
+        );
+        assert_eq!(client.in_flight(), 0);
+    }
+    let config = ClientConfig {
+        cpu_fallback: true,
+        ..ClientConfig::default()
+    };
+    let mut client = Client::new(&r.engine, Some(0), config).unwrap();
+    // SAFETY: the blocks outlive the collected operations.
+    unsafe {
+        client
+            .crc32c(src.as_ptr(), 64, 0, 1, OpFlags::SUBMIT)
+            .unwrap();
+        client
+            .copy(dst2.as_mut_ptr(), src.as_ptr(), 64, 2, OpFlags::SUBMIT)
+            .unwrap();
+    }
+    let mut done = collect(&mut client, 2);
+    done.sort_by_key(|c| c.user_data);
+    let crc = dmaplane::queue::op::crc32c(0, &src.to_vec());
+    assert_eq!(
+        done.iter()
+            .map(|c| (c.user_data, c.result, c.value))
+            .collect::<Vec<_>>(),
+        vec![(1, Ok(()), u64::from(crc)), (2, Ok(()), 0)]
+    );
+    let stats = client.stats();
+    assert_eq!(
+        (stats.cpu_ops, stats.owned_ops),
+        (1, 1),
+        "the CRC on the CPU, the copy on the device"
+    );
+}
+
+/// The safe client's extended operations hand their buffers back with the value, and a
+/// refusal hands them back at once.
+#[test]
+fn owned_buffers_of_the_extended_operations_come_back_with_the_value() {
+    use dmaplane::datapath::{BufferClient, Buffers};
+    let mut r = rig(1, Backend::Soft);
+    r.add_device(1, EmuMode::Inline, 8);
+    let mut buffers = BufferClient::new(r.client(0));
+    let src = block(&r.pool, 256, 1);
+    let expected = dmaplane::queue::op::crc32c(0, &src.to_vec());
+    let dst = block(&r.pool, 256, 2);
+    buffers
+        .copy_crc(dst, src, 256, 0, 10, OpFlags::SUBMIT)
+        .map_err(|r| r.error)
+        .unwrap();
+    let mut done = Vec::new();
+    while done.is_empty() {
+        buffers.poll(&mut done, 8);
+    }
+    assert_eq!((done[0].user_data, done[0].crc()), (10, expected));
+    let Some(Buffers::CopyCrc { dst, src }) = done.pop().map(|f| f.buffers) else {
+        panic!("the copy with CRC's buffers")
+    };
+    assert_eq!(dst.to_vec(), src.to_vec());
+    let refused = buffers
+        .compare(dst, src, 257, 11, OpFlags::SUBMIT)
+        .unwrap_err();
+    assert_eq!(
+        refused.error,
+        ClientError::BufferTooSmall {
+            len: 257,
+            capacity: 256
+        }
+    );
+    assert!(matches!(refused.buffers, Buffers::Compare { .. }));
+    let Buffers::Compare { a, b } = refused.buffers else {
+        unreachable!()
+    };
+    buffers
+        .compare(a, b, 256, 12, OpFlags::SUBMIT)
+        .map_err(|r| r.error)
+        .unwrap();
+    while done.is_empty() {
+        buffers.poll(&mut done, 8);
+    }
+    assert_eq!((done[0].user_data, done[0].mismatch_at()), (12, None));
+}

@@ -15,7 +15,7 @@ use dmaplane::{Capability, Engine, EngineConfig};
 use dmaplane::{Completion, OpError, OpFlags, SubmitError};
 
 mod common;
-use common::{device_memory, SplitMix};
+use common::{block, device_memory, SplitMix};
 
 fn pool(iova_mode: IovaMode) -> DmaPool {
     DmaPool::new(DmaPoolConfig {
@@ -61,6 +61,7 @@ fn drain(chan: &mut IoatChannel, count: usize) -> Vec<Completion> {
     let mut batch = [Completion {
         user_data: 0,
         result: Ok(()),
+        value: 0,
     }; 64];
     while done.len() < count {
         let n = chan.poll(&mut batch);
@@ -130,7 +131,8 @@ fn copy_and_check(r: &mut Rig, rng: &mut SplitMix, len: usize) {
         done,
         [Completion {
             user_data: len as u64,
-            result: Ok(())
+            result: Ok(()),
+            value: 0,
         }]
     );
     let expected: Vec<u8> = (0..len)
@@ -238,6 +240,7 @@ fn more_than_65536_descriptors_wrap_the_ring_and_the_doorbell() {
     let mut batch = [Completion {
         user_data: 0,
         result: Ok(()),
+        value: 0,
     }; 64];
     while next_expected < total {
         while submitted < total && r.chan.capacity() > 0 {
@@ -391,7 +394,8 @@ fn ops_queued_behind_a_halt_are_restarted_and_later_ones_still_go_out() {
         first[0],
         Completion {
             user_data: 0,
-            result: Err(dmaplane::ioat::device_error(chanerr::SRC_ADDR))
+            result: Err(dmaplane::ioat::device_error(chanerr::SRC_ADDR)),
+            value: 0,
         }
     );
     assert!(first[1..].iter().all(|c| c.result.is_ok()));
@@ -491,7 +495,7 @@ fn bad_input_is_refused_without_building_anything() {
         ));
         assert_eq!(
             r.chan.fill(block.as_mut_ptr(), 0, 64, 0, OpFlags::SUBMIT),
-            Err(SubmitError::FillUnsupported)
+            Err(SubmitError::Unsupported(Capability::Fill))
         );
     }
     assert_eq!(r.chan.capacity(), free);
@@ -545,6 +549,7 @@ fn threaded_mode_moves_many_random_copies_exactly_once() {
     let mut batch = [Completion {
         user_data: 0,
         result: Ok(()),
+        value: 0,
     }; 64];
     let mut expected = Vec::new();
     while ops < 20_000 && started.elapsed() < Duration::from_secs(5) {
@@ -724,6 +729,7 @@ fn a_partial_poll_followed_by_a_ring_lap_loses_no_completion() {
     let mut one = [Completion {
         user_data: 0,
         result: Ok(()),
+        value: 0,
     }; 1];
     assert_eq!(r.chan.poll(&mut one), 1, "room for one of four");
     let mut n = 4u64;
@@ -958,4 +964,83 @@ fn a_reader_holding_an_ioat_channel_keeps_it_running_through_an_unregister() {
         !first.channels()[0].is_started(),
         "freed once the reader let go"
     );
+}
+
+#[test]
+fn compare_crc_copy_crc_and_dualcast_are_refused_unsupported_building_nothing() {
+    use dmaplane::queue::QueueHandle;
+    use dmaplane::ChannelBackend;
+    let pool = pool(IovaMode::Va);
+    let device = EmulatedDevice::new(EmuConfig::default(), device_memory(&pool)).unwrap();
+    let ioat = IoatDevice::probe(
+        "emu0",
+        device.registers(),
+        Some(device.config_space()),
+        pool.clone(),
+        IoatConfig::default(),
+    )
+    .unwrap();
+    let extended = [
+        Capability::Compare,
+        Capability::Crc32c,
+        Capability::CopyCrc,
+        Capability::Dualcast,
+    ];
+    assert!(extended.iter().all(|&cap| !ioat.capabilities().has(cap)));
+    let backend = &ioat.channels()[0];
+    backend.allocate_resources().unwrap();
+    let queue = backend.queue().unwrap();
+    let mut handle: Box<dyn QueueHandle> = Arc::clone(&queue).attach(64).unwrap();
+    // SAFETY: the only handle on a queue nobody else can reach.
+    unsafe { handle.own() };
+    let src = block(&pool, 4096, 1);
+    let (dst, dst2) = (block(&pool, 4096, 2), block(&pool, 4096, 3));
+    let free = handle.capacity();
+    let before = queue.stats();
+    // SAFETY: refused, so never queued.
+    let refusals = unsafe {
+        [
+            handle.compare(src.as_ptr(), dst.as_ptr(), 4096, 1, OpFlags::SUBMIT),
+            handle.crc32c(src.as_ptr(), 4096, 0, 2, OpFlags::SUBMIT),
+            handle.copy_crc(dst.as_mut_ptr(), src.as_ptr(), 4096, 0, 3, OpFlags::SUBMIT),
+            handle.dualcast(
+                dst.as_mut_ptr(),
+                dst2.as_mut_ptr(),
+                src.as_ptr(),
+                4096,
+                4,
+                OpFlags::SUBMIT,
+            ),
+        ]
+    };
+    assert_eq!(
+        refusals.to_vec(),
+        extended
+            .map(|cap| Err(SubmitError::Unsupported(cap)))
+            .to_vec()
+    );
+    assert_eq!(handle.capacity(), free, "no slot taken");
+    assert_eq!(queue.in_flight(), 0);
+    assert_eq!(
+        queue.stats().doorbells,
+        before.doorbells,
+        "no doorbell rung"
+    );
+    // The ring is as usable as before.
+    // SAFETY: the blocks outlive the operation, polled to completion below.
+    unsafe { handle.copy(dst.as_mut_ptr(), src.as_ptr(), 4096, 5, OpFlags::SUBMIT) }.unwrap();
+    let mut out = [Completion::default(); 4];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut got = 0;
+    while got == 0 && std::time::Instant::now() < deadline {
+        got = handle.poll(&mut out);
+    }
+    assert_eq!(
+        (got, out[0].user_data, out[0].result, out[0].value),
+        (1, 5, Ok(()), 0)
+    );
+    assert_eq!(dst.to_vec(), src.to_vec());
+    // SAFETY: the one operation was polled to completion.
+    unsafe { handle.detach() };
+    backend.free_resources();
 }

@@ -61,6 +61,34 @@ pub enum Buffers {
         /// Written by the device.
         dst: DmaBlock,
     },
+    /// A compare's two buffers.
+    Compare {
+        /// Read by the device.
+        a: DmaBlock,
+        /// Read by the device.
+        b: DmaBlock,
+    },
+    /// A CRC-32C's source.
+    Crc32c {
+        /// Read by the device.
+        src: DmaBlock,
+    },
+    /// A copy with CRC's source and destination.
+    CopyCrc {
+        /// Written by the device.
+        dst: DmaBlock,
+        /// Read by the device.
+        src: DmaBlock,
+    },
+    /// A dualcast's destinations and source.
+    Dualcast {
+        /// Written by the device.
+        dst1: DmaBlock,
+        /// Written by the device.
+        dst2: DmaBlock,
+        /// Read by the device.
+        src: DmaBlock,
+    },
 }
 
 /// An operation refused at submission, with its buffers back.
@@ -87,8 +115,23 @@ pub struct Finished {
     pub user_data: u64,
     /// Success, or why not.
     pub result: Result<(), OpError>,
+    /// What the operation computed: see [`Completion::value`].
+    pub value: u64,
     /// The buffers, the device done with them.
     pub buffers: Buffers,
+}
+
+impl Finished {
+    /// For a compare that succeeded: the offset of the first byte that differs, or `None`
+    /// when the buffers are equal (see [`Completion::mismatch_at`]).
+    pub fn mismatch_at(&self) -> Option<u64> {
+        self.value.checked_sub(1)
+    }
+
+    /// For a CRC operation that succeeded: the CRC-32C.
+    pub fn crc(&self) -> u32 {
+        self.value as u32
+    }
 }
 
 /// A [`Client`] whose operations own their buffers. See the module documentation.
@@ -208,6 +251,185 @@ impl BufferClient {
         })
     }
 
+    /// Compares the first `len` bytes of `a` and `b` (as [`Client::compare`]): the
+    /// [`Finished`] says where they first differ ([`Finished::mismatch_at`]).
+    ///
+    /// ```
+    /// use dmaplane::datapath::{BufferClient, Client, ClientConfig};
+    /// use dmaplane::{OpFlags, Setup};
+    ///
+    /// let setup = Setup::builder().cpus(1).soft(1).build().unwrap();
+    /// let client = Client::new(setup.engine(), Some(0), ClientConfig::default()).unwrap();
+    /// let mut buffers = BufferClient::new(client);
+    /// let a = setup.pool().alloc(256, 64).unwrap();
+    /// let mut b = setup.pool().alloc(256, 64).unwrap();
+    /// b.write_at(200, &[1]).unwrap();
+    /// buffers.compare(a, b, 256, 1, OpFlags::SUBMIT).map_err(|r| r.error).unwrap();
+    /// let mut done = Vec::new();
+    /// while buffers.poll(&mut done, 8) == 0 {}
+    /// assert_eq!(done[0].mismatch_at(), Some(200));
+    /// ```
+    pub fn compare(
+        &mut self,
+        a: DmaBlock,
+        b: DmaBlock,
+        len: usize,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), Box<Refused>> {
+        let capacity = a.len().min(b.len());
+        let (a_ptr, b_ptr) = (a.as_ptr(), b.as_ptr());
+        self.run(
+            len,
+            capacity,
+            user_data,
+            Buffers::Compare { a, b },
+            |client, slot| {
+                // SAFETY: as in `copy`.
+                unsafe { client.compare(a_ptr, b_ptr, len, slot, flags) }
+            },
+        )
+    }
+
+    /// Computes the CRC-32C of the first `len` bytes of `src` continuing from `initial` (as
+    /// [`Client::crc32c`]): the [`Finished`] carries it ([`Finished::crc`]).
+    ///
+    /// ```
+    /// use dmaplane::datapath::{BufferClient, Client, ClientConfig};
+    /// use dmaplane::{OpFlags, Setup};
+    ///
+    /// let setup = Setup::builder().cpus(1).soft(1).build().unwrap();
+    /// let client = Client::new(setup.engine(), Some(0), ClientConfig::default()).unwrap();
+    /// let mut buffers = BufferClient::new(client);
+    /// let mut src = setup.pool().alloc(64, 64).unwrap();
+    /// src.write_at(0, b"123456789").unwrap();
+    /// buffers.crc32c(src, 9, 0, 1, OpFlags::SUBMIT).map_err(|r| r.error).unwrap();
+    /// let mut done = Vec::new();
+    /// while buffers.poll(&mut done, 8) == 0 {}
+    /// assert_eq!(done[0].crc(), 0xE306_9283);
+    /// ```
+    pub fn crc32c(
+        &mut self,
+        src: DmaBlock,
+        len: usize,
+        initial: u32,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), Box<Refused>> {
+        let capacity = src.len();
+        let src_ptr = src.as_ptr();
+        self.run(
+            len,
+            capacity,
+            user_data,
+            Buffers::Crc32c { src },
+            |client, slot| {
+                // SAFETY: as in `copy`.
+                unsafe { client.crc32c(src_ptr, len, initial, slot, flags) }
+            },
+        )
+    }
+
+    /// Copies the first `len` bytes of `src` into `dst` and computes their CRC-32C
+    /// continuing from `initial` (as [`Client::copy_crc`]).
+    ///
+    /// ```
+    /// use dmaplane::datapath::{BufferClient, Buffers, Client, ClientConfig};
+    /// use dmaplane::{OpFlags, Setup};
+    ///
+    /// let setup = Setup::builder().cpus(1).soft(1).build().unwrap();
+    /// let client = Client::new(setup.engine(), Some(0), ClientConfig::default()).unwrap();
+    /// let mut buffers = BufferClient::new(client);
+    /// let mut src = setup.pool().alloc(64, 64).unwrap();
+    /// src.write_at(0, b"123456789").unwrap();
+    /// let dst = setup.pool().alloc(64, 64).unwrap();
+    /// buffers.copy_crc(dst, src, 9, 0, 1, OpFlags::SUBMIT).map_err(|r| r.error).unwrap();
+    /// let mut done = Vec::new();
+    /// while buffers.poll(&mut done, 8) == 0 {}
+    /// assert_eq!(done[0].crc(), 0xE306_9283);
+    /// let Buffers::CopyCrc { dst, .. } = &done[0].buffers else { unreachable!() };
+    /// assert_eq!(&dst.to_vec()[..9], b"123456789");
+    /// ```
+    pub fn copy_crc(
+        &mut self,
+        dst: DmaBlock,
+        src: DmaBlock,
+        len: usize,
+        initial: u32,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), Box<Refused>> {
+        let capacity = dst.len().min(src.len());
+        let (dst_ptr, src_ptr) = (dst.as_mut_ptr(), src.as_ptr());
+        let buffers = Buffers::CopyCrc { dst, src };
+        self.run(len, capacity, user_data, buffers, |client, slot| {
+            // SAFETY: as in `copy`.
+            unsafe { client.copy_crc(dst_ptr, src_ptr, len, initial, slot, flags) }
+        })
+    }
+
+    /// Copies the first `len` bytes of `src` into both `dst1` and `dst2` (as
+    /// [`Client::dualcast`]).
+    ///
+    /// ```
+    /// use dmaplane::datapath::{BufferClient, Buffers, Client, ClientConfig};
+    /// use dmaplane::{OpFlags, Setup};
+    ///
+    /// let setup = Setup::builder().cpus(1).soft(1).build().unwrap();
+    /// let client = Client::new(setup.engine(), Some(0), ClientConfig::default()).unwrap();
+    /// let mut buffers = BufferClient::new(client);
+    /// let mut src = setup.pool().alloc(128, 64).unwrap();
+    /// src.write_at(0, &[4u8; 128]).unwrap();
+    /// let (one, two) = (setup.pool().alloc(128, 64).unwrap(), setup.pool().alloc(128, 64).unwrap());
+    /// buffers.dualcast(one, two, src, 128, 1, OpFlags::SUBMIT).map_err(|r| r.error).unwrap();
+    /// let mut done = Vec::new();
+    /// while buffers.poll(&mut done, 8) == 0 {}
+    /// let Buffers::Dualcast { dst1, dst2, .. } = &done[0].buffers else { unreachable!() };
+    /// assert_eq!((dst1.to_vec(), dst2.to_vec()), (vec![4u8; 128], vec![4u8; 128]));
+    /// ```
+    pub fn dualcast(
+        &mut self,
+        dst1: DmaBlock,
+        dst2: DmaBlock,
+        src: DmaBlock,
+        len: usize,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), Box<Refused>> {
+        let capacity = dst1.len().min(dst2.len()).min(src.len());
+        let (one, two, src_ptr) = (dst1.as_mut_ptr(), dst2.as_mut_ptr(), src.as_ptr());
+        let buffers = Buffers::Dualcast { dst1, dst2, src };
+        self.run(len, capacity, user_data, buffers, |client, slot| {
+            // SAFETY: as in `copy`.
+            unsafe { client.dualcast(one, two, src_ptr, len, slot, flags) }
+        })
+    }
+
+    /// Checks `len` against the buffers' `capacity`, parks `buffers`, and submits through
+    /// `submit` with the slot as the client's user data; a refusal hands the buffers back.
+    fn run(
+        &mut self,
+        len: usize,
+        capacity: usize,
+        user_data: u64,
+        buffers: Buffers,
+        submit: impl FnOnce(&mut Client, u64) -> Result<(), ClientError>,
+    ) -> Result<(), Box<Refused>> {
+        if len > capacity {
+            return Err(Box::new(Refused {
+                error: ClientError::BufferTooSmall { len, capacity },
+                buffers,
+            }));
+        }
+        let slot = self.park(user_data, buffers);
+        submit(&mut self.client, slot as u64).map_err(|error| {
+            Box::new(Refused {
+                error,
+                buffers: self.unpark(slot).1,
+            })
+        })
+    }
+
     /// Rings the doorbell for what was queued.
     pub fn submit(&mut self) {
         self.client.submit();
@@ -223,6 +445,7 @@ impl BufferClient {
             out.push(Finished {
                 user_data,
                 result: c.result,
+                value: c.value,
                 buffers,
             });
         }

@@ -43,9 +43,11 @@ pub struct ClientConfig {
     /// How long [`Client::new`] waits for the other clients to see the table (after that,
     /// submits are refused with [`ClientError::Migrating`] until they have).
     pub settle_timeout: Duration,
-    /// When the table gives this CPU no channel (the last device went away), do copies and
-    /// fills on the calling CPU instead of refusing them with [`ClientError::NoChannel`];
-    /// they complete at the next poll like any other operation.
+    /// When the table gives this CPU no channel for an operation (the last device went away,
+    /// or no device offers the operation: compare, CRC-32C, copy with CRC, dualcast), do it
+    /// on the calling CPU instead of refusing it with [`ClientError::NoChannel`]; it
+    /// completes at a later poll like any other operation. (The CPU's software queue performs
+    /// every operation.)
     pub cpu_fallback: bool,
 }
 
@@ -403,6 +405,194 @@ impl Client {
         // SAFETY: forwarded contract.
         unsafe { att.handle.fill(dst, pattern, len, user_data, flags) }?;
         self.accepted(Capability::Fill);
+        Ok(())
+    }
+
+    /// Queues a compare of the `len` bytes at `a` and `b` on the channel the table gives
+    /// this CPU for [`Capability::Compare`]. The completion's
+    /// [`value`](Completion::value) is 0 when they are equal, else 1 + the offset of the
+    /// first byte that differs ([`Completion::mismatch_at`]). Flags as for [`Client::copy`].
+    ///
+    /// Like every operation, it goes where the table says. When the table gives this CPU no
+    /// channel for it (no device offers compare, though one may offer copy), it is refused
+    /// with [`ClientError::NoChannel`]`(Capability::Compare)`, or, with
+    /// [`ClientConfig::cpu_fallback`], carried out on this CPU by the client's own software
+    /// queue at a later poll. A channel whose device does not compare refuses it with
+    /// [`SubmitError::Unsupported`].
+    ///
+    /// ```
+    /// use dmaplane::{Client, ClientConfig, Completion, OpFlags, Setup};
+    ///
+    /// let setup = Setup::builder().cpus(1).soft(1).build().unwrap();
+    /// let mut client = Client::new(setup.engine(), Some(0), ClientConfig::default()).unwrap();
+    /// let mut a = setup.pool().alloc(4096, 64).unwrap();
+    /// let mut b = setup.pool().alloc(4096, 64).unwrap();
+    /// a.write_at(0, &[1u8; 4096]).unwrap();
+    /// b.write_at(0, &[1u8; 4096]).unwrap();
+    /// b.write_at(1000, &[2u8]).unwrap();
+    /// // SAFETY: both blocks live, unwritten, until the completion is polled.
+    /// unsafe { client.compare(a.as_ptr(), b.as_ptr(), 4096, 7, OpFlags::SUBMIT) }.unwrap();
+    /// let mut done = [Completion::default(); 4];
+    /// while client.poll(&mut done) == 0 {}
+    /// assert_eq!((done[0].user_data, done[0].result), (7, Ok(())));
+    /// assert_eq!(done[0].mismatch_at(), Some(1000));
+    /// ```
+    ///
+    /// # Safety
+    ///
+    /// Both buffers must stay allocated, and nothing may write either, until [`Client::poll`]
+    /// has returned the operation's completion.
+    pub unsafe fn compare(
+        &mut self,
+        a: *const u8,
+        b: *const u8,
+        len: usize,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), ClientError> {
+        self.queue_on(Capability::Compare, |queue| {
+            // SAFETY: forwarded contract.
+            unsafe { queue.compare(a, b, len, user_data, flags) }
+        })
+    }
+
+    /// Queues a CRC-32C of the `len` bytes at `src`, continuing from `initial` (the CRC-32C
+    /// of the data before them; 0 to start), on the channel the table gives this CPU for
+    /// [`Capability::Crc32c`]. The completion's value is the standard CRC-32C
+    /// ([`crc32c`](crate::queue::op::crc32c), the `crc32c` crates' value), in its low 32
+    /// bits ([`Completion::crc`]). Flags, channel and fallback as for [`Client::compare`].
+    ///
+    /// ```
+    /// use dmaplane::{Client, ClientConfig, Completion, OpFlags, Setup};
+    ///
+    /// let setup = Setup::builder().cpus(1).soft(1).build().unwrap();
+    /// let mut client = Client::new(setup.engine(), Some(0), ClientConfig::default()).unwrap();
+    /// let mut src = setup.pool().alloc(64, 64).unwrap();
+    /// src.write_at(0, b"123456789").unwrap();
+    /// // SAFETY: the block lives, unwritten, until the completion is polled.
+    /// unsafe { client.crc32c(src.as_ptr(), 9, 0, 1, OpFlags::SUBMIT) }.unwrap();
+    /// let mut done = [Completion::default(); 4];
+    /// while client.poll(&mut done) == 0 {}
+    /// assert_eq!(done[0].result, Ok(()));
+    /// assert_eq!(done[0].crc(), 0xE306_9283);
+    /// ```
+    ///
+    /// # Safety
+    ///
+    /// `src` must stay allocated, and nothing may write it, until [`Client::poll`] has
+    /// returned the operation's completion.
+    pub unsafe fn crc32c(
+        &mut self,
+        src: *const u8,
+        len: usize,
+        initial: u32,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), ClientError> {
+        self.queue_on(Capability::Crc32c, |queue| {
+            // SAFETY: forwarded contract.
+            unsafe { queue.crc32c(src, len, initial, user_data, flags) }
+        })
+    }
+
+    /// Queues a copy of `len` bytes from `src` to `dst` that also computes their CRC-32C
+    /// continuing from `initial`, as [`Client::crc32c`] does, on the channel the table gives
+    /// this CPU for [`Capability::CopyCrc`]. Flags, channel and fallback as for
+    /// [`Client::compare`].
+    ///
+    /// ```
+    /// use dmaplane::{Client, ClientConfig, Completion, OpFlags, Setup};
+    ///
+    /// let setup = Setup::builder().cpus(1).soft(1).build().unwrap();
+    /// let mut client = Client::new(setup.engine(), Some(0), ClientConfig::default()).unwrap();
+    /// let mut src = setup.pool().alloc(64, 64).unwrap();
+    /// let dst = setup.pool().alloc(64, 64).unwrap();
+    /// src.write_at(0, b"123456789").unwrap();
+    /// // SAFETY: both blocks live, untouched, until the completion is polled.
+    /// unsafe { client.copy_crc(dst.as_mut_ptr(), src.as_ptr(), 9, 0, 1, OpFlags::SUBMIT) }
+    ///     .unwrap();
+    /// let mut done = [Completion::default(); 4];
+    /// while client.poll(&mut done) == 0 {}
+    /// assert_eq!(done[0].crc(), 0xE306_9283);
+    /// assert_eq!(&dst.to_vec()[..9], b"123456789");
+    /// ```
+    ///
+    /// # Safety
+    ///
+    /// As for [`Client::copy`].
+    pub unsafe fn copy_crc(
+        &mut self,
+        dst: *mut u8,
+        src: *const u8,
+        len: usize,
+        initial: u32,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), ClientError> {
+        self.queue_on(Capability::CopyCrc, |queue| {
+            // SAFETY: forwarded contract.
+            unsafe { queue.copy_crc(dst, src, len, initial, user_data, flags) }
+        })
+    }
+
+    /// Queues a copy of `len` bytes from `src` to both `dst1` and `dst2` on the channel the
+    /// table gives this CPU for [`Capability::Dualcast`]. Buffers that overlap are refused
+    /// with [`SubmitError::InvalidArgument`]. Flags, channel and fallback as for
+    /// [`Client::compare`].
+    ///
+    /// ```
+    /// use dmaplane::{Client, ClientConfig, Completion, OpFlags, Setup};
+    ///
+    /// let setup = Setup::builder().cpus(1).soft(1).build().unwrap();
+    /// let mut client = Client::new(setup.engine(), Some(0), ClientConfig::default()).unwrap();
+    /// let mut src = setup.pool().alloc(512, 64).unwrap();
+    /// let (one, two) = (setup.pool().alloc(512, 64).unwrap(), setup.pool().alloc(512, 64).unwrap());
+    /// src.write_at(0, &[5u8; 512]).unwrap();
+    /// // SAFETY: the blocks live, untouched, until the completion is polled.
+    /// unsafe {
+    ///     client.dualcast(one.as_mut_ptr(), two.as_mut_ptr(), src.as_ptr(), 512, 3, OpFlags::SUBMIT)
+    /// }
+    /// .unwrap();
+    /// let mut done = [Completion::default(); 4];
+    /// while client.poll(&mut done) == 0 {}
+    /// assert_eq!((done[0].user_data, done[0].result), (3, Ok(())));
+    /// assert_eq!((one.to_vec(), two.to_vec()), (vec![5u8; 512], vec![5u8; 512]));
+    /// ```
+    ///
+    /// # Safety
+    ///
+    /// As for [`Client::copy`], for both destinations.
+    pub unsafe fn dualcast(
+        &mut self,
+        dst1: *mut u8,
+        dst2: *mut u8,
+        src: *const u8,
+        len: usize,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), ClientError> {
+        self.queue_on(Capability::Dualcast, |queue| {
+            // SAFETY: forwarded contract.
+            unsafe { queue.dualcast(dst1, dst2, src, len, user_data, flags) }
+        })
+    }
+
+    /// Queues an operation of `cap` through `queue` on the channel the table gives this CPU
+    /// for `cap`, or on the client's own software queue when it has none and falls back on
+    /// the CPU. (Copy and fill spell this out for themselves: they are the hot path.)
+    fn queue_on(
+        &mut self,
+        cap: Capability,
+        queue: impl FnOnce(&mut dyn QueueHandle) -> Result<(), SubmitError>,
+    ) -> Result<(), ClientError> {
+        let fallback = self.config.cpu_fallback;
+        let att = match self.lane(cap) {
+            Ok(att) => att,
+            Err(ClientError::NoChannel(_)) if fallback => return self.on_cpu(queue),
+            Err(err) => return Err(err),
+        };
+        queue(&mut *att.handle)?;
+        self.accepted(cap);
         Ok(())
     }
 

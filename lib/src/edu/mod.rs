@@ -171,6 +171,7 @@ impl EduDevice {
                 channels: 1,
                 ring_order: config.ring_order,
                 fill: false,
+                extended_ops: false,
                 max_transfer: MAX_TRANSFER,
                 pool: Some(pool),
                 executor: Some(Arc::clone(&engine) as Arc<dyn PieceExecutor>),

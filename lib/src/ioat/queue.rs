@@ -26,6 +26,7 @@ use super::spec::{
     self, cbver, chan, chancmd, chanctrl, chansts, ctl, op, Descriptor, NULL_DESCRIPTOR_SIZE,
 };
 use super::submit::IoatScratch;
+use crate::capability::Capability;
 use crate::mem::DmaPool;
 use crate::mmio::{read64_split, write64_split, RegisterWindow};
 use crate::pci::ConfigSpace;
@@ -370,9 +371,15 @@ impl RingEngine for IoatEngine {
         IoatScratch::new(self.pool.translator())
     }
 
+    /// Copy, and fill where DMACAPABILITY says so. IOAT has no compare, CRC or dualcast
+    /// descriptor: those are refused before anything is built.
     #[inline]
-    fn fill_supported(&self) -> bool {
-        self.fill_supported
+    fn supports(&self, cap: Capability) -> bool {
+        match cap {
+            Capability::Memcpy => true,
+            Capability::Fill => self.fill_supported,
+            _ => false,
+        }
     }
 
     #[inline]

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use super::queue::{IoatEngine, IoatRetire};
 use super::spec::{ctl, op, Descriptor, NULL_DESCRIPTOR_SIZE};
+use crate::capability::Capability;
 use crate::mem::Translator;
 use crate::queue::ring::{Op, Producer, Ring, SlotMeta};
 use crate::queue::{OpFlags, SubmitError};
@@ -155,6 +156,12 @@ impl IoatEngine {
                 pieces.clear();
                 0
             }
+            // IOAT has no descriptor for these; the ring refuses them before building (see
+            // `supports`), and so does this, building nothing.
+            Op::Compare { .. } => return Err(SubmitError::Unsupported(Capability::Compare)),
+            Op::Crc32c { .. } => return Err(SubmitError::Unsupported(Capability::Crc32c)),
+            Op::CopyCrc { .. } => return Err(SubmitError::Unsupported(Capability::CopyCrc)),
+            Op::Dualcast { .. } => return Err(SubmitError::Unsupported(Capability::Dualcast)),
         };
         let owned = producer.is_owner();
         // A fence orders this operation after everything before it. IOAT's fence bit orders

@@ -44,6 +44,8 @@ pub(crate) mod spsc;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::capability::Capability;
+
 pub use backend::{BackendError, ChannelBackend, DeviceSpec, NullChannel};
 pub use op::{Completion, OpError, OpFlags, SubmitError};
 
@@ -215,6 +217,94 @@ pub trait QueueHandle: Send {
         user_data: u64,
         flags: OpFlags,
     ) -> Result<(), SubmitError>;
+
+    /// Queues a compare of the `len` bytes at `a` and `b`. The completion's
+    /// [`value`](Completion::value) is 0 when they are equal, else 1 + the offset of the first
+    /// byte that differs ([`Completion::mismatch_at`]). A compare longer than one descriptor is
+    /// split; the first difference in piece order wins, and it completes once.
+    ///
+    /// The default refuses with [`SubmitError::Unsupported`]: a backend offers what it
+    /// overrides.
+    ///
+    /// # Safety
+    ///
+    /// Both buffers stay allocated, and nothing writes either, until the operation's
+    /// completion has been returned by [`QueueHandle::poll`].
+    unsafe fn compare(
+        &mut self,
+        a: *const u8,
+        b: *const u8,
+        len: usize,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), SubmitError> {
+        let _ = (a, b, len, user_data, flags);
+        Err(SubmitError::Unsupported(Capability::Compare))
+    }
+
+    /// Queues a CRC-32C of the `len` bytes at `src`, continuing from `initial` (the CRC-32C
+    /// of the data before them; 0 to start). The completion's value is the standard CRC-32C,
+    /// `!crc32c_raw(!initial, data)` ([`op::crc32c`]). An operation longer than one
+    /// descriptor is split, each piece's raw CRC seeding the next, and completes once.
+    ///
+    /// The default refuses with [`SubmitError::Unsupported`].
+    ///
+    /// # Safety
+    ///
+    /// `src` stays allocated, and nothing writes it, until the completion has been returned.
+    unsafe fn crc32c(
+        &mut self,
+        src: *const u8,
+        len: usize,
+        initial: u32,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), SubmitError> {
+        let _ = (src, len, initial, user_data, flags);
+        Err(SubmitError::Unsupported(Capability::Crc32c))
+    }
+
+    /// Queues a copy of `len` bytes from `src` to `dst` that also computes the CRC-32C of the
+    /// data, as [`QueueHandle::crc32c`] does.
+    ///
+    /// The default refuses with [`SubmitError::Unsupported`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`QueueHandle::copy`].
+    unsafe fn copy_crc(
+        &mut self,
+        dst: *mut u8,
+        src: *const u8,
+        len: usize,
+        initial: u32,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), SubmitError> {
+        let _ = (dst, src, len, initial, user_data, flags);
+        Err(SubmitError::Unsupported(Capability::CopyCrc))
+    }
+
+    /// Queues a copy of `len` bytes from `src` to both `dst1` and `dst2`. No two of the three
+    /// buffers may overlap ([`SubmitError::InvalidArgument`]).
+    ///
+    /// The default refuses with [`SubmitError::Unsupported`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`QueueHandle::copy`], for both destinations.
+    unsafe fn dualcast(
+        &mut self,
+        dst1: *mut u8,
+        dst2: *mut u8,
+        src: *const u8,
+        len: usize,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), SubmitError> {
+        let _ = (dst1, dst2, src, len, user_data, flags);
+        Err(SubmitError::Unsupported(Capability::Dualcast))
+    }
 
     /// Tells the device about everything queued since the last call: one doorbell per batch.
     fn submit(&mut self);

@@ -5,6 +5,7 @@
 
 use std::fmt;
 
+use crate::capability::Capability;
 use crate::mem::MemError;
 
 /// How an operation is submitted.
@@ -40,14 +41,41 @@ pub struct Completion {
     pub user_data: u64,
     /// Success, or why not.
     pub result: Result<(), OpError>,
+    /// What the operation computed, meaningful when it succeeded:
+    ///
+    /// - copy, fill and dualcast: 0;
+    /// - compare: 0 when the buffers are equal, else 1 + the offset of the first byte that
+    ///   differs ([`Completion::mismatch_at`] reads it);
+    /// - CRC-32C and copy with CRC: the standard CRC-32C of the data continuing from the
+    ///   `initial` value submitted (0 to start), in the low 32 bits: what
+    ///   [`crc32c`] returns, and what the common `crc32c` crates return.
+    ///
+    /// A failed operation carries 0.
+    pub value: u64,
+}
+
+impl Completion {
+    /// For a compare that succeeded: the offset of the first byte that differs, or `None`
+    /// when the buffers are equal.
+    #[inline]
+    pub fn mismatch_at(&self) -> Option<u64> {
+        self.value.checked_sub(1)
+    }
+
+    /// For a CRC operation that succeeded: the CRC-32C.
+    #[inline]
+    pub fn crc(&self) -> u32 {
+        self.value as u32
+    }
 }
 
 impl Default for Completion {
-    /// A placeholder to size output buffers with: user data 0, success.
+    /// A placeholder to size output buffers with: user data 0, success, value 0.
     fn default() -> Self {
         Completion {
             user_data: 0,
             result: Ok(()),
+            value: 0,
         }
     }
 }
@@ -93,8 +121,11 @@ pub enum SubmitError {
     },
     /// A zero-length operation.
     ZeroLength,
-    /// The device does not offer block fill.
-    FillUnsupported,
+    /// The device does not offer this kind of operation (fill, compare, CRC-32C, copy with
+    /// CRC, dualcast). Nothing was built; the queue stays usable.
+    Unsupported(Capability),
+    /// The operation's arguments cannot work together (dualcast buffers that overlap).
+    InvalidArgument(&'static str),
     /// Part of a buffer is not DMA memory (neither pool nor registered memory).
     Unmapped(MemError),
     /// The channel failed earlier and accepts nothing.
@@ -113,7 +144,8 @@ impl fmt::Display for SubmitError {
                 )
             }
             SubmitError::ZeroLength => f.write_str("zero-length operation"),
-            SubmitError::FillUnsupported => f.write_str("the device does not support fill"),
+            SubmitError::Unsupported(cap) => write!(f, "not supported by this device: {cap}"),
+            SubmitError::InvalidArgument(why) => write!(f, "invalid argument: {why}"),
             SubmitError::Unmapped(err) => write!(f, "buffer is not DMA memory: {err}"),
             SubmitError::ChannelFailed => f.write_str("channel failed and accepts no work"),
             SubmitError::DeviceRemoved => f.write_str("device removed"),
@@ -131,6 +163,19 @@ pub fn crc32c_raw(seed: u32, bytes: &[u8]) -> u32 {
     bytes.iter().fold(seed, |crc, &b| {
         TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8)
     })
+}
+
+/// The standard CRC-32C (as iSCSI, ext4 and the `crc32c` crates compute it) of `bytes`,
+/// continuing from `initial`, the CRC-32C of the data before them (0 to start): what a CRC
+/// operation's [`Completion::value`] holds.
+///
+/// ```
+/// use dmaplane::queue::op::crc32c;
+/// assert_eq!(crc32c(0, b"123456789"), 0xE306_9283);
+/// assert_eq!(crc32c(crc32c(0, b"1234"), b"56789"), 0xE306_9283);
+/// ```
+pub fn crc32c(initial: u32, bytes: &[u8]) -> u32 {
+    !crc32c_raw(!initial, bytes)
 }
 
 const fn crc32c_table() -> [u32; 256] {

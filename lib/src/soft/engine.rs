@@ -6,6 +6,11 @@
 //!
 //! In-order execution makes every operation fenced already, so [`OpFlags::FENCE`] needs no
 //! slot of its own.
+//!
+//! An operation split into pieces that computes a value (compare, CRC-32C, copy with CRC)
+//! carries its running state in the retire side from piece to piece, since pieces run in
+//! order: the raw CRC so far (seeded with `!initial` at the first piece), or the first
+//! difference found. The last piece's slot keeps the operation's value for the report.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -13,24 +18,71 @@ use std::sync::{Arc, Mutex};
 
 use super::{PieceExecutor, SoftConfig, TraceEvent};
 
+use crate::capability::Capability;
 use crate::mem::Translator;
+use crate::queue::op::crc32c_raw;
 use crate::queue::ring::{Op, Producer, Retirer, Ring, RingEngine, Sink, SlotMeta};
 use crate::queue::{Health, OpError, OpFlags, SubmitError};
 
 /// What an injected failure reports.
 const INJECTED: &str = "injected fault";
 
+/// What a piece does, with the addresses beside `Work::addr` at the piece's own offset.
+#[derive(Clone, Copy, Default)]
+enum Task {
+    /// Copy from `src` to `addr`.
+    Copy { src: usize },
+    /// Fill `addr` with the pattern, rotated to the phase the piece starts at.
+    Fill { pattern: u64 },
+    /// Compare `addr` with `b`.
+    Compare { b: usize },
+    /// CRC-32C of `addr`, the operation starting from the standard CRC `initial`.
+    Crc { initial: u32 },
+    /// Copy from `src` to `addr`, and CRC-32C of the data.
+    CopyCrc { src: usize, initial: u32 },
+    /// Copy from `src` to `addr` and to `dst2`.
+    Dualcast { dst2: usize, src: usize },
+    /// Nothing: a marker.
+    #[default]
+    Null,
+}
+
+impl Task {
+    /// The same task for the piece `offset` bytes into the operation.
+    fn at(self, offset: usize) -> Task {
+        match self {
+            Task::Copy { src } => Task::Copy { src: src + offset },
+            Task::Fill { pattern } => Task::Fill {
+                pattern: pattern.rotate_right(8 * (offset % 8) as u32),
+            },
+            Task::Compare { b } => Task::Compare { b: b + offset },
+            Task::Crc { initial } => Task::Crc { initial },
+            Task::CopyCrc { src, initial } => Task::CopyCrc {
+                src: src + offset,
+                initial,
+            },
+            Task::Dualcast { dst2, src } => Task::Dualcast {
+                dst2: dst2 + offset,
+                src: src + offset,
+            },
+            Task::Null => Task::Null,
+        }
+    }
+}
+
 /// One slot: a piece of an operation as the CPU will carry it out.
 #[derive(Clone, Copy, Default)]
 struct Work {
-    dst: usize,
-    /// The source, or `None` for a fill.
-    src: Option<usize>,
-    /// The fill pattern, rotated to the phase the piece starts at.
-    pattern: u64,
+    /// The destination; a compare's first buffer; a CRC's source.
+    addr: usize,
+    task: Task,
     len: usize,
+    /// Where the piece starts in its operation (0: the first piece).
+    offset: usize,
     /// Set by the executor: how the piece failed (code 0: it did not).
     failure: Failure,
+    /// The last piece of an operation that computes a value: the value, once carried out.
+    value: u64,
 }
 
 /// The faults a test or application can inject into one channel.
@@ -71,6 +123,9 @@ pub(crate) struct SoftRetire {
     /// How an earlier piece of the operation being carried out failed (code 0: it did not):
     /// its later pieces are skipped and fail alike, so the operation completes with it.
     failing: Failure,
+    /// The running state of the operation being carried out: the raw CRC so far, or for a
+    /// compare 1 + the offset of the first difference found (0: none yet).
+    running: u64,
 }
 
 /// A piece's failure: the device's code (0: none) and what it means.
@@ -92,6 +147,8 @@ pub(crate) struct SoftEngine {
     work: Box<[UnsafeCell<Work>]>,
     mask: u32,
     fill_supported: bool,
+    /// Compare, CRC-32C, copy with CRC and dualcast.
+    extended: bool,
     max_transfer: usize,
     pool: Option<crate::mem::DmaPool>,
     executor: Option<Arc<dyn PieceExecutor>>,
@@ -118,6 +175,7 @@ impl SoftEngine {
                 .collect(),
             mask: size - 1,
             fill_supported: config.fill,
+            extended: config.extended_ops && config.executor.is_none(),
             max_transfer: config.max_transfer,
             pool: config.pool.clone(),
             executor: config.executor.clone(),
@@ -144,8 +202,10 @@ impl SoftEngine {
 
     /// Carries out slot `index` on this CPU (or has the executor's device do it), or fails it
     /// if a failure is due or an earlier piece of its operation failed, and returns how it
-    /// failed (code 0: it did not).
-    fn execute(&self, index: u32, failing: Failure) -> Failure {
+    /// failed (code 0: it did not). `running` is the operation's running state (see
+    /// [`SoftRetire`]); `ends_op`: the slot is its operation's last, which then keeps the
+    /// value.
+    fn execute(&self, index: u32, failing: Failure, running: &mut u64, ends_op: bool) -> Failure {
         // SAFETY: the slot is published and announced, and the caller is the retirer, the only
         // one touching it until it is retired.
         let work = unsafe { &mut *self.slot(index) };
@@ -169,12 +229,12 @@ impl SoftEngine {
         } else {
             0
         };
-        match (work.src, &self.executor) {
-            (Some(src), Some(executor)) => {
+        match (work.task, &self.executor) {
+            (Task::Copy { src }, Some(executor)) => {
                 // SAFETY: the submitter promised both buffers stay valid and untouched by
                 // anyone else until the completion is returned, which happens after this; with
                 // a pool (which an executor's device has) they were checked to be its memory.
-                let outcome = unsafe { executor.copy(self.channel, work.dst, src, work.len) };
+                let outcome = unsafe { executor.copy(self.channel, work.addr, src, work.len) };
                 if let Err(failure) = outcome {
                     work.failure = Failure {
                         code: failure.code.max(1),
@@ -183,18 +243,16 @@ impl SoftEngine {
                     return work.failure;
                 }
             }
-            // SAFETY: the submitter promised both buffers stay valid and untouched by anyone
-            // else until the completion is returned, which happens after this.
-            (Some(src), None) => unsafe {
-                std::ptr::copy(src as *const u8, work.dst as *mut u8, work.len)
-            },
-            (None, _) => {
-                let bytes = work.pattern.to_le_bytes();
-                for i in 0..work.len {
-                    // SAFETY: as above, for the destination.
-                    unsafe { (work.dst as *mut u8).add(i).write(bytes[i % 8]) };
-                }
-            }
+            // SAFETY: as `run_on_cpu` requires: the submitter keeps the piece's buffers valid and
+            // to itself until the completion, which comes after this.
+            (task, _) => unsafe { run_on_cpu(work.addr, work.len, work.offset, task, running) },
+        }
+        if ends_op {
+            work.value = match work.task {
+                Task::Compare { .. } => *running,
+                Task::Crc { .. } | Task::CopyCrc { .. } => u64::from(!(*running as u32)),
+                _ => 0,
+            };
         }
         if tracing {
             let event = TraceEvent {
@@ -208,13 +266,13 @@ impl SoftEngine {
         Failure::default()
     }
 
-    /// The outcome of carried-out slot `index`.
-    fn outcome(&self, index: u32) -> Result<(), OpError> {
+    /// The outcome of carried-out slot `index`, and the value it completes with.
+    fn outcome(&self, index: u32) -> (Result<(), OpError>, u64) {
         // SAFETY: as in `execute`.
         let work = unsafe { &*self.slot(index) };
         match work.failure {
-            Failure { code: 0, .. } => Ok(()),
-            Failure { code, cause } => Err(OpError::Device { code, cause }),
+            Failure { code: 0, .. } => (Ok(()), work.value),
+            Failure { code, cause } => (Err(OpError::Device { code, cause }), 0),
         }
     }
 }
@@ -229,8 +287,17 @@ impl RingEngine for SoftEngine {
         }
     }
 
-    fn fill_supported(&self) -> bool {
-        self.fill_supported
+    #[inline]
+    fn supports(&self, cap: Capability) -> bool {
+        match cap {
+            Capability::Memcpy => true,
+            Capability::Fill => self.fill_supported,
+            Capability::Compare
+            | Capability::Crc32c
+            | Capability::CopyCrc
+            | Capability::Dualcast => self.extended,
+            Capability::Xor | Capability::Pq | Capability::XorVal | Capability::PqVal => false,
+        }
     }
 
     fn build(
@@ -242,16 +309,32 @@ impl RingEngine for SoftEngine {
         user_data: u64,
         _flags: OpFlags,
     ) -> Result<(), SubmitError> {
-        let (dst, src, pattern, len) = match op {
-            Op::Copy { dst, src, len } => (dst, Some(src), 0, len),
-            Op::Fill { dst, pattern, len } => (dst, None, pattern, len),
-            Op::Null => (0, None, 0, 0),
+        let (addr, task) = match op {
+            Op::Copy { dst, src, .. } => (dst, Task::Copy { src }),
+            Op::Fill { dst, pattern, .. } => (dst, Task::Fill { pattern }),
+            Op::Compare { a, b, .. } => (a, Task::Compare { b }),
+            Op::Crc32c { src, initial, .. } => (src, Task::Crc { initial }),
+            Op::CopyCrc {
+                dst, src, initial, ..
+            } => (dst, Task::CopyCrc { src, initial }),
+            Op::Dualcast {
+                dst1, dst2, src, ..
+            } => (dst1, Task::Dualcast { dst2, src }),
+            Op::Null => (0, Task::Null),
         };
+        // The ring refused what this device does not support before asking (`supports`).
+        let len = op.len();
         if let Some(translator) = &mut scratch.translator {
             if len > 0 {
-                Self::check(translator, dst, len)?;
-                if let Some(src) = src {
-                    Self::check(translator, src, len)?;
+                Self::check(translator, addr, len)?;
+                let other = match task {
+                    Task::Copy { src } | Task::CopyCrc { src, .. } => [Some(src), None],
+                    Task::Compare { b } => [Some(b), None],
+                    Task::Dualcast { dst2, src } => [Some(dst2), Some(src)],
+                    Task::Fill { .. } | Task::Crc { .. } | Task::Null => [None, None],
+                };
+                for start in other.into_iter().flatten() {
+                    Self::check(translator, start, len)?;
                 }
             }
         }
@@ -263,11 +346,12 @@ impl RingEngine for SoftEngine {
             let piece = (len - offset.min(len)).min(self.max_transfer);
             let index = start.wrapping_add(k);
             let work = Work {
-                dst: dst + offset,
-                src: src.map(|s| s + offset),
-                pattern: pattern.rotate_right(8 * (offset % 8) as u32),
+                addr: addr + offset,
+                task: task.at(offset),
                 len: piece,
+                offset,
                 failure: Failure::default(),
+                value: 0,
             };
             let last = k + 1 == pieces;
             // SAFETY: the slot was claimed by this producer and is not published yet.
@@ -305,23 +389,24 @@ impl RingEngine for SoftEngine {
                 if !r.ring.health().works() {
                     break;
                 }
-                let failing = self.execute(state.executed, state.failing);
                 // SAFETY: an announced slot, read by the retirer.
                 let ends_op = unsafe { r.ring.meta(state.executed) }.ends_op;
+                let failing =
+                    self.execute(state.executed, state.failing, &mut state.running, ends_op);
                 state.failing = if ends_op { Failure::default() } else { failing };
                 state.executed = state.executed.wrapping_add(1);
             }
         }
         // Report what ran, in runs of equal outcome.
         while r.side.tail != r.side.engine.executed {
-            let result = self.outcome(r.side.tail);
+            let (result, value) = self.outcome(r.side.tail);
             let mut run = 1;
             while r.side.tail.wrapping_add(run) != r.side.engine.executed
-                && self.outcome(r.side.tail.wrapping_add(run)) == result
+                && self.outcome(r.side.tail.wrapping_add(run)) == (result, value)
             {
                 run += 1;
             }
-            if r.retire(run, sink, result) < run {
+            if r.retire_valued(run, sink, result, value) < run {
                 return; // a sink is full; the rest comes next time
             }
         }
@@ -340,4 +425,66 @@ impl RingEngine for SoftEngine {
     }
 
     fn halt(&self) {}
+}
+
+/// Carries out one piece of `task` on this CPU: `len` bytes at `addr` (the destination, a
+/// compare's first buffer, a CRC's source), `offset` bytes into its operation, updating the
+/// operation's `running` state (see [`SoftRetire`]).
+///
+/// # Safety
+///
+/// Every buffer the task names is valid for `len` bytes (reads of sources and compared
+/// buffers, writes of destinations), and nobody else touches them while this runs.
+unsafe fn run_on_cpu(addr: usize, len: usize, offset: usize, task: Task, running: &mut u64) {
+    // SAFETY: for each arm, the buffers are valid for `len` bytes and ours (the contract).
+    let bytes = |at: usize| unsafe { std::slice::from_raw_parts(at as *const u8, len) };
+    match task {
+        // SAFETY: as above; `ptr::copy` allows the two to overlap, as a copy's may.
+        Task::Copy { src } => unsafe { std::ptr::copy(src as *const u8, addr as *mut u8, len) },
+        Task::Fill { pattern } => {
+            let pattern = pattern.to_le_bytes();
+            for i in 0..len {
+                // SAFETY: as above, for the destination.
+                unsafe { (addr as *mut u8).add(i).write(pattern[i % 8]) };
+            }
+        }
+        Task::Compare { b } => {
+            if offset == 0 {
+                *running = 0;
+            }
+            if *running == 0 {
+                if let Some(at) = bytes(addr).iter().zip(bytes(b)).position(|(x, y)| x != y) {
+                    *running = (offset + at) as u64 + 1;
+                }
+            }
+        }
+        Task::Crc { initial } => {
+            *running = u64::from(crc_piece(*running, offset, initial, bytes(addr)))
+        }
+        Task::CopyCrc { src, initial } => {
+            // The CRC is of the source as it was: taken before the copy, which may overlap it.
+            *running = u64::from(crc_piece(*running, offset, initial, bytes(src)));
+            // SAFETY: as for a copy.
+            unsafe { std::ptr::copy(src as *const u8, addr as *mut u8, len) };
+        }
+        Task::Dualcast { dst2, src } => {
+            // SAFETY: as for a copy; the submit refused buffers that overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src as *const u8, addr as *mut u8, len);
+                std::ptr::copy_nonoverlapping(src as *const u8, dst2 as *mut u8, len);
+            }
+        }
+        Task::Null => {}
+    }
+}
+
+/// The raw CRC after one piece: seeded with `!initial` at the operation's first piece, with
+/// the previous piece's raw CRC (`running`) after that.
+fn crc_piece(running: u64, offset: usize, initial: u32, bytes: &[u8]) -> u32 {
+    let seed = if offset == 0 {
+        !initial
+    } else {
+        running as u32
+    };
+    crc32c_raw(seed, bytes)
 }

@@ -5,6 +5,9 @@
 //! implementations. It is also what a client falls back on when the table gives its CPU no
 //! channel ([`crate::datapath::ClientConfig::cpu_fallback`]).
 //!
+//! Besides copies and fills it compares, generates CRC-32C, copies with CRC and dualcasts
+//! ([`SoftConfig::extended_ops`]), which is also what the CPU fallback offers.
+//!
 //! Operations run at poll time, oldest first, once a doorbell announced them, and complete at
 //! that poll: the same completion semantics as a device. Faults can be injected
 //! ([`SoftFault`]) so that an application's error paths can be tested.
@@ -42,6 +45,14 @@ use crate::mem::DmaPool;
 use crate::queue::ring::{QueueCell, Ring, RingQueue};
 use crate::queue::{BackendError, ChannelBackend, ChannelQueue, ChannelStats, DeviceSpec};
 
+/// The operations [`SoftConfig::extended_ops`] turns on.
+const EXTENDED: [Capability; 4] = [
+    Capability::Compare,
+    Capability::Crc32c,
+    Capability::CopyCrc,
+    Capability::Dualcast,
+];
+
 /// The default and largest transfer of one slot: its byte count fits the ring's bookkeeping.
 pub const MAX_TRANSFER: usize = 1 << 30;
 
@@ -54,6 +65,11 @@ pub struct SoftConfig {
     pub ring_order: u32,
     /// Whether the device fills as well as copies.
     pub fill: bool,
+    /// Whether the device also compares, generates CRC-32C, copies with CRC and dualcasts
+    /// (the operations DSA adds), all on the polling CPU. On by default. Ignored with an
+    /// `executor`, whose device only copies: such a device refuses them with
+    /// [`SubmitError::Unsupported`](crate::SubmitError::Unsupported).
+    pub extended_ops: bool,
     /// The most bytes one slot carries: longer operations are split, as a device splits at
     /// its largest transfer, and complete once. 1 to 1 GiB.
     pub max_transfer: usize,
@@ -106,6 +122,7 @@ impl Default for SoftConfig {
             channels: 1,
             ring_order: 10,
             fill: true,
+            extended_ops: true,
             max_transfer: MAX_TRANSFER,
             pool: None,
             executor: None,
@@ -226,6 +243,11 @@ impl SoftDevice {
         if config.fill {
             capabilities = capabilities.with(Capability::Fill);
         }
+        if config.extended_ops && config.executor.is_none() {
+            for cap in EXTENDED {
+                capabilities = capabilities.with(cap);
+            }
+        }
         Ok(SoftDevice {
             name: name.into(),
             capabilities,
@@ -234,7 +256,7 @@ impl SoftDevice {
         })
     }
 
-    /// The capabilities: copy, and fill if configured.
+    /// The capabilities: copy, and fill and the extended operations if configured.
     pub fn capabilities(&self) -> CapMask {
         self.capabilities
     }

@@ -16,6 +16,22 @@
 //!
 //! The two never overlap on one ring; the client's migration protocol (grace periods of the
 //! per-CPU table) guarantees it, which is why entering owned mode is `unsafe`.
+//!
+//! # Operations that compute a value
+//!
+//! Compare, CRC-32C and copy with CRC end with a value ([`Completion::value`]). The value is
+//! not part of the per-slot bookkeeping ([`SlotMeta`] stays as small as copies and fills need
+//! it): a backend finds it at retire time where its device reported it (a DSA completion
+//! record, the software engine's slot) and hands it over with the operation's last slot
+//! through [`Retirer::retire_valued`]. [`Retirer::retire`] is the same with value 0, which is
+//! what copies, fills and dualcasts complete with.
+//!
+//! An operation split into several descriptors completes once, so the pieces must combine:
+//! for a CRC the raw CRC of piece `k` seeds piece `k + 1` (the first is seeded with
+//! `!initial`, the last one's raw result is inverted), and for a compare the first piece that
+//! finds a difference decides, its offset counted from the operation's start. A device that
+//! can chain (DSA: the CRC seed of a descriptor) builds one descriptor per piece; one that
+//! cannot carries the running state in its retire side, as the software engine does.
 
 mod producer;
 mod queue;
@@ -34,6 +50,7 @@ pub(crate) use retire::{Retirer, Sink};
 use super::reserve::{Doorbell, SlotReservation};
 use super::route::{RetireToken, Routes};
 use super::{ChannelStats, Completion, Health, OpFlags, SubmitError, MAX_CLIENTS_PER_CHANNEL};
+use crate::capability::Capability;
 
 /// One operation as a submitter asks for it, before any backend has planned it.
 #[derive(Clone, Copy, Debug)]
@@ -46,8 +63,59 @@ pub(crate) enum Op {
         pattern: u64,
         len: usize,
     },
+    /// Compare `len` bytes at `a` and `b`; the value says where they first differ.
+    Compare { a: usize, b: usize, len: usize },
+    /// CRC-32C of `len` bytes at `src`, continuing from the standard CRC `initial`.
+    Crc32c {
+        src: usize,
+        len: usize,
+        initial: u32,
+    },
+    /// `len` bytes from `src` to `dst`, and the CRC-32C of them continuing from `initial`.
+    CopyCrc {
+        dst: usize,
+        src: usize,
+        len: usize,
+        initial: u32,
+    },
+    /// `len` bytes from `src` to both `dst1` and `dst2` (no two of them overlapping).
+    Dualcast {
+        dst1: usize,
+        dst2: usize,
+        src: usize,
+        len: usize,
+    },
     /// No data: a marker that completes in order.
     Null,
+}
+
+impl Op {
+    /// The capability a device needs for the operation; `None` for a null operation, which
+    /// every ring carries.
+    pub(crate) fn capability(&self) -> Option<Capability> {
+        match self {
+            Op::Copy { .. } => Some(Capability::Memcpy),
+            Op::Fill { .. } => Some(Capability::Fill),
+            Op::Compare { .. } => Some(Capability::Compare),
+            Op::Crc32c { .. } => Some(Capability::Crc32c),
+            Op::CopyCrc { .. } => Some(Capability::CopyCrc),
+            Op::Dualcast { .. } => Some(Capability::Dualcast),
+            Op::Null => None,
+        }
+    }
+
+    /// Bytes the operation covers (0 for a null one).
+    pub(crate) fn len(&self) -> usize {
+        match *self {
+            Op::Copy { len, .. }
+            | Op::Fill { len, .. }
+            | Op::Compare { len, .. }
+            | Op::Crc32c { len, .. }
+            | Op::CopyCrc { len, .. }
+            | Op::Dualcast { len, .. } => len,
+            Op::Null => 0,
+        }
+    }
 }
 
 /// What a backend supplies to make a [`RingQueue`] of its device.
@@ -60,12 +128,17 @@ pub(crate) trait RingEngine: Send + Sync + Sized + 'static {
     /// A new submitter's state.
     fn scratch(&self) -> Self::Scratch;
 
-    /// Whether the device fills.
-    fn fill_supported(&self) -> bool;
+    /// Whether the device performs `cap` operations. Asked before every operation but copy
+    /// (which every ring device performs) with a constant `cap`, so an implementation that
+    /// matches on it inlines to a load: fill costs what it did when this was a `bool`.
+    fn supports(&self, cap: Capability) -> bool;
 
     /// Builds `op` into the ring: claims its slots through `producer`, writes them and their
     /// bookkeeping (the last slot carries `user_data`), and publishes them. All or nothing.
-    /// The channel accepted work when this was called; `op` has a non-zero length.
+    /// The channel accepted work when this was called; `op` has a non-zero length, and is a
+    /// copy, a null operation, or one whose capability [`RingEngine::supports`] (a backend
+    /// that is handed anything else refuses it with [`SubmitError::Unsupported`], building
+    /// nothing).
     fn build(
         &self,
         ring: &Ring<Self::RetireState>,

@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use super::{Op, Producer, Retirer, Ring, RingEngine, Sink};
+use crate::capability::Capability;
 use crate::queue::spsc::Consumer;
 use crate::queue::{
     ChannelQueue, ChannelStats, Completion, Health, OpFlags, QueueHandle, SubmitError,
@@ -212,6 +213,36 @@ impl<E: RingEngine> RingHandle<E> {
         Ok(())
     }
 
+    /// Checks and builds one of the operations beyond copy and fill: a working channel, a
+    /// device that performs it, a non-zero length; then the backend builds it.
+    fn queue_other(&mut self, op: Op, user_data: u64, flags: OpFlags) -> Result<(), SubmitError> {
+        self.accepting()?;
+        if let Some(cap) = op.capability() {
+            if !self.queue.engine.supports(cap) {
+                return Err(SubmitError::Unsupported(cap));
+            }
+        }
+        if op.len() == 0 {
+            return Err(SubmitError::ZeroLength);
+        }
+        if let Op::Dualcast {
+            dst1,
+            dst2,
+            src,
+            len,
+        } = op
+        {
+            // A device would write one destination while still reading the source for the
+            // other (or write the same bytes twice): refused for every backend alike.
+            let overlap =
+                |x: usize, y: usize| x < y.saturating_add(len) && y < x.saturating_add(len);
+            if overlap(dst1, dst2) || overlap(dst1, src) || overlap(dst2, src) {
+                return Err(SubmitError::InvalidArgument("dualcast buffers overlap"));
+            }
+        }
+        self.queue_op(op, user_data, flags)
+    }
+
     /// Queues a null operation that completes with `user_data` (a marker, or a flush).
     pub(crate) fn null(&mut self, user_data: u64, flags: OpFlags) -> Result<(), SubmitError> {
         self.accepting()?;
@@ -256,8 +287,8 @@ impl<E: RingEngine> QueueHandle for RingHandle<E> {
         flags: OpFlags,
     ) -> Result<(), SubmitError> {
         self.accepting()?;
-        if !self.queue.engine.fill_supported() {
-            return Err(SubmitError::FillUnsupported);
+        if !self.queue.engine.supports(Capability::Fill) {
+            return Err(SubmitError::Unsupported(Capability::Fill));
         }
         if len == 0 {
             return Err(SubmitError::ZeroLength);
@@ -268,6 +299,74 @@ impl<E: RingEngine> QueueHandle for RingHandle<E> {
             len,
         };
         self.queue_op(op, user_data, flags)
+    }
+
+    unsafe fn compare(
+        &mut self,
+        a: *const u8,
+        b: *const u8,
+        len: usize,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), SubmitError> {
+        let op = Op::Compare {
+            a: a as usize,
+            b: b as usize,
+            len,
+        };
+        self.queue_other(op, user_data, flags)
+    }
+
+    unsafe fn crc32c(
+        &mut self,
+        src: *const u8,
+        len: usize,
+        initial: u32,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), SubmitError> {
+        let op = Op::Crc32c {
+            src: src as usize,
+            len,
+            initial,
+        };
+        self.queue_other(op, user_data, flags)
+    }
+
+    unsafe fn copy_crc(
+        &mut self,
+        dst: *mut u8,
+        src: *const u8,
+        len: usize,
+        initial: u32,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), SubmitError> {
+        let op = Op::CopyCrc {
+            dst: dst as usize,
+            src: src as usize,
+            len,
+            initial,
+        };
+        self.queue_other(op, user_data, flags)
+    }
+
+    unsafe fn dualcast(
+        &mut self,
+        dst1: *mut u8,
+        dst2: *mut u8,
+        src: *const u8,
+        len: usize,
+        user_data: u64,
+        flags: OpFlags,
+    ) -> Result<(), SubmitError> {
+        let op = Op::Dualcast {
+            dst1: dst1 as usize,
+            dst2: dst2 as usize,
+            src: src as usize,
+            len,
+        };
+        self.queue_other(op, user_data, flags)
     }
 
     #[inline]

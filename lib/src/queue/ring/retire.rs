@@ -53,15 +53,18 @@ pub(crate) struct Retirer<'a, X> {
 
 impl<X> Retirer<'_, X> {
     /// Hands one completion to its sink; false when it has no room (nothing was taken).
+    #[inline]
     fn deliver(
         &mut self,
         sink: &mut Sink<'_>,
         meta: SlotMeta,
         result: Result<(), OpError>,
+        value: u64,
     ) -> bool {
         let completion = Completion {
             user_data: meta.user_data,
             result,
+            value,
         };
         match &mut sink.direct {
             Some(direct) if direct.route == meta.route => {
@@ -93,20 +96,37 @@ impl<X> Retirer<'_, X> {
     }
 
     /// Retires up to `count` slots from the tail, reporting each operation that ends among
-    /// them with `result`, and stops early when a sink is full. Returns how many it retired.
+    /// them with `result` and value 0, and stops early when a sink is full. Returns how many
+    /// it retired.
+    #[inline]
     pub(crate) fn retire(
         &mut self,
         count: u32,
         sink: &mut Sink<'_>,
         result: Result<(), OpError>,
     ) -> u32 {
+        self.retire_valued(count, sink, result, 0)
+    }
+
+    /// As [`Retirer::retire`], with every operation that ends among the slots completing with
+    /// `value` (see [`Completion::value`]): a backend retires an operation that computed
+    /// something on its own, or with others that computed the same. A failed operation
+    /// completes with 0 whatever `value` says.
+    pub(crate) fn retire_valued(
+        &mut self,
+        count: u32,
+        sink: &mut Sink<'_>,
+        result: Result<(), OpError>,
+        value: u64,
+    ) -> u32 {
+        let value = if result.is_ok() { value } else { 0 };
         let mut retired = 0;
         let mut moved = 0u64;
         while retired < count {
             // SAFETY: the slot is published (the caller retires only those), and we are the
             // retirer.
             let meta = unsafe { self.ring.meta(self.side.tail) };
-            if meta.ends_op && !self.deliver(sink, meta, result) {
+            if meta.ends_op && !self.deliver(sink, meta, result, value) {
                 break;
             }
             if result.is_ok() {
