@@ -618,3 +618,97 @@ fn surprise_removal_fails_outstanding_work_as_removed() {
         assert!(!rig.device.channels()[0].is_present());
     }
 }
+
+#[test]
+fn compare_crc_copy_crc_and_dualcast_run_on_the_device_split_or_whole() {
+    use dmaplane::queue::op::crc32c;
+    for mode in MODES {
+        // 4 KiB transfers: a 20,000-byte operation takes five descriptors; the CRC chains
+        // through the records.
+        let rig = rig_with(
+            DsaEmuConfig {
+                mode,
+                ..DsaEmuConfig::default()
+            },
+            DsaLayout {
+                wqs: 1,
+                max_transfer_shift: 12,
+                ..DsaLayout::default()
+            },
+            DsaQueueConfig::default(),
+            IovaMode::Va,
+        );
+        let (_queue, mut handle) = owned(&rig, 0);
+        let len = 20_000;
+        let bytes: Vec<u8> = (0..len).map(|k| (k * 7 % 253) as u8).collect();
+        let mut a = block(&rig.pool, len);
+        a.write_at(0, &bytes).unwrap();
+        let mut b = block(&rig.pool, len);
+        b.write_at(0, &bytes).unwrap();
+        let mut check = block(&rig.pool, 9);
+        check.write_at(0, b"123456789").unwrap();
+        let copy = block(&rig.pool, len + 64);
+        let dual = block(&rig.pool, 2 * 4096 + len);
+        // SAFETY: the blocks outlive the operations, polled to completion below.
+        unsafe {
+            handle
+                .compare(a.as_ptr(), b.as_ptr(), len, 1, OpFlags::NONE)
+                .unwrap();
+            handle
+                .crc32c(check.as_ptr(), 9, 0, 2, OpFlags::NONE)
+                .unwrap();
+            handle
+                .crc32c(a.as_ptr(), len, 0x1234, 3, OpFlags::NONE)
+                .unwrap();
+            handle
+                .copy_crc(copy.as_mut_ptr(), a.as_ptr(), len, 0, 4, OpFlags::NONE)
+                .unwrap();
+            handle
+                .dualcast(
+                    dual.as_mut_ptr(),
+                    dual.as_mut_ptr().add(5 * 4096),
+                    a.as_ptr(),
+                    len.min(4096),
+                    5,
+                    OpFlags::SUBMIT,
+                )
+                .unwrap();
+        }
+        let mut done = poll_all(&mut *handle, 5);
+        done.sort_by_key(|c| c.user_data);
+        assert!(done.iter().all(|c| c.result.is_ok()), "{mode:?}: {done:?}");
+        assert_eq!(done[0].mismatch_at(), None);
+        assert_eq!(done[1].crc(), 0xE306_9283, "{mode:?}: the check value");
+        assert_eq!(done[2].crc(), crc32c(0x1234, &bytes), "{mode:?}: chained");
+        assert_eq!(done[3].crc(), crc32c(0, &bytes));
+        assert_eq!(copy.to_vec()[..len], bytes[..]);
+        let dual_bytes = dual.to_vec();
+        let second = 5 * 4096;
+        assert_eq!(dual_bytes[..4096], bytes[..4096]);
+        assert_eq!(dual_bytes[second..second + 4096], bytes[..4096]);
+
+        // A difference in the fourth piece is found at its offset.
+        b.write_at(12_345, &[bytes[12_345] ^ 0xFF]).unwrap();
+        // SAFETY: as above.
+        unsafe { handle.compare(a.as_ptr(), b.as_ptr(), len, 6, OpFlags::SUBMIT) }.unwrap();
+        assert_eq!(poll_all(&mut *handle, 1)[0].mismatch_at(), Some(12_345));
+
+        // Destinations at different offsets in their pages are refused before anything is
+        // built.
+        // SAFETY: as above (refused, so nothing runs).
+        let refused = unsafe {
+            handle.dualcast(
+                dual.as_mut_ptr(),
+                dual.as_mut_ptr().add(4096 + 8 + len),
+                a.as_ptr(),
+                64,
+                7,
+                OpFlags::SUBMIT,
+            )
+        };
+        assert!(
+            matches!(refused, Err(dmaplane::SubmitError::InvalidArgument(_))),
+            "{refused:?}"
+        );
+    }
+}

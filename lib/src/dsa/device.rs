@@ -97,25 +97,37 @@ impl DsaDevice {
                 settings,
             })
             .collect();
-        let mut dsa = DsaDevice::from_queues(name, queues, pool, config.queue);
-        dsa.capabilities = capabilities;
+        let mut dsa = DsaDevice::with_capabilities(name, queues, pool, config.queue, capabilities);
         dsa.registers = Some(device);
         Ok(dsa)
     }
 
     /// A device of work queues configured and enabled by someone else (the kernel route). It
-    /// offers copy and fill, which every DSA has.
+    /// offers what every DSA 1.0 part does: copy, fill, compare, CRC-32C, copy with CRC and
+    /// dualcast.
     pub fn from_queues(
         name: impl Into<String>,
         queues: Vec<WorkQueue>,
         pool: DmaPool,
         config: DsaQueueConfig,
     ) -> DsaDevice {
+        let every = capabilities_of(|_| true);
+        DsaDevice::with_capabilities(name, queues, pool, config, every)
+    }
+
+    fn with_capabilities(
+        name: impl Into<String>,
+        queues: Vec<WorkQueue>,
+        pool: DmaPool,
+        config: DsaQueueConfig,
+        capabilities: CapMask,
+    ) -> DsaDevice {
         let channels = queues
             .into_iter()
             .map(|wq| {
                 Arc::new(DsaChannelBackend {
                     wq,
+                    capabilities,
                     pool: pool.clone(),
                     config,
                     queue: QueueCell::default(),
@@ -124,7 +136,7 @@ impl DsaDevice {
             .collect();
         DsaDevice {
             name: name.into(),
-            capabilities: CapMask::MEMCPY.with(Capability::Fill),
+            capabilities,
             channels,
             registers: None,
         }
@@ -172,8 +184,16 @@ fn capabilities_of(supports: impl Fn(u8) -> bool) -> CapMask {
     if supports(opcode::MEMMOVE) {
         caps = caps.with(Capability::Memcpy);
     }
-    if supports(opcode::MEMFILL) {
-        caps = caps.with(Capability::Fill);
+    for (op, cap) in [
+        (opcode::MEMFILL, Capability::Fill),
+        (opcode::COMPARE, Capability::Compare),
+        (opcode::CRC_GEN, Capability::Crc32c),
+        (opcode::COPY_CRC, Capability::CopyCrc),
+        (opcode::DUALCAST, Capability::Dualcast),
+    ] {
+        if supports(op) {
+            caps = caps.with(cap);
+        }
     }
     caps
 }
@@ -181,6 +201,7 @@ fn capabilities_of(supports: impl Fn(u8) -> bool) -> CapMask {
 /// One DSA work queue behind the engine's reference counting.
 pub struct DsaChannelBackend {
     wq: WorkQueue,
+    capabilities: CapMask,
     pool: DmaPool,
     config: DsaQueueConfig,
     queue: QueueCell<DsaEngine>,
@@ -210,6 +231,7 @@ impl ChannelBackend for DsaChannelBackend {
             Arc::clone(&self.wq.portals),
             self.wq.portal_offset,
             &self.wq.settings,
+            self.capabilities,
             &self.pool,
             self.config,
         )?);

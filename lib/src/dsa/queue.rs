@@ -42,6 +42,7 @@ use super::error::{device_error, DsaError, ABANDONED, UNRESOLVED_FAULT};
 use super::portal::{Enqueue, PortalWindow};
 use super::spec::{flags, opcode, portal, status, CompletionRecord, Descriptor};
 use super::submit::DsaScratch;
+use crate::capability::{CapMask, Capability};
 use crate::mem::{DmaBlock, DmaPool, IovaMode};
 use crate::queue::ring::{Op, Producer, Retirer, Ring, RingEngine, RingQueue, Sink};
 use crate::queue::{Health, OpError, OpFlags, SubmitError};
@@ -102,6 +103,8 @@ pub(crate) struct DsaEngine {
     /// Offset of the WQ's portal page in BAR2.
     portal: usize,
     dedicated: bool,
+    /// The operations the device performs.
+    capabilities: CapMask,
     /// WQ entries this channel may hold at once (dedicated WQs).
     credits: u64,
     pub(crate) max_transfer: u64,
@@ -132,6 +135,7 @@ impl DsaEngine {
         portals: Arc<dyn PortalWindow>,
         portal_offset: usize,
         wq: &WqSettings,
+        capabilities: CapMask,
         pool: &DmaPool,
         config: DsaQueueConfig,
     ) -> Result<Arc<DsaQueue>, DsaError> {
@@ -164,6 +168,7 @@ impl DsaEngine {
             portals,
             portal: portal_offset,
             dedicated: wq.dedicated,
+            capabilities,
             credits: u64::from(wq.size.max(1)),
             max_transfer: wq.max_transfer,
             max_batch: max_batch.max(1),
@@ -402,9 +407,11 @@ impl DsaEngine {
         &self,
         r: &mut Retirer<'_, DsaRetire>,
         submitted: u32,
-    ) -> Option<(Result<(), OpError>, u32, u64)> {
+    ) -> Option<(Result<(), OpError>, u64, u32, u64)> {
         let tail = r.side.tail;
         let mut result = Ok(());
+        let mut value = 0u64;
+        let mut offset = 0u64;
         let mut ends = 0u64;
         let mut k = 0u32;
         loop {
@@ -432,6 +439,21 @@ impl DsaEngine {
                 },
                 _ => result = result.and(Err(device_error(own))),
             }
+            if own != status::NONE {
+                // SAFETY: the status was read non-zero (acquire): the record is complete, and
+                // the descriptor is ours while the slot is not retired.
+                let (record, descriptor) = unsafe { (*self.record(slot), *self.descriptor(slot)) };
+                match descriptor.opcode() {
+                    opcode::COMPARE if value == 0 && record.result != 0 => {
+                        value = 1 + offset + u64::from(record.bytes_completed);
+                    }
+                    opcode::CRC_GEN | opcode::COPY_CRC => {
+                        value = u64::from(!(record.op_specific0 as u32));
+                    }
+                    _ => {}
+                }
+                offset += u64::from(descriptor.size);
+            }
             if slot == first.wrapping_add(count - 1) {
                 if count > 1 && batch_status == status::NONE {
                     return None; // the batch's record is still to come
@@ -443,7 +465,7 @@ impl DsaEngine {
             }
             // SAFETY: the slot is published (it was submitted), and we are the retirer.
             if unsafe { r.ring.meta(slot) }.ends_op {
-                return Some((result, k + 1, ends));
+                return Some((result, value, k + 1, ends));
             }
             k += 1;
         }
@@ -511,8 +533,8 @@ impl RingEngine for DsaEngine {
     }
 
     #[inline]
-    fn fill_supported(&self) -> bool {
-        true
+    fn supports(&self, cap: Capability) -> bool {
+        self.capabilities.has(cap)
     }
 
     #[inline]
@@ -540,11 +562,11 @@ impl RingEngine for DsaEngine {
         let submitted = self.submitted.load(Ordering::Acquire);
         let mut progressed = false;
         while r.side.tail != submitted {
-            let Some((result, span, ends)) = self.examine(r, submitted) else {
+            let Some((result, value, span, ends)) = self.examine(r, submitted) else {
                 break;
             };
             let tail = r.side.tail;
-            let retired = r.retire(span, sink, result);
+            let retired = r.retire_valued(span, sink, result, value);
             if retired < span {
                 // A sink is full: the operation's last slot stays. Count the portal writes
                 // that ended in the slots that did go.
