@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{release_on_removal, DeviceKind, Devices, Setup, SetupError};
+use crate::dsa::KernelRoute;
 use crate::emu::EmuMode;
 use crate::engine::{Engine, EngineConfig, RemovalOptions};
 use crate::hotplug::{Monitor, MonitorConfig};
@@ -34,6 +35,7 @@ pub struct SetupBuilder {
     pub(super) vfio_kernel: Option<Arc<dyn VfioKernel>>,
     pub(super) noiommu: NoIommu,
     pub(super) lock_dir: PathBuf,
+    pub(super) dsa_route: KernelRoute,
 }
 
 impl Default for SetupBuilder {
@@ -58,6 +60,7 @@ impl Default for SetupBuilder {
             vfio_kernel: None,
             noiommu: NoIommu::Refused,
             lock_dir: PathBuf::from(DEFAULT_LOCK_DIR),
+            dsa_route: KernelRoute::default(),
         }
     }
 }
@@ -90,6 +93,42 @@ impl SetupBuilder {
     pub fn emulated_ioat(mut self, count: usize) -> Self {
         self.kind = DeviceKind::EmulatedIoat;
         self.devices = count;
+        self
+    }
+
+    /// Starts with `count` emulated DSA devices, each with
+    /// [`channels_per_device`](SetupBuilder::channels_per_device) dedicated work queues (one
+    /// channel each), driven by the DSA driver.
+    #[must_use]
+    pub fn emulated_dsa(mut self, count: usize) -> Self {
+        self.kind = DeviceKind::EmulatedDsa;
+        self.devices = count;
+        self
+    }
+
+    /// Starts with `count` emulated devices, IOAT and DSA by turns (IOAT first), so the
+    /// per-CPU table balances across both engines; later additions keep alternating.
+    #[must_use]
+    pub fn mixed(mut self, count: usize) -> Self {
+        self.kind = DeviceKind::Mixed;
+        self.devices = count;
+        self
+    }
+
+    /// Opens every enabled user work queue of the kernel's DSA driver through its character
+    /// device (`/dev/dsa/wqX.Y`, configured with accel-config), a device per DSA device (at
+    /// least one WQ, or the build fails with [`SetupError::NoDevice`] saying why each was
+    /// passed over).
+    #[must_use]
+    pub fn kernel_dsa(mut self) -> Self {
+        self.kind = DeviceKind::KernelDsa;
+        self
+    }
+
+    /// Where the kernel route looks for DSA work queues (a fake tree in tests).
+    #[must_use]
+    pub fn dsa_route(mut self, route: KernelRoute) -> Self {
+        self.dsa_route = route;
         self
     }
 
@@ -236,7 +275,12 @@ impl SetupBuilder {
                 IovaMode::Physical
             }
             DeviceKind::VfioIoat | DeviceKind::VfioEdu => IovaMode::Mapped,
-            DeviceKind::EmulatedIoat | DeviceKind::Soft => IovaMode::Va,
+            // The kernel route's WQs take process virtual addresses (shared virtual memory).
+            DeviceKind::EmulatedIoat
+            | DeviceKind::Soft
+            | DeviceKind::EmulatedDsa
+            | DeviceKind::Mixed
+            | DeviceKind::KernelDsa => IovaMode::Va,
         };
         let pool = DmaPool::new(self.pool.unwrap_or(DmaPoolConfig {
             iova_mode,
@@ -262,6 +306,8 @@ impl SetupBuilder {
         };
         if setup.builder.kind.is_pci() {
             setup.add_hardware(usize::MAX)?;
+        } else if setup.builder.kind == DeviceKind::KernelDsa {
+            setup.add_kernel_dsa()?;
         } else {
             for _ in 0..setup.builder.devices {
                 setup.add_device()?;

@@ -34,8 +34,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::datapath::{Client, ClientConfig, ClientError};
+use crate::dsa::{DsaConfig, DsaDevice, DsaError, DsaLayout, DsaQueueConfig};
 use crate::edu::EduDevice;
-use crate::emu::{EmuConfig, EmuError, EmulatedDevice, Fault, PoolMemory};
+use crate::emu::{
+    DsaEmuConfig, DsaFault, EmuConfig, EmuError, EmulatedDevice, EmulatedDsa, Fault, PoolMemory,
+};
 use crate::engine::{DeviceId, Engine, EngineError};
 use crate::hotplug::{EventHook, HotplugEvent, Monitor};
 use crate::ioat::{IoatConfig, IoatDevice, IoatError, Timeouts};
@@ -69,6 +72,12 @@ pub enum DeviceKind {
     /// QEMU `edu` devices bound to `vfio-pci`, opened through VFIO as [`DeviceKind::VfioIoat`]
     /// functions are: the KVM rig's DMA engine (see [`crate::edu`]).
     VfioEdu,
+    /// Emulated DSA devices driven by the DSA driver, a channel per work queue.
+    EmulatedDsa,
+    /// Emulated IOAT and DSA devices by turns: one engine balancing across both.
+    Mixed,
+    /// DSA work queues of the kernel's `idxd` driver, opened through `/dev/dsa`.
+    KernelDsa,
 }
 
 impl DeviceKind {
@@ -111,6 +120,8 @@ pub enum SetupError {
     Soft(SoftError),
     /// A device did not probe.
     Probe(IoatError),
+    /// A DSA device or work queue could not be brought up.
+    Dsa(DsaError),
     /// No function of the setup's kind could be attached; each one tried, with why not.
     NoDevice {
         /// The kind looked for.
@@ -135,6 +146,14 @@ impl fmt::Display for SetupError {
             SetupError::Emulator(err) => write!(f, "emulated device: {err}"),
             SetupError::Soft(err) => err.fmt(f),
             SetupError::Probe(err) => write!(f, "probing a device: {err}"),
+            SetupError::Dsa(err) => write!(f, "DSA: {err}"),
+            SetupError::NoDevice {
+                kind: DeviceKind::KernelDsa,
+                tried,
+            } if tried.is_empty() => f.write_str(
+                "no DSA work queue found under /sys/bus/dsa (is the idxd driver loaded, and a \
+                 user WQ configured with accel-config?)",
+            ),
             SetupError::NoDevice {
                 kind: DeviceKind::VfioEdu,
                 tried,
@@ -192,6 +211,11 @@ enum Behind {
         device: VfioDevice,
         lock: Option<FunctionLock>,
     },
+    EmulatedDsa {
+        emulator: Arc<EmulatedDsa>,
+        driver: DsaDevice,
+    },
+    KernelDsa(DsaDevice),
 }
 
 impl Behind {
@@ -384,6 +408,8 @@ impl Setup {
                     Behind::Physical { .. } => DeviceKind::PhysicalIoat,
                     Behind::Vfio { .. } => DeviceKind::VfioIoat,
                     Behind::VfioEdu { .. } => DeviceKind::VfioEdu,
+                    Behind::EmulatedDsa { .. } => DeviceKind::EmulatedDsa,
+                    Behind::KernelDsa(_) => DeviceKind::KernelDsa,
                 },
                 removal_requested: d.removal_requested,
             })
@@ -439,7 +465,19 @@ impl Setup {
                         tried: Vec::new(),
                     })
             }
-            DeviceKind::EmulatedIoat => {
+            DeviceKind::KernelDsa => {
+                return self
+                    .add_kernel_dsa()?
+                    .first()
+                    .copied()
+                    .ok_or(SetupError::NoDevice {
+                        kind: b.kind,
+                        tried: Vec::new(),
+                    })
+            }
+            DeviceKind::EmulatedDsa => self.emulated_dsa(serial)?,
+            DeviceKind::Mixed if serial % 2 == 1 => self.emulated_dsa(serial)?,
+            DeviceKind::EmulatedIoat | DeviceKind::Mixed => {
                 let config = EmuConfig {
                     channels: b.channels_per_device,
                     fill: b.fill,
@@ -478,6 +516,91 @@ impl Setup {
         self.attach(name, behind)
     }
 
+    /// An emulated DSA device of the setup's WQ count, configured by the DSA driver.
+    fn emulated_dsa(&self, serial: u32) -> Result<(String, Behind), SetupError> {
+        let b = &self.builder;
+        let config = DsaEmuConfig {
+            wqs: b.channels_per_device.max(1),
+            mode: b.emulation,
+            ..DsaEmuConfig::default()
+        };
+        // SAFETY: as for the emulated IOAT device: descriptors name only buffers of the
+        // clients' and the driver's `unsafe` submit calls, kept alive until completion.
+        let memory = Arc::new(unsafe { PoolMemory::new(self.pool.clone()) });
+        let emulator = EmulatedDsa::new(config, memory).map_err(SetupError::Emulator)?;
+        let name = format!("dsa{serial}");
+        let driver = DsaDevice::probe(
+            name.clone(),
+            emulator.registers(),
+            emulator.portals(),
+            Some(emulator.config_space()),
+            self.pool.clone(),
+            DsaConfig {
+                layout: DsaLayout {
+                    wqs: b.channels_per_device,
+                    ..DsaLayout::default()
+                },
+                queue: DsaQueueConfig {
+                    ring_order: b.ring_order.min(12),
+                    ..DsaQueueConfig::default()
+                },
+                ..DsaConfig::default()
+            },
+        )
+        .map_err(SetupError::Dsa)?;
+        Ok((name, Behind::EmulatedDsa { emulator, driver }))
+    }
+
+    /// Opens the kernel's usable DSA work queues not opened yet, a device per DSA device.
+    fn add_kernel_dsa(&self) -> Result<Vec<DeviceId>, SetupError> {
+        let _one_at_a_time = lock_std(&self.attaching);
+        let route = &self.builder.dsa_route;
+        let wqs = route.scan().map_err(SetupError::Dsa)?;
+        let open: Vec<String> = self
+            .devices_locked()
+            .attached
+            .iter()
+            .filter(|d| matches!(d.behind, Behind::KernelDsa(_)))
+            .map(|d| d.name.clone())
+            .collect();
+        let mut tried = Vec::new();
+        let mut by_device: Vec<(String, Vec<crate::dsa::WorkQueue>)> = Vec::new();
+        for wq in wqs.iter().filter(|wq| !open.contains(&wq.device)) {
+            match route.open(wq, &self.pool) {
+                Ok(queue) => match by_device.iter_mut().find(|(d, _)| *d == wq.device) {
+                    Some((_, queues)) => queues.push(queue),
+                    None => by_device.push((wq.device.clone(), vec![queue])),
+                },
+                Err(err) => tried.push(AttachFailure {
+                    bdf: format!("{}/{}", wq.device, wq.id),
+                    cause: err.to_string(),
+                }),
+            }
+        }
+        if by_device.is_empty() {
+            return Err(SetupError::NoDevice {
+                kind: DeviceKind::KernelDsa,
+                tried,
+            });
+        }
+        for failure in &tried {
+            (self.builder.engine.log)(
+                crate::log::LogLevel::Warn,
+                &format!("DSA work queue passed over: {failure}"),
+            );
+        }
+        let mut ids = Vec::new();
+        for (name, queues) in by_device {
+            let queue = DsaQueueConfig {
+                ring_order: self.builder.ring_order.min(12),
+                ..DsaQueueConfig::default()
+            };
+            let driver = DsaDevice::from_queues(name.clone(), queues, self.pool.clone(), queue);
+            ids.push(self.attach(name, Behind::KernelDsa(driver))?);
+        }
+        Ok(ids)
+    }
+
     /// Registers a device through the monitor and keeps what is behind it.
     fn attach(&self, name: String, behind: Behind) -> Result<DeviceId, SetupError> {
         let spec: DeviceSpec = match &behind {
@@ -486,6 +609,7 @@ impl Setup {
             | Behind::Vfio { driver, .. } => driver.spec(),
             Behind::Soft(device) => device.spec(),
             Behind::VfioEdu { driver, .. } => driver.spec(),
+            Behind::EmulatedDsa { driver, .. } | Behind::KernelDsa(driver) => driver.spec(),
         };
         let channels = spec.channels.clone();
         let id = self.monitor().add(spec)?;
@@ -525,6 +649,9 @@ impl Setup {
             // and runs the removal.
             (Removal::Surprise, Behind::Emulated { emulator, .. }) => emulator
                 .inject(Fault::SurpriseRemoval)
+                .map_err(SetupError::Emulator)?,
+            (Removal::Surprise, Behind::EmulatedDsa { emulator, .. }) => emulator
+                .inject(DsaFault::SurpriseRemoval)
                 .map_err(SetupError::Emulator)?,
             (Removal::Surprise, Behind::Soft(soft)) => soft
                 .inject(SoftFault::SurpriseRemoval)
