@@ -175,6 +175,27 @@
 #define DMAPLANE_BACKEND_SOFT 3
 
 /*
+ `dmaplane_options.backend`: emulated Intel DSA devices driven by the DSA driver, each with
+ `channels_per_device` dedicated work queues (a channel per WQ). Besides copy and fill they
+ compare, generate CRC-32C, copy with CRC and dualcast (dualcast destinations must share
+ their offset within a 4 KiB page, as on the hardware).
+ */
+#define DMAPLANE_BACKEND_DSA 4
+
+/*
+ `dmaplane_options.backend`: emulated IOAT and DSA devices by turns (IOAT first), one engine
+ balancing each capability across the devices that have it.
+ */
+#define DMAPLANE_BACKEND_MIXED 5
+
+/*
+ `dmaplane_options.backend`: the kernel's DSA work queues, opened through `/dev/dsa/wqX.Y`
+ (configured with accel-config as enabled `user` WQs). Needs a CPU with MOVDIR64B (ENQCMD
+ for shared WQs), PASID enabled on the device, and `CAP_SYS_RAWIO` on current kernels.
+ */
+#define DMAPLANE_BACKEND_DSA_KERNEL 6
+
+/*
  Capability bit: memory-to-memory copy.
  */
 #define DMAPLANE_CAP_MEMCPY (1 << 0)
@@ -285,8 +306,9 @@ typedef struct dmaplane_completion {
  */
 typedef struct dmaplane_options {
   /*
-   `DMAPLANE_BACKEND_EMULATED`, `DMAPLANE_BACKEND_VFIO`, `DMAPLANE_BACKEND_PHYSICAL` or
-   `DMAPLANE_BACKEND_SOFT`.
+   `DMAPLANE_BACKEND_EMULATED`, `DMAPLANE_BACKEND_VFIO`, `DMAPLANE_BACKEND_PHYSICAL`,
+   `DMAPLANE_BACKEND_SOFT`, `DMAPLANE_BACKEND_DSA`, `DMAPLANE_BACKEND_MIXED` or
+   `DMAPLANE_BACKEND_DSA_KERNEL`.
    */
   uint32_t backend;
   /*

@@ -41,11 +41,34 @@ static double now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-int main(void) {
+/* `--backend NAME`: which devices the program drives. */
+static int parse_backend(const char *name, uint32_t *backend) {
+    static const struct {
+        const char *name;
+        uint32_t value;
+    } known[] = {{"emulated", DMAPLANE_BACKEND_EMULATED}, {"ioat", DMAPLANE_BACKEND_EMULATED},
+                 {"soft", DMAPLANE_BACKEND_SOFT},         {"dsa", DMAPLANE_BACKEND_DSA},
+                 {"mixed", DMAPLANE_BACKEND_MIXED}};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        if (strcmp(name, known[i].name) == 0) {
+            *backend = known[i].value;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int main(int argc, char **argv) {
     /* 1. An engine with the defaults: two emulated IOAT devices of one channel each, working
      *    on their own thread, and a per-CPU table as wide as this machine's CPUs. */
     dmaplane_options options;
     check("dmaplane_options_init", dmaplane_options_init(&options));
+    if (argc == 3 && strcmp(argv[1], "--backend") == 0) {
+        check("--backend", parse_backend(argv[2], &options.backend));
+    } else if (argc != 1) {
+        fprintf(stderr, "usage: %s [--backend emulated|dsa|mixed|soft]\n", argv[0]);
+        return 2;
+    }
     dmaplane_engine *engine = NULL;
     check("dmaplane_engine_create", dmaplane_engine_create(&options, &engine));
 

@@ -103,9 +103,11 @@ static dmaplane_completion wait_one(dmaplane_client *client) {
         }                                                                                     \
     } while (0)
 
+/* Page-aligned: DSA's dualcast wants both destinations at the same offset in their 4 KiB
+ * pages, which buffers at the same offset from page-aligned starts are. */
 static void *dma(dmaplane_engine *engine, size_t len) {
     void *mem = NULL;
-    check("dmaplane_dma_alloc", dmaplane_dma_alloc(engine, len, 0, &mem));
+    check("dmaplane_dma_alloc", dmaplane_dma_alloc(engine, len, 4096, &mem));
     return mem;
 }
 
@@ -169,11 +171,34 @@ static void run_ops(dmaplane_engine *engine, dmaplane_client *client) {
     check("dmaplane_dma_free", dmaplane_dma_free(engine, two));
 }
 
-int main(void) {
+/* `--backend NAME`: which devices the program drives. */
+static int parse_backend(const char *name, uint32_t *backend) {
+    static const struct {
+        const char *name;
+        uint32_t value;
+    } known[] = {{"emulated", DMAPLANE_BACKEND_EMULATED}, {"ioat", DMAPLANE_BACKEND_EMULATED},
+                 {"soft", DMAPLANE_BACKEND_SOFT},         {"dsa", DMAPLANE_BACKEND_DSA},
+                 {"mixed", DMAPLANE_BACKEND_MIXED}};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        if (strcmp(name, known[i].name) == 0) {
+            *backend = known[i].value;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int main(int argc, char **argv) {
     /* Part 1: software devices, which offer every operation. */
     dmaplane_options options;
     check("dmaplane_options_init", dmaplane_options_init(&options));
     options.backend = DMAPLANE_BACKEND_SOFT;
+    if (argc == 3 && strcmp(argv[1], "--backend") == 0) {
+        check("--backend", parse_backend(argv[2], &options.backend));
+    } else if (argc != 1) {
+        fprintf(stderr, "usage: %s [--backend soft|dsa]\n", argv[0]);
+        return 2;
+    }
     options.cpus = 1;
     options.devices = 1;
     dmaplane_engine *engine = NULL;

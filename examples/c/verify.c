@@ -526,14 +526,33 @@ static void hotplug_cycle(dmaplane_engine *engine, hotplug_t *h, uint64_t *rng) 
 
 /* ---------------------------------------------------------------------------------------- */
 
+/* `--backend NAME`: which devices the program drives. */
+static int parse_backend(const char *name, uint32_t *backend) {
+    static const struct {
+        const char *name;
+        uint32_t value;
+    } known[] = {{"emulated", DMAPLANE_BACKEND_EMULATED}, {"ioat", DMAPLANE_BACKEND_EMULATED},
+                 {"soft", DMAPLANE_BACKEND_SOFT},         {"dsa", DMAPLANE_BACKEND_DSA},
+                 {"mixed", DMAPLANE_BACKEND_MIXED}};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        if (strcmp(name, known[i].name) == 0) {
+            *backend = known[i].value;
+            return 0;
+        }
+    }
+    return -1;
+}
+
 static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s [--seconds N] [--threads N] [--no-hotplug] [--pin] [--seed N]\n"
+            "          [--backend emulated|dsa|mixed|soft]\n"
             "  --seconds N   how long to run (default 3)\n"
             "  --threads N   worker threads, one client per CPU slot (default 4, at most %d)\n"
             "  --no-hotplug  do not remove and add devices while the workers run\n"
             "  --pin         pin worker i to CPU i (also DMAPLANE_VERIFY_PIN=1)\n"
-            "  --seed N      seed of the random operations (default: from the clock)\n",
+            "  --seed N      seed of the random operations (default: from the clock)\n"
+            "  --backend B   emulated IOAT (default), emulated DSA, both, or the CPU\n",
             argv0, MAX_THREADS);
 }
 
@@ -543,6 +562,7 @@ int main(int argc, char **argv) {
     int hotplug = 1;
     int pin = 0;
     uint64_t seed = 0;
+    uint32_t backend = DMAPLANE_BACKEND_EMULATED;
     const char *pin_env = getenv("DMAPLANE_VERIFY_PIN");
     if (pin_env != NULL && pin_env[0] != '\0' && strcmp(pin_env, "0") != 0) {
         pin = 1;
@@ -567,6 +587,11 @@ int main(int argc, char **argv) {
                 usage(argv[0]);
                 return 2;
             }
+        } else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc) {
+            if (parse_backend(argv[++i], &backend) != 0) {
+                usage(argv[0]);
+                return 2;
+            }
         } else if (strcmp(argv[i], "--no-hotplug") == 0) {
             hotplug = 0;
         } else if (strcmp(argv[i], "--pin") == 0) {
@@ -587,7 +612,7 @@ int main(int argc, char **argv) {
     dmaplane_options options;
     int32_t rc = dmaplane_options_init(&options);
     if (rc == 0) {
-        options.backend = DMAPLANE_BACKEND_EMULATED;
+        options.backend = backend;
         options.cpus = (uint32_t)threads;
         options.devices = 3;
         options.channels_per_device = 1;

@@ -130,6 +130,9 @@ fn validate(options: &dmaplane_options) -> Result<(), Code> {
             | DMAPLANE_BACKEND_PHYSICAL
             | DMAPLANE_BACKEND_VFIO
             | DMAPLANE_BACKEND_SOFT
+            | DMAPLANE_BACKEND_DSA
+            | DMAPLANE_BACKEND_MIXED
+            | DMAPLANE_BACKEND_DSA_KERNEL
     ) && (1..=4).contains(&options.channels_per_device)
         && options.capabilities & DMAPLANE_CAP_MEMCPY != 0
         && options.capabilities & !known_caps == 0
@@ -166,6 +169,9 @@ impl EngineCore {
                 .vfio_ioat()
                 .allow_noiommu(options.allow_noiommu != 0),
             DMAPLANE_BACKEND_SOFT => builder.soft(options.devices as usize),
+            DMAPLANE_BACKEND_DSA => builder.emulated_dsa(options.devices as usize),
+            DMAPLANE_BACKEND_MIXED => builder.mixed(options.devices as usize),
+            DMAPLANE_BACKEND_DSA_KERNEL => builder.kernel_dsa(),
             _ => builder.emulated_ioat(options.devices as usize),
         };
         Ok(EngineCore {

@@ -30,6 +30,18 @@ pub const DMAPLANE_BACKEND_VFIO: u32 = 2;
 /// polls them. Needs nothing. Besides copy (and fill, per `capabilities`) they compare,
 /// generate CRC-32C, copy with CRC and dualcast.
 pub const DMAPLANE_BACKEND_SOFT: u32 = 3;
+/// `dmaplane_options.backend`: emulated Intel DSA devices driven by the DSA driver, each with
+/// `channels_per_device` dedicated work queues (a channel per WQ). Besides copy and fill they
+/// compare, generate CRC-32C, copy with CRC and dualcast (dualcast destinations must share
+/// their offset within a 4 KiB page, as on the hardware).
+pub const DMAPLANE_BACKEND_DSA: u32 = 4;
+/// `dmaplane_options.backend`: emulated IOAT and DSA devices by turns (IOAT first), one engine
+/// balancing each capability across the devices that have it.
+pub const DMAPLANE_BACKEND_MIXED: u32 = 5;
+/// `dmaplane_options.backend`: the kernel's DSA work queues, opened through `/dev/dsa/wqX.Y`
+/// (configured with accel-config as enabled `user` WQs). Needs a CPU with MOVDIR64B (ENQCMD
+/// for shared WQs), PASID enabled on the device, and `CAP_SYS_RAWIO` on current kernels.
+pub const DMAPLANE_BACKEND_DSA_KERNEL: u32 = 6;
 
 /// Capability bit: memory-to-memory copy.
 pub const DMAPLANE_CAP_MEMCPY: u32 = 1 << 0;
@@ -66,8 +78,9 @@ pub const DMAPLANE_NO_CHANNEL: u64 = u64::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct dmaplane_options {
-    /// `DMAPLANE_BACKEND_EMULATED`, `DMAPLANE_BACKEND_VFIO`, `DMAPLANE_BACKEND_PHYSICAL` or
-    /// `DMAPLANE_BACKEND_SOFT`.
+    /// `DMAPLANE_BACKEND_EMULATED`, `DMAPLANE_BACKEND_VFIO`, `DMAPLANE_BACKEND_PHYSICAL`,
+    /// `DMAPLANE_BACKEND_SOFT`, `DMAPLANE_BACKEND_DSA`, `DMAPLANE_BACKEND_MIXED` or
+    /// `DMAPLANE_BACKEND_DSA_KERNEL`.
     pub backend: u32,
     /// Possible CPUs of the per-CPU table; 0 for this machine's.
     pub cpus: u32,

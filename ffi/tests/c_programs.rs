@@ -89,7 +89,10 @@ struct Runs {
 /// no invalid access, nothing definitely or indirectly leaked. Each run must exit with 0.
 fn build_and_run(name: &str, args: &[&str], valgrind_args: &[&str]) -> Runs {
     let staticlib = static_library();
-    let exe = std::env::temp_dir().join(format!("dmaplane-{name}-{}", std::process::id()));
+    // Tests run in parallel, some building the same program: each build its own file.
+    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let build = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let exe = std::env::temp_dir().join(format!("dmaplane-{name}-{}-{build}", std::process::id()));
     run(Command::new("cc")
         .args([
             "-std=c11",
@@ -144,6 +147,44 @@ fn the_ops_program_compares_crcs_copies_with_crc_and_dualcasts_on_soft_and_ioat_
     let runs = build_and_run("ops", &[], &[]);
     for printed in std::iter::once(runs.native).chain(runs.valgrind) {
         assert_eq!(printed.trim(), "compare, crc32c, copy_crc, dualcast: ok");
+    }
+}
+
+#[test]
+fn the_copy_program_copies_on_emulated_dsa_and_on_a_mixed_engine() {
+    for backend in ["dsa", "mixed"] {
+        let runs = build_and_run("copy", &["--backend", backend], &["--backend", backend]);
+        for printed in std::iter::once(runs.native).chain(runs.valgrind) {
+            assert_eq!(printed.trim(), "copied 4096 bytes: ok", "{backend}");
+        }
+    }
+}
+
+#[test]
+fn the_ops_program_runs_every_operation_on_emulated_dsa() {
+    let runs = build_and_run("ops", &["--backend", "dsa"], &["--backend", "dsa"]);
+    for printed in std::iter::once(runs.native).chain(runs.valgrind) {
+        assert_eq!(printed.trim(), "compare, crc32c, copy_crc, dualcast: ok");
+    }
+}
+
+#[test]
+fn the_verify_program_loses_nothing_on_dsa_and_mixed_while_devices_come_and_go() {
+    for backend in ["dsa", "mixed"] {
+        let runs = build_and_run(
+            "verify",
+            &["--seconds", "1", "--backend", backend],
+            &["--seconds", "1", "--threads", "2", "--backend", backend],
+        );
+        for printed in std::iter::once(&runs.native).chain(runs.valgrind.as_ref()) {
+            let fields = summary(printed);
+            for key in ["mismatches", "errors", "lost"] {
+                assert_eq!(field(&fields, key), 0, "{backend}: {key} in:\n{printed}");
+            }
+            assert!(field(&fields, "succeeded") > 0, "{backend}:\n{printed}");
+            assert_eq!(printed.lines().last(), Some("ok"), "{backend}: {printed}");
+        }
+        assert!(field(&summary(&runs.native), "removals") >= 1, "{backend}");
     }
 }
 
