@@ -23,7 +23,8 @@ use dmaplane::{Completion, OpError, OpFlags, SubmitError};
 mod common;
 use common::*;
 
-const USAGE: &str = "usage: hotplug [--seconds S] [--clients N] [--devices N]
+const USAGE: &str =
+    "usage: hotplug [--seconds S] [--clients N] [--devices N] [--backend ioat|dsa|mixed|soft]
 
 Client threads, one per engine CPU, copy through threaded emulated IOAT devices
 (one channel each) and check every copy. About once a second the main thread
@@ -35,6 +36,8 @@ non-zero if any operation was lost or any copy was wrong.
   --seconds S    run time in whole seconds, at least 2 (default 6)
   --clients N    client threads, each on its own engine CPU (default 4)
   --devices N    emulated devices (default 3)
+  --backend B    ioat (emulated IOAT, the default), dsa (emulated DSA), mixed
+                 (both by turns) or soft (the CPU copies)
   --help         this text";
 
 /// Copies each client keeps in flight, one per destination slot.
@@ -53,6 +56,7 @@ struct Options {
     seconds: u64,
     clients: usize,
     devices: usize,
+    backend: BackendChoice,
 }
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -60,6 +64,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
         seconds: 6,
         clients: 4,
         devices: 3,
+        backend: BackendChoice::Emulated,
     };
     let mut args = args;
     while let Some(arg) = args.next() {
@@ -67,6 +72,16 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--seconds" => options.seconds = option_number(&mut args, "--seconds")?,
             "--clients" => options.clients = option_number(&mut args, "--clients")?,
             "--devices" => options.devices = option_number(&mut args, "--devices")?,
+            "--backend" => {
+                options.backend = option_backend(&mut args, "--backend")?;
+                if options.backend.is_hardware() {
+                    return Err(
+                        "--backend: this example removes devices by surprise, which \
+                                only emulated and software devices can do"
+                            .into(),
+                    );
+                }
+            }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -309,10 +324,11 @@ fn print_report(report: &RemovalReport) {
 
 fn run(options: Options) -> Result<(), String> {
     let cpus = options.clients;
-    let setup = Setup::builder()
+    let setup = options
+        .backend
+        .apply(Setup::builder(), options.devices, false)
         .cpus(cpus)
         .log(quiet())
-        .emulated_ioat(options.devices)
         .emulation(EmuMode::Threaded)
         .ring_order(12)
         .monitor(MonitorConfig {

@@ -9,7 +9,7 @@
 //! unexpected error makes the exit status non-zero.
 //!
 //! `cargo run --release --example verify -- [--seconds S] [--clients N] [--devices N]
-//! [--hotplug] [--seed N] [--pin]`
+//! [--backend ioat|dsa|mixed|soft] [--hotplug] [--seed N] [--pin]`
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +26,7 @@ mod common;
 use common::*;
 
 const USAGE: &str = "usage: verify [--seconds S] [--clients N] [--devices N] [--hotplug]
-              [--seed N] [--pin]
+              [--seed N] [--pin] [--backend ioat|dsa|mixed|soft]
 
 Client threads, one per engine CPU, submit random copies and fills (1 to 4096
 bytes, random source and destination offsets, random doorbell and fence flags)
@@ -41,6 +41,8 @@ mismatch, lost operation or unexpected error.
   --seconds S    run time, may be fractional (default 10)
   --clients N    client threads, each on its own engine CPU (default 4)
   --devices N    emulated devices, one channel each (default 3)
+  --backend B    ioat (emulated IOAT, the default), dsa (emulated DSA), mixed
+                 (both by turns) or soft (the CPU copies)
   --hotplug      remove and re-add devices while the clients run
   --seed N       seed of the random operations and removals (default: from the clock)
   --pin          pin each client thread to its CPU (where the machine has it)
@@ -67,6 +69,7 @@ struct Options {
     seconds: f64,
     clients: usize,
     devices: usize,
+    backend: BackendChoice,
     hotplug: bool,
     seed: Option<u64>,
     pin: bool,
@@ -77,6 +80,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
         seconds: 10.0,
         clients: 4,
         devices: 3,
+        backend: BackendChoice::Emulated,
         hotplug: false,
         seed: None,
         pin: false,
@@ -87,6 +91,16 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--seconds" => options.seconds = option_seconds(&mut args, "--seconds")?,
             "--clients" => options.clients = option_number(&mut args, "--clients")?,
             "--devices" => options.devices = option_number(&mut args, "--devices")?,
+            "--backend" => {
+                options.backend = option_backend(&mut args, "--backend")?;
+                if options.backend.is_hardware() {
+                    return Err(
+                        "--backend: this example removes devices by surprise, which \
+                                only emulated and software devices can do"
+                            .into(),
+                    );
+                }
+            }
             "--seed" => options.seed = Some(option_number(&mut args, "--seed")?),
             "--hotplug" => options.hotplug = true,
             "--pin" => options.pin = true,
@@ -599,10 +613,11 @@ fn run(options: Options) -> Result<(), String> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
-    let setup = Setup::builder()
+    let setup = options
+        .backend
+        .apply(Setup::builder(), options.devices, false)
         .cpus(options.clients)
         .log(quiet())
-        .emulated_ioat(options.devices)
         .emulation(EmuMode::Threaded)
         .ring_order(9)
         .monitor(MonitorConfig {

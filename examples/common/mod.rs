@@ -116,21 +116,33 @@ pub enum BackendChoice {
     Vfio,
     /// Real IOAT functions bound to no driver, with physical addresses.
     Physical,
+    /// Emulated DSA devices, a channel per work queue.
+    Dsa,
+    /// Emulated IOAT and DSA devices by turns.
+    Mixed,
+    /// The kernel's DSA work queues, through /dev/dsa.
+    DsaKernel,
 }
 
 /// The `--backend` lines of an example's usage.
 pub const BACKEND_USAGE: &str =
-    "  --backend B         emulated (default), soft (the CPU copies), vfio (IOAT
-                      functions bound to vfio-pci: see the README's \"Real
-                      hardware\"), physical (IOAT functions bound to no driver;
-                      root, IOMMU off or iommu=pt); --devices and --channels
-                      apply to emulated and soft only
+    "  --backend B         ioat or emulated (emulated IOAT, the default), dsa
+                      (emulated DSA, a channel per work queue), mixed (both
+                      by turns), soft (the CPU copies), vfio (IOAT functions
+                      bound to vfio-pci: see the README's \"Real hardware\"),
+                      physical (IOAT functions bound to no driver; root, IOMMU
+                      off or iommu=pt), dsa-kernel (DSA work queues from
+                      accel-config, through /dev/dsa); --devices and
+                      --channels apply to the emulated ones and soft only
   --allow-noiommu     vfio: accept functions in VFIO no-IOMMU groups";
 
 impl BackendChoice {
     /// Whether the devices are real functions the machine has (so their number is its own).
     pub fn is_hardware(self) -> bool {
-        matches!(self, BackendChoice::Vfio | BackendChoice::Physical)
+        matches!(
+            self,
+            BackendChoice::Vfio | BackendChoice::Physical | BackendChoice::DsaKernel
+        )
     }
 
     /// `builder`, set up for these devices: `devices` of them where the example makes them.
@@ -140,6 +152,9 @@ impl BackendChoice {
             BackendChoice::Soft => builder.soft(devices),
             BackendChoice::Vfio => builder.vfio_ioat().allow_noiommu(allow_noiommu),
             BackendChoice::Physical => builder.physical_ioat(),
+            BackendChoice::Dsa => builder.emulated_dsa(devices),
+            BackendChoice::Mixed => builder.mixed(devices),
+            BackendChoice::DsaKernel => builder.kernel_dsa(),
         }
     }
 }
@@ -150,12 +165,15 @@ pub fn option_backend(
     name: &str,
 ) -> Result<BackendChoice, String> {
     match option_value(args, name)?.as_str() {
-        "emulated" => Ok(BackendChoice::Emulated),
+        "emulated" | "ioat" => Ok(BackendChoice::Emulated),
+        "dsa" => Ok(BackendChoice::Dsa),
+        "mixed" => Ok(BackendChoice::Mixed),
+        "dsa-kernel" => Ok(BackendChoice::DsaKernel),
         "soft" => Ok(BackendChoice::Soft),
         "vfio" => Ok(BackendChoice::Vfio),
         "physical" => Ok(BackendChoice::Physical),
         other => Err(format!(
-            "{name}: {other:?} is not one of emulated, soft, vfio, physical"
+            "{name}: {other:?} is not one of ioat, emulated, dsa, mixed, soft, vfio, physical, dsa-kernel"
         )),
     }
 }
