@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dmaplane::datapath::{Client, ClientConfig};
-use dmaplane::emu::{EmuConfig, EmuMode, EmulatedDevice, PoolMemory};
+use dmaplane::dsa::{DsaConfig, DsaDevice, DsaLayout, DsaQueueConfig};
+use dmaplane::emu::{DsaEmuConfig, EmuConfig, EmuMode, EmulatedDevice, EmulatedDsa, PoolMemory};
 use dmaplane::ioat::{IoatConfig, IoatDevice};
 use dmaplane::log::LogHook;
 use dmaplane::mem::{DmaBlock, DmaPool, DmaPoolConfig};
@@ -87,36 +88,78 @@ struct Rig {
     _idle: Option<Client>,
     _engine: Engine,
     pool: DmaPool,
-    _ioat: IoatDevice,
-    _device: Arc<EmulatedDevice>,
+    /// The driver and the emulated device behind the channel, kept until the clients go.
+    _devices: Box<dyn std::any::Any>,
+    /// `""` for IOAT, `"dsa_"` for DSA: the prefix of the rig's benchmark ids.
+    prefix: &'static str,
+}
+
+/// Which emulated engine a rig drives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Ioat,
+    Dsa,
 }
 
 impl Rig {
-    fn new(sharing: Sharing) -> Rig {
+    fn new(sharing: Sharing, kind: Kind) -> Rig {
         let cpus = match sharing {
             Sharing::Owned => 1,
             Sharing::Shared => 2,
         };
         let engine = Engine::new(EngineConfig::with_cpus(cpus).log_hook(quiet())).unwrap();
         let pool = DmaPool::new(DmaPoolConfig::default()).unwrap();
-        let emu = EmuConfig {
-            channels: 1,
-            mode: EmuMode::Threaded,
-            ..EmuConfig::default()
+        let (spec, devices): (_, Box<dyn std::any::Any>) = match kind {
+            Kind::Ioat => {
+                let emu = EmuConfig {
+                    channels: 1,
+                    mode: EmuMode::Threaded,
+                    ..EmuConfig::default()
+                };
+                let device = EmulatedDevice::new(emu, device_memory(&pool)).unwrap();
+                let ioat = IoatDevice::probe(
+                    format!("emu-{}", sharing.label()),
+                    device.registers(),
+                    Some(device.config_space()),
+                    pool.clone(),
+                    IoatConfig {
+                        ring_order: RING_ORDER,
+                        ..IoatConfig::default()
+                    },
+                )
+                .unwrap();
+                (ioat.spec(), Box::new((ioat, device)))
+            }
+            Kind::Dsa => {
+                let emu = DsaEmuConfig {
+                    wqs: 1,
+                    mode: EmuMode::Threaded,
+                    ..DsaEmuConfig::default()
+                };
+                let device = EmulatedDsa::new(emu, device_memory(&pool)).unwrap();
+                let dsa = DsaDevice::probe(
+                    format!("dsa-{}", sharing.label()),
+                    device.registers(),
+                    device.portals(),
+                    Some(device.config_space()),
+                    pool.clone(),
+                    DsaConfig {
+                        layout: DsaLayout {
+                            wqs: 1,
+                            ..DsaLayout::default()
+                        },
+                        queue: DsaQueueConfig {
+                            ring_order: RING_ORDER.min(12),
+                            ..DsaQueueConfig::default()
+                        },
+                        ..DsaConfig::default()
+                    },
+                )
+                .unwrap();
+                (dsa.spec(), Box::new((dsa, device)))
+            }
         };
-        let device = EmulatedDevice::new(emu, device_memory(&pool)).unwrap();
-        let ioat = IoatDevice::probe(
-            format!("emu-{}", sharing.label()),
-            device.registers(),
-            Some(device.config_space()),
-            pool.clone(),
-            IoatConfig {
-                ring_order: RING_ORDER,
-                ..IoatConfig::default()
-            },
-        )
-        .unwrap();
-        engine.register_device(ioat.spec()).unwrap();
+        engine.register_device(spec).unwrap();
         let mut client = Client::new(&engine, Some(0), ClientConfig::default()).unwrap();
         let mut idle = (sharing == Sharing::Shared)
             .then(|| Client::new(&engine, Some(1), ClientConfig::default()).unwrap());
@@ -142,8 +185,11 @@ impl Rig {
             _idle: idle,
             _engine: engine,
             pool,
-            _ioat: ioat,
-            _device: device,
+            _devices: devices,
+            prefix: match kind {
+                Kind::Ioat => "",
+                Kind::Dsa => "dsa_",
+            },
         }
     }
 
@@ -307,8 +353,18 @@ fn memcpy(src: &DmaBlock, dst: &DmaBlock, len: usize) {
     }
 }
 
+/// IOAT and DSA, each owned and shared.
+fn all_rigs() -> [Rig; 4] {
+    [
+        Rig::new(Sharing::Owned, Kind::Ioat),
+        Rig::new(Sharing::Shared, Kind::Ioat),
+        Rig::new(Sharing::Owned, Kind::Dsa),
+        Rig::new(Sharing::Shared, Kind::Dsa),
+    ]
+}
+
 fn datapath_copy(c: &mut Criterion) {
-    let mut rigs = [Rig::new(Sharing::Owned), Rig::new(Sharing::Shared)];
+    let mut rigs = all_rigs();
     for (size, label) in SIZES {
         let mut group = c.benchmark_group(format!("datapath_copy/{label}"));
         group.throughput(Throughput::ElementsAndBytes {
@@ -321,7 +377,10 @@ fn datapath_copy(c: &mut Criterion) {
             let (src, dst) = rig.buffers(size);
             for depth in QUEUE_DEPTHS {
                 group.bench_function(
-                    BenchmarkId::new(rig.sharing.label(), format!("qd{depth}")),
+                    BenchmarkId::new(
+                        format!("{}{}", rig.prefix, rig.sharing.label()),
+                        format!("qd{depth}"),
+                    ),
                     |b| {
                         b.iter_custom(|iters| {
                             copy_at_depth(&mut rig.client, &dst, &src, size, depth, iters)
@@ -337,14 +396,17 @@ fn datapath_copy(c: &mut Criterion) {
 fn datapath_driver_cost(c: &mut Criterion) {
     let mut group = c.benchmark_group("datapath_driver_cost");
     group.throughput(Throughput::Elements(1));
-    let mut rigs = [Rig::new(Sharing::Owned), Rig::new(Sharing::Shared)];
+    let mut rigs = all_rigs();
     let (src, dst) = rigs[0].buffers(64);
     group.bench_function("memcpy_64B", |b| b.iter(|| memcpy(&src, &dst, 64)));
     for rig in &mut rigs {
         let (src, dst) = rig.buffers(64);
         for batch in [1u64, 32] {
             group.bench_function(
-                BenchmarkId::new(rig.sharing.label(), format!("batch{batch}")),
+                BenchmarkId::new(
+                    format!("{}{}", rig.prefix, rig.sharing.label()),
+                    format!("batch{batch}"),
+                ),
                 |b| b.iter_custom(|iters| driver_time(&mut rig.client, &dst, &src, batch, iters)),
             );
         }
