@@ -876,4 +876,122 @@ mod tests {
         let split = crc32c(crc32c(!0, b"1234"), b"56789");
         assert_eq!(split, crc32c(!0, b"123456789"));
     }
+
+    /// Every opcode, flag and status value, as `reference/dsa.md` §4 and §5.1 list them
+    /// (copied from the tables there, not from this file).
+    #[test]
+    fn opcodes_flags_and_status_codes_match_the_reference_tables() {
+        let opcodes = [
+            (opcode::NOOP, 0x00),
+            (opcode::BATCH, 0x01),
+            (opcode::DRAIN, 0x02),
+            (opcode::MEMMOVE, 0x03),
+            (opcode::MEMFILL, 0x04),
+            (opcode::COMPARE, 0x05),
+            (opcode::COMPARE_PATTERN, 0x06),
+            (opcode::CREATE_DELTA, 0x07),
+            (opcode::APPLY_DELTA, 0x08),
+            (opcode::DUALCAST, 0x09),
+            (opcode::CRC_GEN, 0x10),
+            (opcode::COPY_CRC, 0x11),
+            (opcode::CACHE_FLUSH, 0x20),
+        ];
+        for (ours, reference) in opcodes {
+            assert_eq!(ours, reference);
+        }
+        let flag_bits = [
+            (flags::FENCE, 0),
+            (flags::BLOCK_ON_FAULT, 1),
+            (flags::CRAV, 2),
+            (flags::RCR, 3),
+            (flags::RCI, 4),
+            (flags::CHECK_RESULT, 7),
+            (flags::CACHE_CONTROL, 8),
+        ];
+        for (ours, bit) in flag_bits {
+            assert_eq!(ours, 1 << bit);
+        }
+        let statuses = [
+            (status::NONE, 0x00),
+            (status::SUCCESS, 0x01),
+            (status::SUCCESS_FALSE_PREDICATE, 0x02),
+            (status::PAGE_FAULT, 0x03),
+            (status::PAGE_FAULT_UNRESOLVED, 0x04),
+            (status::BATCH_FAILED, 0x05),
+            (status::BATCH_PAGE_FAULT, 0x06),
+            (status::INVALID_OPCODE, 0x10),
+            (status::INVALID_FLAGS, 0x11),
+            (status::RESERVED_NONZERO, 0x12),
+            (status::INVALID_SIZE, 0x13),
+            (status::INVALID_COUNT, 0x14),
+            (status::OVERLAP, 0x16),
+            (status::DUALCAST_ALIGN, 0x17),
+            (status::MISALIGNED_LIST, 0x18),
+            (status::RECORD_FAULT, 0x1A),
+            (status::MISALIGNED_RECORD, 0x1B),
+            (status::TRANSLATION_FAIL, 0x22),
+        ];
+        for (ours, reference) in statuses {
+            assert_eq!(ours, reference);
+            assert_ne!(
+                status::describe(ours),
+                "device error",
+                "{ours:#x} is described"
+            );
+        }
+        assert_eq!(status::code(0x83), status::PAGE_FAULT);
+        // Registers (§3.1) and commands (§3.2).
+        let registers = [
+            (reg::VERSION, 0x00),
+            (reg::GENCAP, 0x10),
+            (reg::WQCAP, 0x20),
+            (reg::GRPCAP, 0x30),
+            (reg::ENGCAP, 0x38),
+            (reg::OPCAP, 0x40),
+            (reg::OFFSETS, 0x60),
+            (reg::GENCFG, 0x80),
+            (reg::GENCTRL, 0x88),
+            (reg::GENSTS, 0x90),
+            (reg::INTCAUSE, 0x98),
+            (reg::CMD, 0xA0),
+            (reg::CMDSTATUS, 0xA8),
+            (reg::CMDCAP, 0xB0),
+            (reg::SWERROR, 0xC0),
+        ];
+        for (ours, reference) in registers {
+            assert_eq!(ours, reference);
+        }
+        let commands = [
+            cmd::ENABLE_DEVICE,
+            cmd::DISABLE_DEVICE,
+            cmd::DRAIN_ALL,
+            cmd::ABORT_ALL,
+            cmd::RESET_DEVICE,
+            cmd::ENABLE_WQ,
+            cmd::DISABLE_WQ,
+            cmd::DRAIN_WQ,
+            cmd::ABORT_WQ,
+            cmd::RESET_WQ,
+        ];
+        assert_eq!(commands, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(
+            (
+                swerr::HALT_CONFIG_CHANGE,
+                swerr::COMMAND_WHILE_ACTIVE,
+                swerr::DWQ_OVERFLOW
+            ),
+            (0x51, 0x52, 0x53)
+        );
+        assert_eq!(
+            (
+                wqcfg::SIZE,
+                wqcfg::THRESHOLD,
+                wqcfg::MODE,
+                wqcfg::LIMITS,
+                wqcfg::STATUS
+            ),
+            (0, 4, 8, 12, 24)
+        );
+        assert_eq!((grpcfg::WQS, grpcfg::ENGINES, grpcfg::FLAGS), (0, 32, 40));
+    }
 }
