@@ -43,7 +43,7 @@
 //!    the generic ring and the lock-free pieces under it;
 //! 7. [`ioat`], [`dsa`], [`soft`]: the backends, siblings: the IOAT driver, the DSA driver and
 //!    the software engine;
-//! 8. [`emu`]: the emulated IOAT device, the embedded default;
+//! 8. [`emu`]: the emulated IOAT device (the embedded default) and the emulated DSA;
 //! 9. [`edu`]: QEMU's `edu` device as a backend (a software-engine ring whose copies its DMA
 //!    engine carries out through VFIO), and a model of it: what the KVM rig drives;
 //! 10. `engine`: devices, channel reference counts, the per-CPU table and its rebalance

@@ -18,7 +18,7 @@ use crate::pci::{regs, ConfigSpace, INTEL_VENDOR};
 use crate::sync::lock_std;
 
 /// Size of PCI Express extended configuration space.
-const CONFIG_SIZE: usize = 4096;
+pub(super) const CONFIG_SIZE: usize = 4096;
 /// End of the standard header, below which only COMMAND is writable.
 const HEADER_END: usize = 0x40;
 /// Class code 0x08 (system peripheral), subclass 0x80 (other), as IOAT functions report.
@@ -148,26 +148,26 @@ impl PciState {
     }
 }
 
+/// Refuses a configuration-space access that is misaligned or runs past 4 KiB, as the
+/// sysfs `config` file does (shared by the IOAT and DSA models).
+pub(super) fn check_access(offset: usize, width: usize) -> io::Result<()> {
+    if offset % width != 0 || offset + width > CONFIG_SIZE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("config access of {width} bytes at {offset:#x} is misaligned or past 4 KiB"),
+        ));
+    }
+    Ok(())
+}
+
 /// The configuration space handed out by [`EmulatedDevice::config_space`].
 pub(super) struct ConfigModel {
     pub(super) device: Arc<EmulatedDevice>,
 }
 
 impl ConfigModel {
-    fn check(offset: usize, width: usize) -> io::Result<()> {
-        if offset % width != 0 || offset + width > CONFIG_SIZE {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "config access of {width} bytes at {offset:#x} is misaligned or past 4 KiB"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     fn read(&self, offset: usize, width: usize) -> io::Result<u32> {
-        Self::check(offset, width)?;
+        check_access(offset, width)?;
         let dev = self.device.shared();
         if dev.is_removed() {
             return Ok(u32::MAX >> (32 - 8 * width));
@@ -178,7 +178,7 @@ impl ConfigModel {
     }
 
     fn write(&self, offset: usize, width: usize, value: u32) -> io::Result<()> {
-        Self::check(offset, width)?;
+        check_access(offset, width)?;
         let dev = self.device.shared();
         if dev.is_removed() {
             return Ok(());

@@ -9,13 +9,13 @@ use std::io;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::super::config::{check_access, CONFIG_SIZE};
 use super::EmulatedDsa;
 use crate::dsa::spec::{CLASS_CODE, VENDOR_INTEL};
 use crate::pci::{regs, ConfigSpace};
 use crate::sync::lock_std;
 
 /// Size of PCI Express extended configuration space.
-const CONFIG_SIZE: usize = 4096;
 /// End of the standard header, below which only COMMAND is writable.
 const HEADER_END: usize = 0x40;
 
@@ -66,20 +66,8 @@ pub(super) struct ConfigModel {
 }
 
 impl ConfigModel {
-    fn check(offset: usize, width: usize) -> io::Result<()> {
-        if offset % width != 0 || offset + width > CONFIG_SIZE {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "config access of {width} bytes at {offset:#x} is misaligned or past 4 KiB"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     fn read(&self, offset: usize, width: usize) -> io::Result<u32> {
-        Self::check(offset, width)?;
+        check_access(offset, width)?;
         let dev = self.device.shared();
         if dev.is_removed() {
             return Ok(u32::MAX >> (32 - 8 * width));
@@ -90,7 +78,7 @@ impl ConfigModel {
     }
 
     fn write(&self, offset: usize, width: usize, value: u32) -> io::Result<()> {
-        Self::check(offset, width)?;
+        check_access(offset, width)?;
         let dev = self.device.shared();
         if dev.is_removed() {
             return Ok(());
