@@ -102,6 +102,14 @@ pub trait RegisterWindow: Send + Sync {
     /// a late access would fault on. Windows that map nothing of a device keep the default,
     /// which does nothing.
     fn revoke(&self) {}
+
+    /// Where the window is mapped in this process, for a window that is a plain mapping of
+    /// the device: what instructions that store to device memory themselves (DSA's MOVDIR64B
+    /// and ENQCMD) need. `None`, the default, for windows that are models or go through a
+    /// file. Storing through it is the caller's `unsafe` business.
+    fn mapped_base(&self) -> Option<NonNull<u8>> {
+        None
+    }
 }
 
 /// A mapped register region accessed with volatile loads and stores.
@@ -203,6 +211,10 @@ macro_rules! volatile_access {
 }
 
 impl RegisterWindow for MmioRegion {
+    fn mapped_base(&self) -> Option<NonNull<u8>> {
+        Some(self.base)
+    }
+
     fn addressing(&self) -> DmaAddressing {
         self.addressing
     }
@@ -349,6 +361,9 @@ impl RegisterWindow for AddressedWindow {
     }
     fn write64(&self, offset: usize, value: u64) {
         self.inner.write64(offset, value)
+    }
+    fn mapped_base(&self) -> Option<NonNull<u8>> {
+        self.inner.mapped_base()
     }
     fn revoke(&self) {
         self.inner.revoke()

@@ -712,3 +712,21 @@ fn compare_crc_copy_crc_and_dualcast_run_on_the_device_split_or_whole() {
         );
     }
 }
+
+#[test]
+fn real_portals_need_the_instruction_and_a_mapped_bar() {
+    use dmaplane::dsa::{DsaError, MappedPortals, SubmitInstructions};
+    // The emulated device's BAR0 is a model, not a mapping: MOVDIR64B could not reach it.
+    let rig = rig(EmuMode::Inline);
+    let refused = MappedPortals::over_window(rig.emulator.registers(), 4096, true)
+        .expect_err("a model is not a mapping");
+    let DsaError::Unsupported(why) = refused else {
+        panic!("{refused:?}");
+    };
+    if SubmitInstructions::detect().movdir64b {
+        assert!(why.contains("not mapped"), "{why}");
+    } else {
+        // The CPU check comes first, and this CPU fails it.
+        assert!(why.contains("MOVDIR64B"), "{why}");
+    }
+}

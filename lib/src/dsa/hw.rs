@@ -14,10 +14,12 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use super::error::DsaError;
 use super::portal::{Enqueue, PortalWindow};
 use super::spec::{cpuid, portal, Descriptor};
+use crate::mmio::RegisterWindow;
 
 /// Which submission instructions this CPU has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -68,6 +70,9 @@ pub struct MappedPortals {
     base: NonNull<u8>,
     len: usize,
     instructions: SubmitInstructions,
+    /// The window whose mapping this is (VFIO), kept alive; `None` when the mapping is ours to
+    /// unmap (the character device).
+    window: Option<Arc<dyn RegisterWindow>>,
 }
 
 // SAFETY: the mapping is device memory reached only through the two instructions, each one
@@ -114,6 +119,33 @@ impl MappedPortals {
             base,
             len,
             instructions,
+            window: None,
+        })
+    }
+
+    /// The portals of a BAR2 someone else mapped, such as [`VfioDevice::bar`] with region 2
+    /// (`len` bytes of it), after checking that the CPU can submit to WQs of this kind. A
+    /// window that is not a plain mapping (a model, a file) is refused: MOVDIR64B and ENQCMD
+    /// store to device memory themselves.
+    ///
+    /// [`VfioDevice::bar`]: crate::vfio::VfioDevice::bar
+    pub fn over_window(
+        window: Arc<dyn RegisterWindow>,
+        len: usize,
+        dedicated: bool,
+    ) -> Result<MappedPortals, DsaError> {
+        let instructions = SubmitInstructions::detect();
+        instructions.require(dedicated)?;
+        let base = window.mapped_base().ok_or_else(|| {
+            DsaError::Unsupported(
+                "BAR2 is not mapped into this process, so portal writes cannot reach it".into(),
+            )
+        })?;
+        Ok(MappedPortals {
+            base,
+            len,
+            instructions,
+            window: Some(window),
         })
     }
 
@@ -190,7 +222,9 @@ impl PortalWindow for MappedPortals {
 
 impl Drop for MappedPortals {
     fn drop(&mut self) {
-        // SAFETY: the mapping was made in `map` with this length and is unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+        if self.window.is_none() {
+            // SAFETY: the mapping was made in `map` with this length and is unmapped once.
+            unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+        }
     }
 }

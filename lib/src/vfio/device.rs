@@ -143,11 +143,17 @@ impl VfioDevice {
     /// The first `len` bytes of BAR0 as a register window: mmapped where the region allows
     /// (all of it, or its sparse areas), through pread/pwrite elsewhere.
     pub fn bar0(&self, len: usize) -> Result<Arc<dyn RegisterWindow>, VfioError> {
+        self.bar(region_index::BAR0, len)
+    }
+
+    /// The first `len` bytes of BAR `index` (a region index, see [`region_index`]), as
+    /// [`VfioDevice::bar0`] maps BAR0: DSA's portals are BAR2.
+    pub fn bar(&self, index: u32, len: usize) -> Result<Arc<dyn RegisterWindow>, VfioError> {
         let refused = |why: String| VfioError::BarRefused {
             bdf: self.fd.bdf.clone(),
             why,
         };
-        let region = self.region(region_index::BAR0)?;
+        let region = self.region(index)?;
         if region.size < len as u64 {
             return Err(refused(format!(
                 "the region holds {:#x} bytes, the driver needs {len:#x}",
@@ -155,7 +161,9 @@ impl VfioDevice {
             )));
         }
         if region.flags & region_flags::MMAP == 0 {
-            return Err(refused("the kernel does not let BAR0 be mmapped".into()));
+            return Err(refused(format!(
+                "the kernel does not let BAR{index} be mmapped"
+            )));
         }
         let kernel = self.fd.context.kernel();
         let areas = match &region.sparse_areas {

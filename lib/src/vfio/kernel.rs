@@ -58,8 +58,10 @@ pub mod region_flags {
 
 /// PCI region indexes of vfio-pci.
 pub mod region_index {
-    /// BAR0, the IOAT register window.
+    /// BAR0, the register window (IOAT, DSA).
     pub const BAR0: u32 = 0;
+    /// BAR2, DSA's work-queue portals.
+    pub const BAR2: u32 = 2;
     /// PCI configuration space.
     pub const CONFIG: u32 = 7;
 }

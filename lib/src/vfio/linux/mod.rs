@@ -538,6 +538,11 @@ impl RegisterWindow for MappedRegion {
         self.region.write64(offset, value)
     }
 
+    fn mapped_base(&self) -> Option<NonNull<u8>> {
+        // After a revoke the same addresses hold anonymous memory: stores there are harmless.
+        Some(self.base)
+    }
+
     fn revoke(&self) {
         // Anonymous all-ones memory takes the BAR's place in one step (mremap), so an access
         // racing with this sees the device or all-ones, never a hole; the device file loses
