@@ -44,7 +44,6 @@ pub(crate) mod spsc;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::capability::Capability;
 
 pub use backend::{BackendError, ChannelBackend, DeviceSpec, NullChannel};
 pub use op::{Completion, OpError, OpFlags, SubmitError};
@@ -223,8 +222,8 @@ pub trait QueueHandle: Send {
     /// byte that differs ([`Completion::mismatch_at`]). A compare longer than one descriptor is
     /// split; the first difference in piece order wins, and it completes once.
     ///
-    /// The default refuses with [`SubmitError::Unsupported`]: a backend offers what it
-    /// overrides.
+    /// A queue whose device lacks the operation refuses it with
+    /// [`SubmitError::Unsupported`], building nothing (so do the three after it).
     ///
     /// # Safety
     ///
@@ -237,17 +236,12 @@ pub trait QueueHandle: Send {
         len: usize,
         user_data: u64,
         flags: OpFlags,
-    ) -> Result<(), SubmitError> {
-        let _ = (a, b, len, user_data, flags);
-        Err(SubmitError::Unsupported(Capability::Compare))
-    }
+    ) -> Result<(), SubmitError>;
 
     /// Queues a CRC-32C of the `len` bytes at `src`, continuing from `initial` (the CRC-32C
     /// of the data before them; 0 to start). The completion's value is the standard CRC-32C,
     /// `!crc32c_raw(!initial, data)` ([`op::crc32c`]). An operation longer than one
     /// descriptor is split, each piece's raw CRC seeding the next, and completes once.
-    ///
-    /// The default refuses with [`SubmitError::Unsupported`].
     ///
     /// # Safety
     ///
@@ -259,15 +253,10 @@ pub trait QueueHandle: Send {
         initial: u32,
         user_data: u64,
         flags: OpFlags,
-    ) -> Result<(), SubmitError> {
-        let _ = (src, len, initial, user_data, flags);
-        Err(SubmitError::Unsupported(Capability::Crc32c))
-    }
+    ) -> Result<(), SubmitError>;
 
     /// Queues a copy of `len` bytes from `src` to `dst` that also computes the CRC-32C of the
     /// data, as [`QueueHandle::crc32c`] does.
-    ///
-    /// The default refuses with [`SubmitError::Unsupported`].
     ///
     /// # Safety
     ///
@@ -280,15 +269,10 @@ pub trait QueueHandle: Send {
         initial: u32,
         user_data: u64,
         flags: OpFlags,
-    ) -> Result<(), SubmitError> {
-        let _ = (dst, src, len, initial, user_data, flags);
-        Err(SubmitError::Unsupported(Capability::CopyCrc))
-    }
+    ) -> Result<(), SubmitError>;
 
     /// Queues a copy of `len` bytes from `src` to both `dst1` and `dst2`. No two of the three
     /// buffers may overlap ([`SubmitError::InvalidArgument`]).
-    ///
-    /// The default refuses with [`SubmitError::Unsupported`].
     ///
     /// # Safety
     ///
@@ -301,10 +285,7 @@ pub trait QueueHandle: Send {
         len: usize,
         user_data: u64,
         flags: OpFlags,
-    ) -> Result<(), SubmitError> {
-        let _ = (dst1, dst2, src, len, user_data, flags);
-        Err(SubmitError::Unsupported(Capability::Dualcast))
-    }
+    ) -> Result<(), SubmitError>;
 
     /// Tells the device about everything queued since the last call: one doorbell per batch.
     fn submit(&mut self);
