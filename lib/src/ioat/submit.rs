@@ -1,5 +1,5 @@
 //! Building operations into an IOAT ring: planning a transfer into descriptors (split at
-//! XFERCAP and wherever either buffer stops being IOVA-contiguous), writing them with their
+//! XFERCAP and wherever either buffer stops being IOVA-contiguous, by `queue::plan`), writing them with their
 //! bookkeeping, and placing fences and completion writes as owned or shared use needs.
 //!
 //! An **owner** asks for a completion write at the end of each batch (`seal_batch`) and every
@@ -14,16 +14,9 @@ use super::queue::{IoatEngine, IoatRetire};
 use super::spec::{ctl, op, Descriptor, NULL_DESCRIPTOR_SIZE};
 use crate::capability::Capability;
 use crate::mem::Translator;
+use crate::queue::plan::{plan, Piece};
 use crate::queue::ring::{Op, Producer, Ring, SlotMeta};
 use crate::queue::{OpFlags, SubmitError};
-
-/// One descriptor's worth of a transfer: destination, source (none for a fill), length.
-#[derive(Clone, Copy)]
-struct Piece {
-    dest: u64,
-    src: Option<u64>,
-    len: u32,
-}
 
 /// An owner asks for a completion write at least this often (in operations) within a batch.
 pub(super) const OWNED_COMPLETION_WRITE_EVERY: u32 = 16;
@@ -52,58 +45,6 @@ impl IoatScratch {
 }
 
 impl IoatEngine {
-    /// Plans the descriptors of a transfer into `pieces`, each within XFERCAP and
-    /// IOVA-contiguous on both sides. `free` is the room in the ring: pieces beyond it are
-    /// counted, not stored, so a plan the ring cannot take is refused without growing.
-    fn plan(
-        &self,
-        translator: &mut Translator,
-        pieces: &mut Vec<Piece>,
-        free: u32,
-        dst: usize,
-        src: Option<usize>,
-        len: usize,
-    ) -> Result<(), SubmitError> {
-        pieces.clear();
-        let cap = self.max_transfer.min(u64::from(u32::MAX)) as usize;
-        let keep = free as usize + 1;
-        let mut count = 0u32;
-        let mut done = 0usize;
-        while done < len {
-            let want = (len - done).min(cap);
-            let (dest, dst_run) = translator
-                .translate(dst + done, want)
-                .map_err(SubmitError::Unmapped)?;
-            let mut piece = dst_run.min(want);
-            let src = match src {
-                Some(src) => {
-                    let (iova, run) = translator
-                        .translate(src + done, piece)
-                        .map_err(SubmitError::Unmapped)?;
-                    piece = piece.min(run);
-                    Some(iova)
-                }
-                None => None,
-            };
-            if pieces.len() < keep {
-                pieces.push(Piece {
-                    dest,
-                    src,
-                    len: piece as u32,
-                });
-            }
-            count = count.saturating_add(1);
-            done += piece;
-        }
-        if count as usize > pieces.len() {
-            return Err(SubmitError::RingFull {
-                needed: count,
-                free,
-            });
-        }
-        Ok(())
-    }
-
     /// Writes one descriptor and its bookkeeping at `*at` and moves past it.
     #[inline]
     fn write(
@@ -143,18 +84,20 @@ impl IoatEngine {
             pieces,
             since_completion_write,
         } = scratch;
+        let max = self.max_transfer;
+        // `None` for a copy; a fill's pattern.
         let pattern = match op {
             Op::Copy { dst, src, len } => {
-                self.plan(translator, pieces, free, dst, Some(src), len)?;
-                0
+                plan(translator, pieces, free, max, &[dst, src], len)?;
+                None
             }
             Op::Fill { dst, pattern, len } => {
-                self.plan(translator, pieces, free, dst, None, len)?;
-                pattern
+                plan(translator, pieces, free, max, &[dst], len)?;
+                Some(pattern)
             }
             Op::Null => {
                 pieces.clear();
-                0
+                None
             }
             // IOAT has no descriptor for these; the ring refuses them before building (see
             // `supports`), and so does this, building nothing.
@@ -215,26 +158,23 @@ impl IoatEngine {
             };
             self.write(ring, route, &mut at, &null, Some(user_data));
         }
-        let mut offset = 0u64;
         for (i, piece) in pieces.iter().enumerate() {
-            // A descriptor restarts the fill pattern at its own start: carry the phase over.
-            let phase = (offset % 8) as u32;
-            offset += u64::from(piece.len);
             let last = i + 1 == pieces.len();
             let bits = if last { last_bits } else { 0 };
-            let descriptor = match piece.src {
-                Some(src) => Descriptor {
-                    size: piece.len,
-                    control: ctl::with_op(op::COPY, bits),
-                    src_or_pattern: src,
-                    dest: piece.dest,
-                    ..Descriptor::default()
-                },
+            let descriptor = match pattern {
                 None => Descriptor {
                     size: piece.len,
+                    control: ctl::with_op(op::COPY, bits),
+                    src_or_pattern: piece.iovas[1],
+                    dest: piece.iovas[0],
+                    ..Descriptor::default()
+                },
+                // A descriptor restarts the fill pattern at its own start: carry the phase over.
+                Some(pattern) => Descriptor {
+                    size: piece.len,
                     control: ctl::with_op(op::FILL, bits),
-                    src_or_pattern: pattern.rotate_right(8 * phase),
-                    dest: piece.dest,
+                    src_or_pattern: pattern.rotate_right(8 * (piece.offset % 8) as u32),
+                    dest: piece.iovas[0],
                     ..Descriptor::default()
                 },
             };
