@@ -114,6 +114,9 @@ pub(crate) struct DsaEngine {
     config: DsaQueueConfig,
     pool: DmaPool,
     memory: ManuallyDrop<QueueMemory>,
+    /// The records' IOVA when they are contiguous in IOVA space (always but with scrambled
+    /// test IOVAs), so building an operation does not look it up per slot.
+    records_iova: Option<u64>,
     mask: u32,
     /// Slots before this one have been handed to the device. Written by whoever holds the
     /// doorbell (or the owner); read by the retirer (acquire).
@@ -162,6 +165,13 @@ impl DsaEngine {
                 portals.len()
             )));
         }
+        let records_len = memory.records.len();
+        let records_iova = memory
+            .records
+            .translate(0, records_len)
+            .ok()
+            .filter(|&(_, run)| run == records_len)
+            .map(|(iova, _)| iova);
         control.enable()?;
         let engine = DsaEngine {
             control,
@@ -176,6 +186,7 @@ impl DsaEngine {
             config,
             pool: pool.clone(),
             memory: ManuallyDrop::new(memory),
+            records_iova,
             mask: size - 1,
             submitted: AtomicU32::new(0),
             portal_writes: AtomicU64::new(0),
@@ -223,7 +234,11 @@ impl DsaEngine {
     /// The IOVA of `slot`'s completion record.
     #[inline]
     pub(crate) fn record_iova(&self, slot: u32) -> u64 {
-        iova_at(&self.memory.records, self.index(slot) * 32)
+        let offset = self.index(slot) * 32;
+        match self.records_iova {
+            Some(base) => base + offset as u64,
+            None => iova_at(&self.memory.records, offset),
+        }
     }
 
     /// Zeroes `slot`'s record before its descriptor goes out. The caller owns the slot (built
@@ -420,15 +435,13 @@ impl DsaEngine {
                 return None;
             }
             let (first, count) = self.unit(slot);
-            let batch_status = if count > 1 {
-                Self::status_of(self.batch_record(first))
-            } else {
-                status::NONE
-            };
+            // Read only when needed: a member with no record, or a batch's last slot.
+            let batch_done =
+                || count > 1 && Self::status_of(self.batch_record(first)) != status::NONE;
             let resumed = r.side.engine.resumed == Some(slot);
             let own = Self::status_of(self.record(slot));
             match status::code(own) {
-                status::NONE if count > 1 && batch_status != status::NONE && !resumed => {
+                status::NONE if !resumed && batch_done() => {
                     result = result.and(Err(ABANDONED));
                 }
                 status::NONE => return None,
@@ -441,21 +454,23 @@ impl DsaEngine {
             }
             if own != status::NONE {
                 // SAFETY: the status was read non-zero (acquire): the record is complete, and
-                // the descriptor is ours while the slot is not retired.
-                let (record, descriptor) = unsafe { (*self.record(slot), *self.descriptor(slot)) };
-                match descriptor.opcode() {
-                    opcode::COMPARE if value == 0 && record.result != 0 => {
+                // the descriptor is ours while the slot is not retired. Copies and fills read
+                // the opcode alone.
+                let code = unsafe { (*self.descriptor(slot)).opcode() };
+                if matches!(code, opcode::COMPARE | opcode::CRC_GEN | opcode::COPY_CRC) {
+                    // SAFETY: as above.
+                    let (record, size) =
+                        unsafe { (*self.record(slot), (*self.descriptor(slot)).size) };
+                    if code != opcode::COMPARE {
+                        value = u64::from(!(record.op_specific0 as u32));
+                    } else if value == 0 && record.result != 0 {
                         value = 1 + offset + u64::from(record.bytes_completed);
                     }
-                    opcode::CRC_GEN | opcode::COPY_CRC => {
-                        value = u64::from(!(record.op_specific0 as u32));
-                    }
-                    _ => {}
+                    offset += u64::from(size);
                 }
-                offset += u64::from(descriptor.size);
             }
             if slot == first.wrapping_add(count - 1) {
-                if count > 1 && batch_status == status::NONE {
+                if count > 1 && !batch_done() {
                     return None; // the batch's record is still to come
                 }
                 ends += 1;

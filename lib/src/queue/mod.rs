@@ -44,7 +44,6 @@ pub(crate) mod spsc;
 use std::fmt;
 use std::sync::Arc;
 
-
 pub use backend::{BackendError, ChannelBackend, DeviceSpec, NullChannel};
 pub use op::{Completion, OpError, OpFlags, SubmitError};
 
