@@ -439,11 +439,16 @@ impl DsaEngine {
             let batch_done =
                 || count > 1 && Self::status_of(self.batch_record(first)) != status::NONE;
             let resumed = r.side.engine.resumed == Some(slot);
-            let own = Self::status_of(self.record(slot));
+            let mut own = Self::status_of(self.record(slot));
+            let mut abandoned = false;
+            if own == status::NONE && !resumed && batch_done() {
+                // The device writes the batch's record after every member's: read ours again
+                // now that the batch is seen done (acquire). Still none: it was never run.
+                own = Self::status_of(self.record(slot));
+                abandoned = own == status::NONE;
+            }
             match status::code(own) {
-                status::NONE if !resumed && batch_done() => {
-                    result = result.and(Err(ABANDONED));
-                }
+                status::NONE if abandoned => result = result.and(Err(ABANDONED)),
                 status::NONE => return None,
                 status::SUCCESS | status::SUCCESS_FALSE_PREDICATE => {}
                 status::PAGE_FAULT => match self.resume(r, slot) {
